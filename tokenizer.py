@@ -1,0 +1,150 @@
+"""Tokenizer and chat format: the text interface between the sales world and the transformer.
+
+AI-Salesman trains a Qwen2-family model, so we speak Qwen's format:
+
+* a byte-level BPE vocabulary (trained here with the `tokenizers` library for the tiny from-scratch
+  model, or loaded from a real Qwen2.5 checkpoint's `tokenizer.json`);
+* the ChatML chat template, rendered in exactly one place (`render_chat`);
+* the policy's answer format: a private `<think>...</think>` block followed by the spoken reply
+  (`format_assistant` writes it, `split_thought` reads it back; the reward and the agent share both).
+
+Left out on purpose: Jinja chat templates and `tokenizer_config.json`. A second copy of the template in
+Jinja would be a second source of truth; our code never needs it, and real Qwen checkpoints already
+ship their own.
+"""
+
+import os
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+# ----------------------------------------------------------------------------------------------
+# The chat template (ChatML), the one place it is written down.
+
+def render_chat(messages, add_generation_prompt=True):
+    """Render [{"role", "content"}, ...] as ChatML text.
+
+    Each message becomes `<|im_start|>{role}\\n{content}<|im_end|>\\n`; with `add_generation_prompt`
+    the text ends with an open assistant turn, `<|im_start|>assistant\\n`, which is where the model
+    starts speaking. A generated turn ends with `<|im_end|>`, the end-of-turn (EOS) token.
+    """
+    parts = []
+    for i, message in enumerate(messages):
+        if "role" not in message or "content" not in message:
+            raise ValueError(f"chat message {i} needs 'role' and 'content', got keys {sorted(message)}")
+        parts.append(f"{IM_START}{message['role']}\n{message['content']}{IM_END}\n")
+    if add_generation_prompt:
+        parts.append(f"{IM_START}assistant\n")
+    return "".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# The answer format: private thought, then the spoken reply.
+
+def format_assistant(thought, reply):
+    """The text a salesperson turn is trained on: `<think>{thought}</think>\\n{reply}`."""
+    return f"{THINK_OPEN}{thought}{THINK_CLOSE}\n{reply}"
+
+
+@dataclass
+class ParsedAnswer:
+    thought: str      # "" when there is no well-formed thought block
+    reply: str        # the spoken part; for a malformed answer, the text with tags removed
+    well_formed: bool  # exactly one non-empty thought block at the start, then a non-empty reply
+
+
+def split_thought(text):
+    """Parse a generated answer into (thought, reply, well_formed). Never raises.
+
+    Well formed means: the answer opens with `<think>`, has exactly one `<think>` and one `</think>`,
+    the thought between them is non-empty, and a non-empty reply follows. Anything else still yields
+    a best-effort reply (tags stripped), so a malformed answer can be scored instead of crashing.
+    """
+    text = text.replace(IM_END, "").replace(ENDOFTEXT, "").strip()
+    opens, closes = text.count(THINK_OPEN), text.count(THINK_CLOSE)
+    if text.startswith(THINK_OPEN) and opens == 1 and closes == 1:
+        thought, reply = text[len(THINK_OPEN):].split(THINK_CLOSE)
+        thought, reply = thought.strip(), reply.strip()
+        return ParsedAnswer(thought, reply, well_formed=bool(thought) and bool(reply))
+    if closes >= 1:  # keep whatever follows the last closing tag as the reply
+        reply = text.rsplit(THINK_CLOSE, 1)[1]
+    else:
+        reply = text
+    reply = reply.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip()
+    return ParsedAnswer("", reply, well_formed=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# The tokenizer.
+
+class ChatTokenizer:
+    """A byte-level BPE tokenizer that knows the three ChatML special tokens."""
+
+    def __init__(self, tokenizer, source="<memory>"):
+        self.tokenizer = tokenizer
+        missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"{source}: tokenizer lacks the ChatML special tokens {missing}")
+        self.endoftext_id = tokenizer.token_to_id(ENDOFTEXT)
+        self.im_start_id = tokenizer.token_to_id(IM_START)
+        self.eos_id = tokenizer.token_to_id(IM_END)  # ends an assistant turn
+        self.pad_id = self.endoftext_id
+
+    @classmethod
+    def train(cls, texts, vocab_size, show_progress=False):
+        """Train a byte-level BPE on an iterable of strings (Qwen2-style: byte fallback never needed,
+        since all 256 bytes are in the initial alphabet)."""
+        tokenizer = Tokenizer(models.BPE())
+        # Qwen2 splits text with a GPT-style regex and maps bytes to printable characters.
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=show_progress,
+        )
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+        return cls(tokenizer)
+
+    @classmethod
+    def load(cls, path):
+        """Load `tokenizer.json` from a checkpoint folder (ours or a real Qwen2.5) or a direct file path."""
+        file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{file}: no tokenizer.json here (train one with pretrain.py, or copy it "
+                                    "from the checkpoint folder)")
+        try:
+            tokenizer = Tokenizer.from_file(file)
+        except Exception as error:  # the tokenizers library raises a bare Exception on bad JSON
+            raise ValueError(f"{file}: not a readable tokenizer.json ({error})") from None
+        return cls(tokenizer, source=file)
+
+    def save(self, folder):
+        """Write `folder/tokenizer.json` atomically."""
+        os.makedirs(folder, exist_ok=True)
+        final = os.path.join(folder, "tokenizer.json")
+        tmp = final + ".tmp"
+        self.tokenizer.save(tmp)
+        os.replace(tmp, final)
+
+    @property
+    def vocab_size(self):
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text):
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts):
+        return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids, skip_special_tokens=False):
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def encode_chat(self, messages, add_generation_prompt=True):
+        return self.encode(render_chat(messages, add_generation_prompt))
