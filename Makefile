@@ -1,0 +1,48 @@
+# AI-Salesman, lean PyTorch. `make train` runs the whole pipeline; `make test` runs the test suite.
+# Both install what they need into .venv first, from nothing but python3 and pip.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+CONFIG ?= configs/tiny.json
+NAME   := $(basename $(notdir $(CONFIG)))
+RUN    ?= runs/$(if $(filter tiny,$(NAME)),default,$(NAME))
+DATA   ?= data
+MODEL  ?=
+# The corpus size is part of the config (its "data" section); read it once here.
+DIALOGUES = $(shell $(PYTHON) -c "import json; print(json.load(open('$(CONFIG)'))['data']['dialogues'])")
+
+.PHONY: install test bench data train eval ablations chat clean
+
+install: $(VENV)/.installed
+
+# A stamp file: reinstall only when a requirements file changes.
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+test: install
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
+
+bench: install
+	$(PY) bench/generate.py
+	$(PY) bench/logprob.py
+	$(PY) bench/retrieval.py
+
+# The simulated corpus: three agents write calls, then a split by call into train and test.
+data: $(DATA)/train.jsonl
+
+$(DATA)/train.jsonl: | install
+	$(PY) simulate.py --dialogues $(DIALOGUES) --seed 0 --out $(DATA)/calls.jsonl
+	$(PY) corpus.py split $(DATA)/calls.jsonl --train $(DATA)/train.jsonl --test $(DATA)/test.jsonl
+
+train: install data
+	@echo "make train: the pretrain and GRPO stages are not built yet (issue 5)"; exit 1
+
+eval ablations chat:
+	@echo "make $@: not built yet"; exit 1
+
+clean:
+	rm -rf runs reports/*/checkpoints
