@@ -1,0 +1,572 @@
+"""The Qwen2 / Qwen2.5 decoder-only transformer: the policy and the frozen reference model of AI-Salesman.
+
+AI-Salesman (arXiv 2511.12133) trains a Qwen2.5 base model with GRPO and scores thoughts with the Bayesian
+reward R_bayes = log P(Th | c) + log P(A* | c, Th) under a frozen reference copy of the same model. This
+module is that model, written out in plain PyTorch:
+
+  * the architecture: token embedding, RMSNorm (computed in float32), rotary position embeddings,
+    grouped-query attention with bias on q/k/v only, SwiGLU MLP, tied or untied lm_head;
+  * `Qwen2.hidden_states`: the final-normed hidden states without logits, for the fused log-prob kernel
+    (kernels/), so the training pass never materialises full-vocabulary logits;
+  * `generate`: KV-cached batched sampling of completions (greedy or temperature + top-p), used to draw
+    the GRPO groups and to let DOGA speak;
+  * `load_pretrained` / `save_pretrained`: the Hugging Face folder layout (config.json + safetensors),
+    so a real Qwen2.5 checkpoint loads and our checkpoints load in other tools.
+
+Left out on purpose: sliding-window attention (Qwen2.5 checkpoints ship with it switched off), rotary
+scaling variants such as YaRN (only needed beyond the 32k native context), dropout (zero in every Qwen2
+release), and multi-file sharding on save (a single safetensors file holds a model of any size we train).
+A config that asks for one of these is refused with a clear error instead of being run wrongly.
+"""
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be used; the message names the file and the tensor or field."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------
+
+# Fields a config.json must carry: without them the shapes of the weights are unknown.
+REQUIRED_HF_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+# Transformers' default rotary base for Qwen2 when config.json names none; used so that both tools read
+# the same file the same way.
+HF_DEFAULT_ROPE_THETA = 10000.0
+
+
+@dataclass
+class Qwen2Config:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1e6
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    initializer_range: float = 0.02
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not divisible by "
+                             f"num_key_value_heads {self.num_key_value_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_hf_dict(cls, hf: dict, source: str = CONFIG_FILE) -> "Qwen2Config":
+        """Read a Hugging Face Qwen2 config dict; `source` names the file in error messages."""
+        def refuse(field, why):
+            raise CheckpointError(f"{source}: field '{field}' {why}")
+
+        for field in REQUIRED_HF_FIELDS:
+            if field not in hf:
+                refuse(field, "is missing")
+        if hf.get("model_type", "qwen2") != "qwen2":
+            refuse("model_type", f"is {hf['model_type']!r}; only 'qwen2' (Qwen2 and Qwen2.5) is supported")
+        if hf.get("hidden_act", "silu") != "silu":
+            refuse("hidden_act", f"is {hf['hidden_act']!r}; Qwen2 uses 'silu'")
+        if hf.get("use_sliding_window", False):
+            refuse("use_sliding_window", "is true; sliding-window attention is not implemented")
+        # Transformers 4.x writes rope_theta (+ rope_scaling); 5.x writes rope_parameters {rope_theta, rope_type}.
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            refuse("rope_parameters" if "rope_parameters" in hf else "rope_scaling",
+                   f"asks for rope type {rope_type!r}; only the default rotary embedding is implemented")
+        rope_theta = hf.get("rope_theta", rope.get("rope_theta", HF_DEFAULT_ROPE_THETA))
+        head_dim = hf["hidden_size"] // hf["num_attention_heads"]
+        if hf.get("head_dim") not in (None, head_dim):
+            refuse("head_dim", f"is {hf['head_dim']}; Qwen2 needs hidden_size / num_attention_heads = {head_dim}")
+        try:
+            return cls(
+                vocab_size=int(hf["vocab_size"]),
+                hidden_size=int(hf["hidden_size"]),
+                intermediate_size=int(hf["intermediate_size"]),
+                num_hidden_layers=int(hf["num_hidden_layers"]),
+                num_attention_heads=int(hf["num_attention_heads"]),
+                num_key_value_heads=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
+                max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+                rope_theta=float(rope_theta),
+                rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                initializer_range=float(hf.get("initializer_range", 0.02)),
+                bos_token_id=hf.get("bos_token_id"),
+                eos_token_id=hf.get("eos_token_id"),
+            )
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{source}: {error}") from None
+
+    def to_hf_dict(self) -> dict:
+        """The config.json transformers (4.x and 5.x) reads as a Qwen2ForCausalLM."""
+        hf = asdict(self)
+        hf.update(
+            architectures=["Qwen2ForCausalLM"],
+            model_type="qwen2",
+            hidden_act="silu",
+            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
+            use_sliding_window=False,
+            attention_dropout=0.0,
+        )
+        return hf
+
+    @classmethod
+    def from_json(cls, path) -> "Qwen2Config":
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: config file not found")
+        try:
+            hf = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(hf, dict):
+            raise CheckpointError(f"{path}: expected a JSON object")
+        return cls.from_hf_dict(hf, source=str(path))
+
+    def save_json(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_hf_dict(), indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, with the statistics taken in float32 whatever the model dtype."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x):
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def rotary_cos_sin(positions, head_dim: int, theta: float, dtype):
+    """Rotary tables for integer positions [B, T] -> cos, sin [B, 1, T, head_dim] (the 1 broadcasts over heads).
+
+    Frequency i is theta^(-2i/head_dim); the two halves of a head share frequencies (rotate_half convention).
+    """
+    inverse_frequency = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32,
+                                                      device=positions.device) / head_dim))
+    angles = positions[..., None].float() * inverse_frequency          # [B, T, head_dim/2]
+    angles = torch.cat((angles, angles), dim=-1)                         # [B, T, head_dim]
+    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate each (x[j], x[j + D/2]) pair of x [B, heads, T, D] by its position's angle."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for the whole generation: [B, kv_heads, capacity, D].
+
+    `length` positions are filled; a forward pass writes its T new positions in place at
+    [length, length + T) and the model advances `length` once all layers have written.
+    """
+
+    def __init__(self, config: Qwen2Config, batch_size: int, capacity: int, dtype, device):
+        shape = (batch_size, config.num_key_value_heads, capacity, config.head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.length = 0
+
+    def write(self, layer: int, keys, values):
+        """Store keys/values [B, kv_heads, T, D] of one layer; return all filled ones [B, kv_heads, length + T, D]."""
+        end = self.length + keys.shape[2]
+        self.keys[layer][:, :, self.length:end] = keys
+        self.values[layer][:, :, self.length:end] = values
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention: num_attention_heads query heads share num_key_value_heads k/v heads."""
+
+    def __init__(self, config: Qwen2Config, layer_index: int):
+        super().__init__()
+        self.layer_index = layer_index
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None):
+        batch, length, _ = x.shape                                                         # x [B, T, H]
+        queries = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        keys = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        values = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        queries, keys = apply_rotary(queries, cos, sin), apply_rotary(keys, cos, sin)   # [B, heads, T, D]
+        if cache is not None:
+            keys, values = cache.write(self.layer_index, keys, values)                   # [B, kv, S, D]
+        # mask None means "plain causal" (or, for a single query, "see every key").
+        attended = F.scaled_dot_product_attention(
+            queries, keys, values, attn_mask=mask, is_causal=mask is None and length > 1,
+            enable_gqa=self.num_heads != self.num_kv_heads)                               # [B, heads, T, D]
+        return self.o_proj(attended.transpose(1, 2).reshape(batch, length, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm residual block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: Qwen2Config, layer_index: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_index)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen2Backbone(nn.Module):
+    """Embedding, decoder layers, final norm. Attribute names mirror Hugging Face's `model.*` weight names."""
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids, positions, mask, cache: KVCache | None = None):
+        """input_ids, positions [B, T]; mask bool [B, 1, T, S] or None (causal) -> hidden [B, T, H]."""
+        x = self.embed_tokens(input_ids)
+        cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.length += input_ids.shape[1]
+        return self.norm(x)
+
+
+def positions_from_mask(attention_mask):
+    """attention_mask [B, T] (1 token, 0 pad) -> positions [B, T]: the count of real tokens before each one.
+
+    A left-padded row thus numbers its tokens 0, 1, ... exactly as it would alone; pads get position 0.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def padded_causal_mask(key_is_token, query_count: int):
+    """key_is_token bool [B, S] -> mask bool [B, 1, T, S] for the last T = query_count positions.
+
+    A query sees earlier-or-same keys that are real tokens. A pad query also sees itself, so that no row of
+    the attention is fully masked (which would give NaN that later layers carry through the pad positions).
+    """
+    key_count = key_is_token.shape[1]
+    query_positions = torch.arange(key_count - query_count, key_count, device=key_is_token.device)[:, None]
+    key_positions = torch.arange(key_count, device=key_is_token.device)[None, :]
+    causal = key_positions <= query_positions                                       # [T, S]
+    visible = (causal & key_is_token[:, None, :]) | (key_positions == query_positions)
+    return visible[:, None]                                                          # [B, 1, T, S]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------------
+
+class Qwen2(nn.Module):
+    """Qwen2 causal language model. `model.*` holds the backbone; `lm_head` exists only when untied."""
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.config = config
+        self.model = Qwen2Backbone(config)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.apply(self._initialise)
+
+    def _initialise(self, module):
+        """Fresh weights as Qwen2 was trained from: N(0, initializer_range), zero biases, unit norms."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def lm_head_weight(self):
+        """The output projection [V, H]; the embedding matrix itself when the config ties them."""
+        return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+
+    def hidden_states(self, input_ids, attention_mask=None):
+        """input_ids [B, T], attention_mask [B, T] (1 token, 0 pad) -> final-normed hidden states [B, T, H]."""
+        if attention_mask is None or bool(attention_mask.all()):
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            return self.model(input_ids, positions, mask=None)
+        return self.model(input_ids, positions_from_mask(attention_mask),
+                          mask=padded_causal_mask(attention_mask.bool(), input_ids.shape[1]))
+
+    def forward(self, input_ids, attention_mask=None):
+        """input_ids [B, T], attention_mask [B, T] -> logits [B, T, V]."""
+        return F.linear(self.hidden_states(input_ids, attention_mask), self.lm_head_weight)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (a tied embedding counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------------------
+
+def choose_next_tokens(logits, temperature: float, top_p: float, generator):
+    """logits [B, V] -> token ids [B]: argmax at temperature 0, else a sample from the top-p nucleus."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probabilities = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        # Keep the most likely tokens until their mass reaches top_p (always at least the first one).
+        sorted_probabilities, order = probabilities.sort(dim=-1, descending=True)
+        mass_before = sorted_probabilities.cumsum(dim=-1) - sorted_probabilities
+        sorted_probabilities = sorted_probabilities.masked_fill(mass_before >= top_p, 0.0)
+        probabilities = torch.zeros_like(probabilities).scatter(-1, order, sorted_probabilities)
+    return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1)
+
+
+def generate(model: Qwen2, input_ids, attention_mask=None, max_new_tokens: int = 64, temperature: float = 0.0,
+             top_p: float = 1.0, eos_token_id=None, generator=None, pad_token_id=None):
+    """Continue left-padded prompts input_ids [B, T] -> LongTensor [B, T + n], n <= max_new_tokens.
+
+    Each row stops at its own EOS (eos_token_id: an id or a list of ids); the rest of a finished row is
+    pad_token_id (default: the first EOS id); generation ends early once every row has finished.
+    temperature 0 is greedy decoding; otherwise tokens are sampled at that temperature from the top-p
+    nucleus, drawing from `generator` (a torch.Generator) for reproducible runs.
+    """
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"generate: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    if attention_mask is not None and not bool(attention_mask[:, -1].all()):
+        raise ValueError("generate: prompts must be left-padded (attention_mask[:, -1] must be 1 for every row)")
+    with torch.inference_mode():
+        completion = _generate_completion(model, input_ids, attention_mask, max_new_tokens, temperature, top_p,
+                                          eos_token_id, generator, pad_token_id)
+    # Cloned outside inference mode so the ids can feed a training forward pass (e.g. GRPO's log-probs).
+    return torch.cat((input_ids, completion), dim=1).clone()
+
+
+def _generate_completion(model, input_ids, attention_mask, max_new_tokens, temperature, top_p, eos_token_id,
+                         generator, pad_token_id):
+    """The decoding loop of `generate`: one prefill pass, then one cached pass per new token -> [B, n]."""
+    batch, prompt_length = input_ids.shape
+    device = input_ids.device
+    eos_ids = None if eos_token_id is None else torch.tensor(
+        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
+    pad_id = pad_token_id if pad_token_id is not None else (int(eos_ids[0]) if eos_ids is not None else 0)
+    weight = model.lm_head_weight                                                      # [V, H]
+    cache = KVCache(model.config, batch, prompt_length + max_new_tokens, weight.dtype, device)
+
+    # Which cache slots hold real tokens: the prompt's mask, then every generated position.
+    key_is_token = torch.ones(batch, prompt_length + max_new_tokens, dtype=torch.bool, device=device)
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    if padded:
+        key_is_token[:, :prompt_length] = attention_mask.bool()
+        positions = positions_from_mask(attention_mask)                                # [B, T]
+        mask = padded_causal_mask(key_is_token[:, :prompt_length], prompt_length)
+    else:
+        positions = torch.arange(prompt_length, device=device).expand(batch, prompt_length)
+        mask = None
+
+    hidden = model.model(input_ids, positions, mask, cache)[:, -1]                     # [B, H] last position
+    next_position = positions[:, -1:] + 1                                              # [B, 1]
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    completion = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    produced = 0
+    while produced < max_new_tokens:
+        tokens = choose_next_tokens(F.linear(hidden, weight), temperature, top_p, generator)   # [B]
+        if eos_ids is not None:
+            tokens = tokens.masked_fill(finished, pad_id)
+            finished |= torch.isin(tokens, eos_ids)
+        completion[:, produced] = tokens
+        produced += 1
+        if produced == max_new_tokens or (eos_ids is not None and bool(finished.all())):
+            break
+        # Decode step: one query per row attends to every filled cache slot (pads excluded by key_is_token).
+        step_mask = key_is_token[:, None, None, :cache.length + 1] if padded else None  # [B, 1, 1, S]
+        hidden = model.model(tokens[:, None], next_position, step_mask, cache)[:, -1]
+        next_position += 1
+    return completion[:, :produced]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint IO (Hugging Face folder layout)
+# ----------------------------------------------------------------------------------------------------------
+
+def _read_safetensors(file: Path) -> dict:
+    """All tensors of one safetensors file; a missing, truncated or corrupt file is a CheckpointError."""
+    if not file.is_file():
+        raise CheckpointError(f"{file}: weights file not found")
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as reader:
+            return {name: reader.get_tensor(name) for name in reader.keys()}
+    except Exception as error:  # safetensors raises its own error types for truncated/corrupt files
+        raise CheckpointError(f"{file}: cannot read safetensors file ({error}); is it truncated or corrupt?") from None
+
+
+def _read_weights(folder: Path) -> tuple[dict, dict]:
+    """-> (tensors by name, file holding each name) from model.safetensors or a sharded index."""
+    index_file = folder / WEIGHTS_INDEX_FILE
+    if index_file.is_file():
+        try:
+            weight_map = json.loads(index_file.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{index_file}: not a valid safetensors index ({error!r})") from None
+        tensors, source = {}, {}
+        for shard_name in sorted(set(weight_map.values())):
+            shard = _read_safetensors(folder / shard_name)
+            tensors.update(shard)
+            source.update({name: folder / shard_name for name in shard})
+        for name, shard_name in weight_map.items():
+            if source.get(name) != folder / shard_name:
+                raise CheckpointError(f"{index_file}: tensor {name} is listed in {shard_name}, which does not hold it")
+        return tensors, source
+    file = folder / WEIGHTS_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{folder}: no weights found (expected {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE})")
+    tensors = _read_safetensors(file)
+    return tensors, {name: file for name in tensors}
+
+
+def load_pretrained(path, dtype=None, device=None) -> Qwen2:
+    """Load a Hugging Face Qwen2/Qwen2.5 folder (config.json + model.safetensors or a sharded index).
+
+    dtype: torch dtype of the parameters (default: the checkpoint's); device: where they live (default CPU).
+    Every tensor is checked by name and shape against the config before anything is built.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: checkpoint folder not found")
+    config = Qwen2Config.from_json(folder / CONFIG_FILE)
+    tensors, source = _read_weights(folder)
+    weights_label = folder / (WEIGHTS_INDEX_FILE if (folder / WEIGHTS_INDEX_FILE).is_file() else WEIGHTS_FILE)
+    if config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)  # some exports keep a copy; tied means the embedding is used
+
+    with torch.device("meta"):  # shapes only: no memory, no random init for weights about to be replaced
+        model = Qwen2(config)
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise CheckpointError(f"{weights_label}: missing tensor {name}")
+        if tuple(tensors[name].shape) != shape:
+            raise CheckpointError(f"{source[name]}: tensor {name} has shape {tuple(tensors[name].shape)}, but "
+                                  f"{folder / CONFIG_FILE} implies {shape}")
+    for name in tensors:
+        if name not in expected:
+            raise CheckpointError(f"{source[name]}: unexpected tensor {name} (not part of a Qwen2 model with "
+                                  f"this {CONFIG_FILE})")
+
+    dtype = dtype or tensors["model.embed_tokens.weight"].dtype
+    device = torch.device(device or "cpu")
+    model.load_state_dict({name: t.to(device=device, dtype=dtype) for name, t in tensors.items()},
+                          strict=True, assign=True)
+    return model.eval()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_folder(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _is_weights_or_config(name: str) -> bool:
+    return name == CONFIG_FILE or name == WEIGHTS_INDEX_FILE or (name.startswith("model") and name.endswith(".safetensors"))
+
+
+def save_pretrained(model: Qwen2, path) -> None:
+    """Write config.json + model.safetensors to the folder `path`, atomically.
+
+    Everything is written to a temporary folder beside the target and flushed to disk; only then is the
+    old folder swapped out by rename. A crash leaves either the old checkpoint or the new one at `path`
+    (plus a stray hidden temporary folder), never a mixture. Other files already in the target folder
+    (tokenizer.json, ...) are carried over into the new one.
+    """
+    target = Path(path).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+    try:
+        tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+        hf_config = model.config.to_hf_dict()
+        hf_config["dtype"] = str(tensors["model.embed_tokens.weight"].dtype).removeprefix("torch.")
+        (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        if target.is_dir():
+            for entry in target.iterdir():
+                if not _is_weights_or_config(entry.name):
+                    copy = shutil.copytree if entry.is_dir() else shutil.copy2
+                    copy(entry, staging / entry.name)
+        for file in staging.rglob("*"):
+            if file.is_file():
+                _fsync_file(file)
+        _fsync_folder(staging)
+
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.rename(target, retired / target.name)
+            try:
+                os.rename(staging, target)
+            except BaseException:
+                os.rename(retired / target.name, target)
+                raise
+            shutil.rmtree(retired)
+        else:
+            os.rename(staging, target)
+        _fsync_folder(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
