@@ -1,0 +1,179 @@
+"""Run configuration: every knob of the pipeline, its default, and why, in one place.
+
+A config file (configs/*.json) has one section per stage:
+
+    data      how many calls the simulation writes
+    tokenizer the BPE vocabulary size (tiny model only; a real checkpoint brings its own)
+    model     Hugging Face Qwen2 config fields for the tiny from-scratch model
+    pretrain  causal-LM training of the base model (and the SFT baseline)
+    reward    the weights of the composite reward
+    grpo      the GRPO loop; knob names and meanings follow TRL's GRPOConfig
+
+Keys missing from a file take the defaults below; an unknown key, a wrong type or a value out of range
+ends with a `ConfigError` that names the file and the key (a typo must never be silently ignored).
+"""
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    dialogues: int = 2000          # simulated calls; 10% are held out as the test split
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 2048         # small: the tiny model's embedding should not dominate its parameters
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 400
+    batch_size: int = 16           # sequences per step
+    seq_len: int = 512             # packed token windows
+    learning_rate: float = 2e-3    # high, as usual for a tiny model trained briefly
+    min_lr_ratio: float = 0.1      # cosine decays to this fraction of the peak
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class RewardConfig:
+    """Weights of the composite reward (DESIGN.md, "Rewards"). Defaults and their reasons:
+
+    format 1.0       the answer must be parseable before anything else can be judged;
+    similarity 1.0   cosine in [0, 1] to the reference reply: the main "say the right thing" signal;
+    faithfulness 1.0 share of supported claims in [0, 1]; a forbidden promise scores 0. Equal to
+                     similarity because a fluent but false reply is worse than a clumsy true one;
+    bayes 0.1        prior + likelihood are mean log-probs, each typically in [-6, -1], so the sum spans
+                     roughly ten times the range of the other terms: 0.1 puts it on their scale.
+    """
+    format: float = 1.0
+    similarity: float = 1.0
+    faithfulness: float = 1.0
+    bayes: float = 0.1
+    bayes_floor: float = -10.0     # per-token mean log-prob floor for each of prior and likelihood
+
+
+@dataclass
+class GRPOConfig:
+    # --- TRL GRPOConfig names ---
+    num_generations: int = 8       # completions per prompt (one group)
+    beta: float = 0.04             # weight of the k3 KL penalty to the frozen reference
+    epsilon: float = 0.2           # lower clip: ratio >= 1 - epsilon
+    epsilon_high: float = 0.28     # upper clip (DAPO's clip-higher); set equal to epsilon for plain PPO
+    loss_type: str = "dapo"        # grpo | dr_grpo | dapo: how per-token losses are averaged
+    scale_rewards: str = "group"   # group | batch | none: what the advantage is divided by
+    num_iterations: int = 1        # optimisation passes over each generated batch
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_prompt_length: int = 768   # longer prompts are left out of the prompt pool (and counted)
+    max_completion_length: int = 64
+    mask_truncated_completions: bool = True  # a completion with no EOS gets no gradient
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 5
+    # --- the loop ---
+    steps: int = 60
+    prompts_per_step: int = 4      # groups per step, over all processes together
+    reference_filter: str = "good"  # good: train on turns the Manager judged on-stage and faithful | all
+    save_steps: int = 20           # checkpoint every N steps (0: only the final model)
+    log_completion_steps: int = 10  # print a sample completion every N steps
+    eval_prompts: int = 32         # held-out prompts for the before/after summary
+    seed: int = 0
+    device: str = "auto"           # auto | cpu | cuda
+    dtype: str = "float32"         # float32 | bfloat16
+
+
+CHOICES = {
+    ("grpo", "loss_type"): ("grpo", "dr_grpo", "dapo"),
+    ("grpo", "scale_rewards"): ("group", "batch", "none"),
+    ("grpo", "reference_filter"): ("good", "all"),
+    ("grpo", "device"): ("auto", "cpu", "cuda"),
+    ("grpo", "dtype"): ("float32", "bfloat16"),
+}
+# Keys that must be > 0, and keys that must lie in [0, 1].
+POSITIVE = {"dialogues", "vocab_size", "steps", "batch_size", "seq_len", "learning_rate", "max_grad_norm",
+            "num_generations", "num_iterations", "temperature", "max_prompt_length", "max_completion_length",
+            "prompts_per_step", "eval_prompts"}
+UNIT_INTERVAL = {"min_lr_ratio", "epsilon", "epsilon_high", "top_p"}
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: dict = field(default_factory=dict)   # Qwen2Config fields; model.py validates them
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    source: str = "<defaults>"
+
+
+def _section(path, name, cls, values):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: section '{name}' must be an object, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    parsed = {}
+    for key, value in values.items():
+        where = f"{path}: {name}.{key}"
+        if key not in known:
+            raise ConfigError(f"{where} is not a known key (known: {', '.join(sorted(known))})")
+        default = known[key].default
+        # bool is a subclass of int in Python: check it first so that `true` is not accepted as a number.
+        if isinstance(default, bool) != isinstance(value, bool):
+            raise ConfigError(f"{where} must be {type(default).__name__}, got {value!r}")
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, type(default)):
+            raise ConfigError(f"{where} must be {type(default).__name__}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where} must be finite, got {value!r}")
+        if (name, key) in CHOICES and value not in CHOICES[(name, key)]:
+            raise ConfigError(f"{where} must be one of {CHOICES[(name, key)]}, got {value!r}")
+        if key in POSITIVE and value <= 0:
+            raise ConfigError(f"{where} must be > 0, got {value!r}")
+        if key in UNIT_INTERVAL and not 0 <= value <= 1:
+            raise ConfigError(f"{where} must lie in [0, 1], got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"{where} must be >= 0, got {value!r}")
+        parsed[key] = value
+    return cls(**parsed)
+
+
+def load_config(path):
+    """Read and validate a config file; see the module docstring."""
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a JSON object of sections")
+    sections = {"data": DataConfig, "tokenizer": TokenizerConfig, "pretrain": PretrainConfig,
+                "reward": RewardConfig, "grpo": GRPOConfig}
+    unknown = set(raw) - set(sections) - {"model", "comment"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)} (known: model, {', '.join(sections)})")
+    config = Config(source=path, model=raw.get("model", {}))
+    if not isinstance(config.model, dict):
+        raise ConfigError(f"{path}: section 'model' must be an object")
+    for name, cls in sections.items():
+        setattr(config, name, _section(path, name, cls, raw.get(name, {})))
+    if config.grpo.epsilon_high < config.grpo.epsilon:
+        raise ConfigError(f"{path}: grpo.epsilon_high ({config.grpo.epsilon_high}) must be >= grpo.epsilon "
+                          f"({config.grpo.epsilon})")
+    if config.grpo.num_generations < 2:
+        raise ConfigError(f"{path}: grpo.num_generations must be >= 2: a group of one has no spread to learn from")
+    return config

@@ -1,0 +1,54 @@
+"""Config validation: every bad value is rejected with a message naming the file and the key."""
+import json
+
+import pytest
+
+from config import ConfigError, GRPOConfig, RewardConfig, load_config
+
+
+def write(tmp_path, content):
+    path = tmp_path / "c.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+def test_defaults_and_overrides(tmp_path):
+    config = load_config(write(tmp_path, {"grpo": {"beta": 0, "loss_type": "grpo"}, "reward": {"bayes": 0}}))
+    assert config.grpo.beta == 0.0 and isinstance(config.grpo.beta, float)
+    assert config.grpo.loss_type == "grpo"
+    assert config.grpo.num_generations == GRPOConfig().num_generations
+    assert config.reward.format == RewardConfig().format and config.reward.bayes == 0.0
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"grpo": {"epsilon": 2.0}}, r"grpo\.epsilon must lie in \[0, 1\]"),
+    ({"grpo": {"loss_type": "ppo"}}, r"grpo\.loss_type must be one of"),
+    ({"grpo": {"scale_rewards": True}}, r"grpo\.scale_rewards must be str"),
+    ({"grpo": {"num_generations": 1}}, r"grpo\.num_generations must be >= 2"),
+    ({"grpo": {"num_generations": 4.5}}, r"grpo\.num_generations must be int"),
+    ({"grpo": {"mask_truncated_completions": 1}}, r"grpo\.mask_truncated_completions must be bool"),
+    ({"grpo": {"beta": -0.1}}, r"grpo\.beta must be >= 0"),
+    ({"grpo": {"epsilon": 0.3, "epsilon_high": 0.2}}, r"grpo\.epsilon_high \(0\.2\) must be >= grpo\.epsilon"),
+    ({"grpo": {"lerning_rate": 1e-5}}, r"grpo\.lerning_rate is not a known key"),
+    ({"pretrain": {"steps": 0}}, r"pretrain\.steps must be > 0"),
+    ({"reward": {"bayes": "high"}}, r"reward\.bayes must be float"),
+    ({"reward": {"similarity": float("nan")}}, r"reward\.similarity must be finite"),
+    ({"trainer": {}}, r"unknown section\(s\) \['trainer'\]"),
+    ({"grpo": []}, r"section 'grpo' must be an object"),
+    ("{oops", r"not valid JSON"),
+])
+def test_bad_values_name_file_and_key(tmp_path, content, message):
+    path = write(tmp_path, content)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(path)
+    assert path in str(error.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "nope.json"))
+
+
+def test_shipped_configs_load():
+    for name in ("tiny", "smoke"):
+        load_config(f"configs/{name}.json")
