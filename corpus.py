@@ -1,0 +1,347 @@
+"""TeleSalesCorpus: the schema of a simulated sales call, its validation, and calls -> training samples.
+
+AI-Salesman (arXiv 2511.12133) trains on a corpus of telemarketing calls whose salesperson turns carry
+a stage, an intent, a private thought and the Manager's labels. This module holds the ONE definition of
+the sales stages, their transition table, the intents and the outcomes; it validates a JSONL corpus
+line by line (errors name the file, the line and the field), splits it by call, turns one call into one
+training sample per salesperson turn (a ChatML prompt rendered by tokenizer.render_chat, the reference
+reply A*, its thought, stage, intent and labels), and renders whole calls as plain text for pretraining
+the base model in exactly the chat format the policy is later prompted with.
+
+Left out on purpose: the paper's Chinese corpus and its human annotation (we simulate our own, see
+simulate.py), and any JSON-schema library: the schema is small enough to check by hand, with better
+messages.
+
+CLI:
+    python corpus.py split IN --train OUT1 --test OUT2 [--test-fraction 0.1] [--holdout-domain D] [--seed 0]
+    python corpus.py validate PATH [--skip-invalid]
+"""
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from tokenizer import THINK_CLOSE, THINK_OPEN, format_assistant, render_chat
+
+# ----------------------------------------------------------------------------------------------
+# The sales world's vocabulary: stages, how they may follow each other, intents, outcomes.
+
+STAGES = ("opening", "business_analysis", "product_introduction",
+          "objection_handling", "operational_guidance", "closing")
+
+# stage -> stages the next salesperson turn may be in (staying is always allowed). The Manager
+# enforces it: a turn whose intent belongs to any other stage is off-stage and the stage does not move.
+STAGE_TRANSITIONS = {
+    "opening": ("opening", "business_analysis"),
+    "business_analysis": ("business_analysis", "product_introduction"),
+    "product_introduction": ("product_introduction", "objection_handling", "operational_guidance", "closing"),
+    "objection_handling": ("objection_handling", "product_introduction", "operational_guidance", "closing"),
+    "operational_guidance": ("operational_guidance", "objection_handling", "closing"),
+    "closing": ("closing", "objection_handling", "operational_guidance"),
+}
+
+# What a salesperson turn does -> the stage it belongs to.
+SALES_INTENTS = {
+    "greet_and_introduce": "opening",
+    "state_purpose": "opening",
+    "ask_business_situation": "business_analysis",
+    "diagnose_with_numbers": "business_analysis",
+    "present_product": "product_introduction",
+    "explain_features": "product_introduction",
+    "explain_pricing": "product_introduction",
+    "generic_pitch": "product_introduction",
+    "handle_price_objection": "objection_handling",
+    "handle_trust_objection": "objection_handling",
+    "handle_timing_objection": "objection_handling",
+    "handle_need_objection": "objection_handling",
+    "explain_signup_steps": "operational_guidance",
+    "explain_activation": "operational_guidance",
+    "ask_for_commitment": "closing",
+    "confirm_next_steps": "closing",
+    "polite_goodbye": "closing",
+    "pressure_close": "closing",
+}
+# Intents that are mistakes whatever the stage: they pretend to belong to a stage but never do its job,
+# so the Manager never counts them as on-stage and never lets them move the stage.
+MISTAKE_INTENTS = ("generic_pitch", "pressure_close")
+
+CUSTOMER_INTENTS = (
+    "greet_back", "busy_brush_off", "acknowledge", "agree_with_diagnosis", "describe_business",
+    "ask_price", "ask_details", "raise_price_objection", "raise_trust_objection", "raise_timing_objection",
+    "raise_need_objection", "repeat_objection", "show_interest", "ask_how_to_start", "ask_activation",
+    "accept", "decline", "hang_up", "challenge_claim", "annoyed", "unimpressed", "confused",
+)
+
+OUTCOMES = ("converted", "declined", "hung_up")
+ROLES = ("sales", "customer")
+# labels.rule_broken: null, or the one rule a salesperson turn broke (the most serious, in this order).
+RULES = ("forbidden_promise", "wrong_fact", "pushy", "generic", "skipped_stage", "stage_regression")
+
+PRODUCT_LIST_FIELDS = ("features", "eligibility", "forbidden_promises")
+PRODUCT_FIELDS = {"id": str, "name": str, "domain": str, "price": (int, float), "currency": str,
+                  "billing": str, "term_months": int}
+HIDDEN_FIELDS = {"budget": (int, float), "temperament": str, "needs": list, "objections": list,
+                 "patience": int}
+
+
+class CorpusError(ValueError):
+    """A corpus line that does not follow the schema; the message names the file, line and field."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: one call (a parsed JSON line) against the schema. Errors carry the field's path.
+
+def _type_name(types):
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join({int: "integer", float: "number", str: "string", bool: "boolean", list: "list",
+                        dict: "object"}[t] for t in types)
+
+
+def _check_type(value, types, field):
+    types = types if isinstance(types, tuple) else (types,)
+    is_bool = isinstance(value, bool)
+    if (is_bool and bool not in types) or not isinstance(value, types):
+        raise CorpusError(f"field '{field}': expected {_type_name(types)}, got {type(value).__name__} {value!r:.60}")
+
+
+def _require(obj, key, types, path):
+    field = f"{path}.{key}" if path else key
+    if key not in obj:
+        raise CorpusError(f"field '{field}': missing")
+    _check_type(obj[key], types, field)
+    return obj[key]
+
+
+def _check_enum(value, allowed, field):
+    if value not in allowed:
+        raise CorpusError(f"field '{field}': {value!r} is not one of {', '.join(allowed)}")
+
+
+def _check_flat_scalars(obj, path, allow_lists=()):
+    for key, value in obj.items():
+        if key in allow_lists:
+            _check_type(value, list, f"{path}.{key}")
+            for i, item in enumerate(value):
+                _check_type(item, str, f"{path}.{key}[{i}]")
+        else:
+            _check_type(value, (str, int, float), f"{path}.{key}")
+
+
+def validate_call(call):
+    """Raise CorpusError (message starts with the offending field) unless `call` follows the schema."""
+    _check_type(call, dict, "<call>")
+    _require(call, "id", str, "")
+    domain = _require(call, "domain", str, "")
+    product = _require(call, "product", dict, "")
+    for key, types in PRODUCT_FIELDS.items():
+        _require(product, key, types, "product")
+    for key in PRODUCT_LIST_FIELDS:
+        _require(product, key, list, "product")
+    _check_flat_scalars(product, "product", allow_lists=PRODUCT_LIST_FIELDS)
+    if product["domain"] != domain:
+        raise CorpusError(f"field 'product.domain': {product['domain']!r} differs from the call's domain {domain!r}")
+    customer = _require(call, "customer", dict, "")
+    visible = _require(customer, "visible", dict, "customer")
+    _require(visible, "name", str, "customer.visible")
+    _check_flat_scalars(visible, "customer.visible")
+    hidden = _require(customer, "hidden", dict, "customer")
+    for key, types in HIDDEN_FIELDS.items():
+        _require(hidden, key, types, "customer.hidden")
+    _check_enum(_require(call, "outcome", str, ""), OUTCOMES, "outcome")
+    turns = _require(call, "turns", list, "")
+    if not turns:
+        raise CorpusError("field 'turns': empty")
+    previous_stage = None
+    for i, turn in enumerate(turns):
+        path = f"turns[{i}]"
+        _check_type(turn, dict, path)
+        role = _require(turn, "role", str, path)
+        _check_enum(role, ROLES, f"{path}.role")
+        if not _require(turn, "text", str, path).strip():
+            raise CorpusError(f"field '{path}.text': empty")
+        stage = _require(turn, "stage", str, path)
+        _check_enum(stage, STAGES, f"{path}.stage")
+        intent = _require(turn, "intent", str, path)
+        _check_enum(intent, tuple(SALES_INTENTS) if role == "sales" else CUSTOMER_INTENTS, f"{path}.intent")
+        if role == "sales":
+            _require(turn, "thought", str, path)
+            labels = _require(turn, "labels", dict, path)
+            _require(labels, "on_stage", bool, f"{path}.labels")
+            _require(labels, "faithful", bool, f"{path}.labels")
+            if "rule_broken" not in labels:
+                raise CorpusError(f"field '{path}.labels.rule_broken': missing")
+            if labels["rule_broken"] is not None:
+                _check_enum(labels["rule_broken"], RULES, f"{path}.labels.rule_broken")
+        if previous_stage is not None and stage not in STAGE_TRANSITIONS[previous_stage]:
+            raise CorpusError(f"field '{path}.stage': {previous_stage} -> {stage} is not an allowed transition")
+        previous_stage = stage
+
+
+def load_corpus(path, skip_invalid=False):
+    """Read a JSONL corpus and validate every line. Returns the list of calls.
+
+    A bad line raises CorpusError naming the file, the line number and the field; with skip_invalid=True
+    bad lines are skipped and their count is reported on stderr (never silently)."""
+    calls, seen_ids, skipped = [], {}, 0
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                try:
+                    call = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise CorpusError(f"not valid JSON ({error.msg} at column {error.colno})") from None
+                validate_call(call)
+                if call["id"] in seen_ids:
+                    raise CorpusError(f"field 'id': {call['id']!r} already used on line {seen_ids[call['id']]}")
+            except CorpusError as error:
+                if not skip_invalid:
+                    raise CorpusError(f"{path}:{line_number}: {error}") from None
+                skipped += 1
+                continue
+            seen_ids[call["id"]] = line_number
+            calls.append(call)
+    if skipped:
+        print(f"{path}: skipped {skipped} invalid line(s)", file=sys.stderr)
+    return calls
+
+
+def write_corpus(path, calls):
+    """Write calls as JSONL atomically (a temporary file in the same folder, then os.replace)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            for call in calls:
+                out.write(json.dumps(call, ensure_ascii=False) + "\n")
+        os.replace(tmp_path, path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
+
+
+def split_calls(calls, test_fraction=0.1, holdout_domain=None, seed=0):
+    """Split by call (never by turn). A held-out domain goes entirely to the test split; the other
+    domains are shuffled with `seed` and split by `test_fraction`. Returns (train, test), each in the
+    input's order."""
+    if holdout_domain is not None and not any(call["domain"] == holdout_domain for call in calls):
+        raise ValueError(f"--holdout-domain {holdout_domain!r}: no call has that domain")
+    held_out = [i for i, call in enumerate(calls) if call["domain"] == holdout_domain]
+    rest = [i for i, call in enumerate(calls) if call["domain"] != holdout_domain]
+    random.Random(seed).shuffle(rest)
+    test_ids = set(held_out) | set(rest[:round(len(rest) * test_fraction)])
+    train = [call for i, call in enumerate(calls) if i not in test_ids]
+    test = [call for i, call in enumerate(calls) if i in test_ids]
+    return train, test
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts: the system prompt, the chat history, and training samples.
+
+def system_prompt(product, visible):
+    """The salesperson's instructions: its role, the product sheet and the visible customer profile,
+    every value written the way it is spoken (simulate.slot_values: '$49', 'a, b and c')."""
+    from simulate import slot_values  # simulate imports this module; the spoken form lives there
+    spoken = slot_values(product, visible)
+    sheet_keys = [key for key in product if key not in ("id", "domain", "currency", "forbidden_promises")]
+    sheet = "\n".join(f"- {key}: {spoken['product' if key == 'name' else key]}" for key in sheet_keys)
+    profile = "\n".join(f"- {key}: {spoken[key]}" for key in visible)
+    return (f"You are a telesales agent. Use only the facts below. Think in one sentence inside "
+            f"{THINK_OPEN}{THINK_CLOSE}, then reply in one or two sentences.\n"
+            f"Product:\n{sheet}\nNever promise: {'; '.join(product['forbidden_promises'])}\n"
+            f"Customer:\n{profile}")
+
+
+def chat_messages(product, visible, turns):
+    """System prompt, then the call so far: customer -> user, salesperson -> assistant (spoken text only)."""
+    messages = [{"role": "system", "content": system_prompt(product, visible)}]
+    for turn in turns:
+        messages.append({"role": "assistant" if turn["role"] == "sales" else "user", "content": turn["text"]})
+    return messages
+
+
+@dataclass
+class Sample:
+    call_id: str
+    turn_index: int      # index of the salesperson turn in call["turns"]
+    messages: list       # system + history, ChatML roles
+    prompt: str          # render_chat(messages): ends with the open assistant turn
+    reference: str       # A*, the spoken reply of the corpus
+    thought: str         # the reference thought
+    stage: str
+    intent: str
+    labels: dict
+    domain: str
+    product: dict
+    visible: dict
+
+
+def training_samples(call):
+    """One Sample per salesperson turn of `call`."""
+    product, visible = call["product"], call["customer"]["visible"]
+    samples = []
+    for index, turn in enumerate(call["turns"]):
+        if turn["role"] != "sales":
+            continue
+        messages = chat_messages(product, visible, call["turns"][:index])
+        samples.append(Sample(call["id"], index, messages, render_chat(messages), turn["text"], turn["thought"],
+                              turn["stage"], turn["intent"], turn["labels"], call["domain"], product, visible))
+    return samples
+
+
+def render_call_text(call):
+    """A whole call as ChatML text, salesperson turns as `<think>thought</think>\\nreply`: the text the
+    base model is pretrained on, in the exact format the policy is prompted and answers in."""
+    messages = [{"role": "system", "content": system_prompt(call["product"], call["customer"]["visible"])}]
+    for turn in call["turns"]:
+        if turn["role"] == "sales":
+            messages.append({"role": "assistant", "content": format_assistant(turn["thought"], turn["text"])})
+        else:
+            messages.append({"role": "user", "content": turn["text"]})
+    return render_chat(messages, add_generation_prompt=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    split = commands.add_parser("split", help="split a corpus by call into train and test files")
+    split.add_argument("input")
+    split.add_argument("--train", required=True)
+    split.add_argument("--test", required=True)
+    split.add_argument("--test-fraction", type=float, default=0.1)
+    split.add_argument("--holdout-domain", default=None, help="put every call of this domain in the test split")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--skip-invalid", action="store_true")
+    validate = commands.add_parser("validate", help="check every line of a corpus")
+    validate.add_argument("path")
+    validate.add_argument("--skip-invalid", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "validate":
+            calls = load_corpus(args.path, skip_invalid=args.skip_invalid)
+            print(f"{args.path}: {len(calls)} valid calls")
+            return 0
+        if not 0.0 <= args.test_fraction < 1.0:
+            parser.error("--test-fraction must be in [0, 1)")
+        calls = load_corpus(args.input, skip_invalid=args.skip_invalid)
+        train, test = split_calls(calls, args.test_fraction, args.holdout_domain, args.seed)
+        write_corpus(args.train, train)
+        write_corpus(args.test, test)
+        print(f"{args.input}: {len(train)} train calls -> {args.train}, {len(test)} test calls -> {args.test}")
+        return 0
+    except (CorpusError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
