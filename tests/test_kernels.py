@@ -1,0 +1,416 @@
+"""kernels/: token_logprobs and fused_linear_logprobs against float64 PyTorch math, on both engines.
+
+The Triton engine runs compiled on CUDA tensors when a GPU is present, otherwise interpreted on CPU tensors, which
+needs TRITON_INTERPRET=1 in the environment (`TRITON_INTERPRET=1 pytest tests/test_kernels.py`); without either,
+the Triton-engine tests fail with a message saying so rather than being skipped.
+The reference is log_softmax in float64 followed by gather, differentiated by autograd.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kernels
+from kernels import backend_for, fused_linear_logprobs, token_logprobs
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ENGINES = ["triton", "torch"]
+IGNORE = -100
+
+
+@pytest.fixture(autouse=True)
+def no_forced_backend(monkeypatch):
+    monkeypatch.delenv("KERNELS_BACKEND", raising=False)
+
+
+def reference_logprobs(logits64, targets, temperature=1.0):
+    """float64 log softmax(logits / temperature)[target]; 0 for ignored targets."""
+    log_probs = torch.log_softmax(logits64 / temperature, dim=1)
+    picked = log_probs.gather(1, targets.clamp(min=0)[:, None])[:, 0]
+    return torch.where(targets == IGNORE, torch.zeros_like(picked), picked)
+
+
+def reference_entropy(logits64, temperature=1.0):
+    log_probs = torch.log_softmax(logits64 / temperature, dim=1)
+    return -(log_probs.exp() * log_probs).sum(dim=1)
+
+
+def make_targets(rows, vocab_size, generator, ignored_rows=()):
+    """Random targets that include 0 and V-1 (when there is room) and ignore_index at ignored_rows."""
+    targets = torch.randint(0, vocab_size, (rows,), generator=generator)
+    targets[0] = 0
+    if rows > 1:
+        targets[-1] = vocab_size - 1
+    for row in ignored_rows:
+        targets[row] = IGNORE
+    return targets.to(DEVICE)
+
+
+def float32_exact(values64):
+    """float64 values that float32 represents exactly, on DEVICE: the reference sees what the kernel sees."""
+    return values64.float().double().to(DEVICE)
+
+
+def relative_error(actual, expected):
+    """Largest |actual - expected| relative to each |expected|, with a floor of 1e-3 for values near 0."""
+    difference = (actual.double() - expected).abs()
+    return (difference / expected.abs().clamp(min=1e-3)).max().item()
+
+
+def normalised_error(actual, expected):
+    """Largest absolute error as a share of the largest reference entry (for gradients, which have many zeros)."""
+    return ((actual.double() - expected).abs().max() / expected.abs().max()).item()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# token_logprobs
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "rows, vocab_size, temperature",
+    [(7, 5000, 1.0), (1, 1000, 1.0), (6, 9000, 0.7), (5, 300, 1.5)],  # 5000, 9000: not multiples of BLOCK_V
+)
+def test_token_logprobs_float32_matches_float64(engine, rows, vocab_size, temperature):
+    generator = torch.Generator().manual_seed(rows * vocab_size)
+    logits64 = float32_exact(torch.randn(rows, vocab_size, generator=generator, dtype=torch.float64) * 3)
+    targets = make_targets(rows, vocab_size, generator, ignored_rows=[1] if rows > 2 else [])
+    logits = logits64.float().requires_grad_()
+    logprobs = token_logprobs(logits, targets, temperature=temperature, backend=engine)
+    assert logprobs.dtype == torch.float32 and logprobs.shape == (rows,)
+    assert backend_for(logits, engine) == engine
+
+    reference_input = logits64.clone().requires_grad_()
+    reference = reference_logprobs(reference_input, targets, temperature)
+    assert relative_error(logprobs, reference.detach()) < 1e-5
+    assert (logprobs <= 0).all()
+
+    upstream = torch.randn(rows, generator=generator, dtype=torch.float64).to(DEVICE)
+    (logprobs.double() * upstream).sum().backward()
+    (reference * upstream).sum().backward()
+    assert logits.grad.dtype == torch.float32
+    assert normalised_error(logits.grad, reference_input.grad) < 1e-5
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_token_logprobs_bfloat16(engine):
+    generator = torch.Generator().manual_seed(1)
+    logits = (torch.randn(6, 5000, generator=generator) * 4).to(DEVICE, torch.bfloat16).requires_grad_()
+    targets = make_targets(6, 5000, generator, ignored_rows=[2])
+    logprobs = token_logprobs(logits, targets, backend=engine)
+    logits64 = logits.detach().double().requires_grad_()
+    reference = reference_logprobs(logits64, targets)
+    assert logprobs.dtype == torch.float32
+    assert relative_error(logprobs, reference.detach()) < 1e-2
+    assert (logprobs <= 0).all()
+    logprobs.sum().backward()
+    reference.sum().backward()
+    assert logits.grad.dtype == torch.bfloat16
+    assert normalised_error(logits.grad, logits64.grad) < 1e-2
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_token_logprobs_extreme_logits(engine):
+    """Logits of +-1e4 overflow a naive exp in any precision; the running max keeps them finite."""
+    vocab_size = 5000
+    logits64 = torch.full((4, vocab_size), -1e4, dtype=torch.float64)
+    logits64[0, 17] = 1e4  # one huge winner: its log-prob is 0, the others' -2e4
+    logits64[1, ::2] = 1e4  # many tied winners
+    logits64[2] = torch.linspace(-1e4, 1e4, vocab_size, dtype=torch.float64)
+    logits64 = float32_exact(logits64)
+    targets = torch.tensor([17, 0, vocab_size - 1, 3], device=DEVICE)
+    logits = logits64.float().requires_grad_()
+    logprobs = token_logprobs(logits, targets, backend=engine)
+    reference_input = logits64.clone().requires_grad_()
+    reference = reference_logprobs(reference_input, targets)
+    assert torch.isfinite(logprobs).all()
+    assert relative_error(logprobs, reference.detach()) < 1e-5
+    assert (logprobs <= 0).all()
+    logprobs.sum().backward()
+    reference.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    assert normalised_error(logits.grad, reference_input.grad) < 1e-5
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_token_logprobs_masked_vocabulary(engine):
+    """-inf logits (a masked vocabulary, here the whole first block of 4096) get probability 0, not NaN."""
+    generator = torch.Generator().manual_seed(2)
+    logits64 = torch.randn(3, 5000, generator=generator, dtype=torch.float64)
+    logits64[:, :4096] = float("-inf")
+    logits64 = float32_exact(logits64)
+    targets = torch.tensor([4096, 4999, 4500], device=DEVICE)
+    logits = logits64.float().requires_grad_()
+    logprobs, entropy = token_logprobs(logits, targets, return_entropy=True, backend=engine)
+    reference_input = logits64.clone().requires_grad_()
+    reference = reference_logprobs(reference_input, targets)
+    assert relative_error(logprobs, reference.detach()) < 1e-5
+    assert relative_error(entropy, reference_entropy(logits64[:, 4096:])) < 1e-5
+    logprobs.sum().backward()
+    reference.sum().backward()
+    assert torch.isfinite(logits.grad).all() and (logits.grad[:, :4096] == 0).all()
+    assert normalised_error(logits.grad, reference_input.grad) < 1e-5
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_token_logprobs_ignored_targets_give_zero_and_no_gradient(engine):
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 700, generator=generator).to(DEVICE).requires_grad_()
+    targets = torch.tensor([IGNORE, 5, IGNORE, 0, 699], device=DEVICE)
+    logprobs = token_logprobs(logits, targets, backend=engine)
+    assert logprobs[0] == 0 and logprobs[2] == 0 and (logprobs[[1, 3, 4]] < 0).all()
+    logprobs.sum().backward()
+    assert (logits.grad[[0, 2]] == 0).all() and (logits.grad[[1, 3, 4]] != 0).any(dim=1).all()
+
+    custom = token_logprobs(logits.detach(), torch.tensor([7, 5, 7, 0, 699], device=DEVICE), ignore_index=7,
+                            backend=engine)
+    assert custom[0] == 0 and custom[2] == 0 and torch.equal(custom[[1, 3, 4]], logprobs[[1, 3, 4]].detach())
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_token_logprobs_non_contiguous_inputs(engine):
+    generator = torch.Generator().manual_seed(4)
+    wide = float32_exact(torch.randn(6, 1300, generator=generator, dtype=torch.float64))
+    transposed = float32_exact(torch.randn(1200, 6, generator=generator, dtype=torch.float64))
+    targets = make_targets(12, 1200, generator)[::2]  # a strided view
+    for logits64 in (wide[:, 50:1250], transposed.t()):  # row stride 1300; column stride 6
+        logits = logits64.float().requires_grad_()
+        logprobs = token_logprobs(logits, targets, temperature=0.9, backend=engine)
+        reference_input = logits64.clone().requires_grad_()
+        reference = reference_logprobs(reference_input, targets, 0.9)
+        assert relative_error(logprobs, reference.detach()) < 1e-5
+        logprobs.sum().backward()
+        reference.sum().backward()
+        assert normalised_error(logits.grad, reference_input.grad) < 1e-5
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_token_logprobs_entropy(engine):
+    generator = torch.Generator().manual_seed(5)
+    logits64 = float32_exact(torch.randn(4, 5000, generator=generator, dtype=torch.float64) * 2)
+    targets = make_targets(4, 5000, generator)
+    logprobs, entropy = token_logprobs(logits64.float(), targets, temperature=0.8, return_entropy=True,
+                                       backend=engine)
+    assert relative_error(entropy, reference_entropy(logits64, 0.8)) < 1e-5
+    assert torch.equal(logprobs, token_logprobs(logits64.float(), targets, temperature=0.8, backend=engine))
+
+
+def test_token_logprobs_qwen_vocabulary():
+    """V = 151,936 (Qwen2.5): 38 blocks of 4096, the last one partial; both engines against float64."""
+    vocab_size = 151_936
+    generator = torch.Generator().manual_seed(6)
+    logits64 = float32_exact(torch.randn(3, vocab_size, generator=generator, dtype=torch.float64) * 5)
+    targets = torch.tensor([0, vocab_size - 1, 98_765], device=DEVICE)
+    reference_input = logits64.clone().requires_grad_()
+    reference = reference_logprobs(reference_input, targets)
+    reference.sum().backward()
+    results = {}
+    for engine in ENGINES:
+        logits = logits64.float().requires_grad_()
+        logprobs = token_logprobs(logits, targets, backend=engine)
+        logprobs.sum().backward()
+        assert relative_error(logprobs, reference.detach()) < 1e-5
+        assert normalised_error(logits.grad, reference_input.grad) < 1e-5
+        results[engine] = (logprobs.detach(), logits.grad)
+    torch.testing.assert_close(results["triton"][0], results["torch"][0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(results["triton"][1], results["torch"][1], rtol=1e-6, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fused_linear_logprobs
+
+
+def fused_case(rows, hidden_size, vocab_size, seed, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    hidden64 = torch.randn(rows, hidden_size, generator=generator, dtype=torch.float64)
+    weight64 = torch.randn(vocab_size, hidden_size, generator=generator, dtype=torch.float64) / hidden_size**0.5 * 3
+    # Round to the tested dtype first, so the reference sees exactly the numbers the kernel sees.
+    hidden = hidden64.to(dtype).to(DEVICE)
+    weight = weight64.to(dtype).to(DEVICE)
+    return hidden, weight, generator
+
+
+def fused_reference(hidden, weight, targets, temperature, upstream):
+    hidden64 = hidden.detach().double().requires_grad_()
+    weight64 = weight.detach().double().requires_grad_()
+    logprobs = reference_logprobs(hidden64 @ weight64.t(), targets, temperature)
+    (logprobs * upstream).sum().backward()
+    return logprobs.detach(), hidden64.grad, weight64.grad
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "rows, vocab_size, chunk_size, temperature",
+    [(9, 5000, 4, 1.0), (1, 1000, 3, 1.0), (8, 3000, 8, 0.6), (10, 777, 3, 1.3)],
+)
+def test_fused_linear_logprobs_float32_matches_float64(engine, rows, vocab_size, chunk_size, temperature):
+    hidden, weight, generator = fused_case(rows, 48, vocab_size, seed=rows + vocab_size)
+    targets = make_targets(rows, vocab_size, generator, ignored_rows=[2] if rows > 2 else [])
+    upstream = torch.randn(rows, generator=generator, dtype=torch.float64).to(DEVICE)
+    hidden.requires_grad_(), weight.requires_grad_()
+    logprobs = fused_linear_logprobs(hidden, weight, targets, temperature=temperature, chunk_size=chunk_size,
+                                     backend=engine)
+    (logprobs.double() * upstream).sum().backward()
+    reference, grad_hidden, grad_weight = fused_reference(hidden, weight, targets, temperature, upstream)
+    assert logprobs.dtype == torch.float32 and logprobs.shape == (rows,)
+    assert relative_error(logprobs, reference) < 1e-5
+    assert (logprobs <= 0).all()
+    assert hidden.grad.dtype == weight.grad.dtype == torch.float32
+    assert normalised_error(hidden.grad, grad_hidden) < 1e-5
+    assert normalised_error(weight.grad, grad_weight) < 1e-5
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fused_linear_logprobs_bfloat16(engine):
+    hidden, weight, generator = fused_case(10, 64, 5000, seed=7, dtype=torch.bfloat16)
+    targets = make_targets(10, 5000, generator, ignored_rows=[4])
+    upstream = torch.randn(10, generator=generator, dtype=torch.float64).to(DEVICE)
+    hidden.requires_grad_(), weight.requires_grad_()
+    logprobs = fused_linear_logprobs(hidden, weight, targets, temperature=0.9, chunk_size=4, backend=engine)
+    (logprobs.double() * upstream).sum().backward()
+    reference, grad_hidden, grad_weight = fused_reference(hidden, weight, targets, 0.9, upstream)
+    assert logprobs.dtype == torch.float32
+    assert relative_error(logprobs, reference) < 1e-2
+    assert (logprobs <= 0).all()
+    assert hidden.grad.dtype == weight.grad.dtype == torch.bfloat16
+    assert normalised_error(hidden.grad, grad_hidden) < 2e-2
+    assert normalised_error(weight.grad, grad_weight) < 2e-2
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fused_linear_logprobs_ignored_rows_pass_no_gradient(engine):
+    hidden, weight, generator = fused_case(6, 32, 900, seed=8)
+    targets = torch.tensor([IGNORE, 3, IGNORE, 0, 899, IGNORE], device=DEVICE)
+    hidden.requires_grad_(), weight.requires_grad_()
+    logprobs = fused_linear_logprobs(hidden, weight, targets, chunk_size=4, backend=engine)
+    assert (logprobs[[0, 2, 5]] == 0).all() and (logprobs[[1, 3, 4]] < 0).all()
+    logprobs.sum().backward()
+    assert (hidden.grad[[0, 2, 5]] == 0).all()
+    # grad_weight must equal the gradient of the kept rows alone.
+    kept_weight = weight.detach().clone().requires_grad_()
+    fused_linear_logprobs(hidden.detach()[[1, 3, 4]], kept_weight, targets[[1, 3, 4]], backend=engine).sum().backward()
+    torch.testing.assert_close(weight.grad, kept_weight.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fused_linear_logprobs_non_contiguous_inputs(engine):
+    hidden_t, weight_t, generator = fused_case(40, 9, 1500, seed=9)  # hidden_t [40, 9], weight_t [1500, 9]
+    hidden = hidden_t.t().contiguous().t()[::5]  # [8, 9], row stride 5, column stride 40
+    weight = weight_t.t().contiguous().t()  # [1500, 9], column stride 1500
+    assert not hidden.is_contiguous() and not weight.is_contiguous()
+    targets = make_targets(16, 1500, generator)[::2]
+    upstream = torch.randn(8, generator=generator, dtype=torch.float64).to(DEVICE)
+    hidden.requires_grad_(), weight.requires_grad_()
+    logprobs = fused_linear_logprobs(hidden, weight, targets, chunk_size=3, backend=engine)
+    (logprobs.double() * upstream).sum().backward()
+    reference, grad_hidden, grad_weight = fused_reference(hidden, weight, targets, 1.0, upstream)
+    assert relative_error(logprobs, reference) < 1e-5
+    assert normalised_error(hidden.grad, grad_hidden) < 1e-5
+    assert normalised_error(weight.grad, grad_weight) < 1e-5
+
+
+def test_fused_linear_logprobs_qwen_vocabulary_and_engines_agree():
+    """V = 151,936 on three rows: values, gradients and entropy, Triton engine vs torch engine vs float64."""
+    hidden, weight, generator = fused_case(3, 16, 151_936, seed=10)
+    targets = torch.tensor([0, 151_935, 4242], device=DEVICE)
+    upstream = torch.randn(3, generator=generator, dtype=torch.float64).to(DEVICE)
+    reference, grad_hidden, grad_weight = fused_reference(hidden, weight, targets, 1.2, upstream)
+    results = {}
+    for engine in ENGINES:
+        hidden_leaf = hidden.clone().requires_grad_()
+        weight_leaf = weight.clone().requires_grad_()
+        logprobs, entropy = fused_linear_logprobs(hidden_leaf, weight_leaf, targets, temperature=1.2, chunk_size=2,
+                                                  return_entropy=True, backend=engine)
+        (logprobs.double() * upstream).sum().backward()
+        assert relative_error(logprobs, reference) < 1e-5
+        assert normalised_error(hidden_leaf.grad, grad_hidden) < 1e-5
+        assert normalised_error(weight_leaf.grad, grad_weight) < 1e-5
+        results[engine] = (logprobs.detach(), entropy, hidden_leaf.grad, weight_leaf.grad)
+    expected_entropy = reference_entropy(hidden.double() @ weight.double().t(), 1.2)
+    assert relative_error(results["triton"][1], expected_entropy) < 1e-5
+    for triton_value, torch_value in zip(results["triton"], results["torch"]):
+        torch.testing.assert_close(triton_value, torch_value, rtol=1e-5, atol=1e-7)
+
+
+def test_fused_matches_token_logprobs_on_materialised_logits():
+    hidden, weight, generator = fused_case(5, 24, 2000, seed=11)
+    targets = make_targets(5, 2000, generator, ignored_rows=[3])
+    fused = fused_linear_logprobs(hidden, weight, targets, temperature=0.5, chunk_size=2)
+    direct = token_logprobs(hidden @ weight.t(), targets, temperature=0.5)
+    torch.testing.assert_close(fused, direct, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_linear_logprobs_without_gradients_needs_no_backward_state():
+    """A frozen reference model (the Bayesian reward) runs under no_grad: the result carries no graph."""
+    hidden, weight, generator = fused_case(4, 16, 600, seed=12)
+    with torch.no_grad():
+        logprobs = fused_linear_logprobs(hidden, weight, make_targets(4, 600, generator), chunk_size=2)
+    assert logprobs.grad_fn is None and (logprobs <= 0).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dispatch and input checks
+
+
+def test_dispatch_rules(monkeypatch):
+    logits = torch.zeros(2, 3, device=DEVICE)
+    assert backend_for(logits) == ("triton" if kernels.TRITON_AVAILABLE else "torch")
+    assert backend_for(logits, "torch") == "torch"
+    monkeypatch.setenv("KERNELS_BACKEND", "torch")
+    assert backend_for(logits) == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        backend_for(logits, "cuda")
+
+
+def test_cpu_without_interpreter_uses_the_torch_path():
+    """A fresh process without TRITON_INTERPRET: CPU tensors take the PyTorch path; forcing Triton says why not."""
+    script = (
+        "import torch, kernels\n"
+        "assert kernels.backend_for(torch.zeros(2, 3)) == 'torch'\n"
+        "try:\n"
+        "    kernels.backend_for(torch.zeros(2, 3), 'triton')\n"
+        "except RuntimeError as error:\n"
+        "    print(error)\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if key not in ("TRITON_INTERPRET", "KERNELS_BACKEND")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, env=environment, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "backend 'triton' was requested but cannot run here" in result.stdout
+
+
+def test_clear_errors_for_bad_inputs():
+    logits = torch.zeros(3, 10, device=DEVICE)
+    with pytest.raises(ValueError, match=r"targets\[1\] = 10 is outside \[0, 10\)"):
+        token_logprobs(logits, torch.tensor([0, 10, 2], device=DEVICE))
+    with pytest.raises(ValueError, match=r"targets\[0\] = -1"):
+        token_logprobs(logits, torch.tensor([-1, 1, 2], device=DEVICE))
+    with pytest.raises(ValueError, match="logits has N = 3 rows but targets has 2"):
+        token_logprobs(logits, torch.tensor([0, 1], device=DEVICE))
+    with pytest.raises(ValueError, match="targets must be a 1-D integer tensor"):
+        token_logprobs(logits, torch.zeros(3, device=DEVICE))
+    with pytest.raises(ValueError, match="logits must be a 2-D"):
+        token_logprobs(logits[0], torch.tensor([1], device=DEVICE))
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        token_logprobs(logits, torch.tensor([0, 1, 2], device=DEVICE), temperature=0.0)
+    hidden, weight = torch.zeros(3, 4, device=DEVICE), torch.zeros(10, 5, device=DEVICE)
+    with pytest.raises(ValueError, match="their H must agree"):
+        fused_linear_logprobs(hidden, weight, torch.tensor([0, 1, 2], device=DEVICE))
+    with pytest.raises(ValueError, match="must share dtype and device"):
+        fused_linear_logprobs(hidden, weight[:, :4].double(), torch.tensor([0, 1, 2], device=DEVICE))
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        fused_linear_logprobs(hidden, weight[:, :4], torch.tensor([0, 1, 2], device=DEVICE), chunk_size=0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_empty_batch(engine):
+    hidden = torch.zeros(0, 8, device=DEVICE, requires_grad=True)
+    weight = torch.randn(50, 8, device=DEVICE, requires_grad=True)
+    targets = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    logprobs = fused_linear_logprobs(hidden, weight, targets, backend=engine)
+    assert logprobs.shape == (0,)
+    logprobs.sum().backward()
+    assert (weight.grad == 0).all()
+    assert token_logprobs(torch.zeros(0, 50, device=DEVICE), targets, backend=engine).shape == (0,)
