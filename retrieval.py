@@ -407,7 +407,7 @@ def _atomic_savez(path, **arrays):
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez_compressed(handle, **arrays)   # TF-IDF vectors are mostly zeros
     os.replace(tmp, path)
 
 

@@ -1,0 +1,661 @@
+"""DOGA, the Dynamic Outline-Guided Agent: AI-Salesman's inference engine (arXiv 2511.12133).
+
+Before the model speaks, DOGA decides *what* the call needs next and shows the model proven ways to
+say it. Offline and per turn:
+
+1. **Script library** (`ScriptLibrary.build`, CLI `build`). From the training calls, keep the salesperson
+   turns the Manager judged on-stage and faithful; replace product and customer values by slots
+   (`{price}`, `{monthly_orders}`, `{product}`: the slot names of `simulate.slot_values`, the one place
+   values are spoken); merge near-duplicates per intent (cosine of TF-IDF vectors, retrieval.py); keep
+   the templates said in converted calls, each with its support (uses in converted calls), its uses in
+   all calls and its conversion rate. Each template is keyed by the mean *context* it was said in, so
+   that retrieval asks "what did successful salespeople say in situations like this one?".
+2. **Intent classifier** (`IntentClassifier`, CLI `eval-intent`). A context is the customer's last
+   words, the salesperson's previous line and the intents already achieved in the call, slotted and
+   embedded. Its label is the next salesperson intent of the training call. Prediction is a
+   similarity-weighted vote of the nearest training contexts *in the same stage*, masked by the finite
+   state machine of corpus.STAGE_TRANSITIONS: only intents whose stage may follow the current stage
+   (and never a mistake intent) can win.
+3. **Outline and prompt** (`DogaPlanner.plan`, `assemble_messages`). Track the stage, classify the next
+   intent, retrieve the top-k templates of that intent, fill their slots from the visible profile and
+   the product sheet (a template with a slot we cannot fill is skipped, never spoken half-filled), and
+   append the outline (stage goal + filled lines) to the system prompt, within max_prompt_length tokens.
+4. **Agents**. `DogaAgent` speaks with the outline; `StaticAgent`, the baseline, shares every line of
+   code but replaces the per-turn outline by one static few-shot block. Both parse `<think>..</think>`
+   answers with tokenizer.split_thought.
+
+Left out on purpose: the paper's LLM-based intent recogniser and its learned script ranker. A k-NN
+vote over TF-IDF contexts is transparent (every prediction can be traced to the training turns that
+caused it), trains in seconds and is fast enough to run per turn on a CPU (bench/retrieval.py).
+
+CLI:
+    python doga.py build --corpus data/train.jsonl --out DIR
+    python doga.py eval-intent --library DIR --corpus data/test.jsonl
+    python doga.py chat --model DIR --library DIR [--product ID] [--persona SEED]
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from corpus import MISTAKE_INTENTS, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, CorpusError, load_corpus, system_prompt
+from model import generate
+from retrieval import CosineIndex, HashedTfidfEmbedder
+from simulate import SLOT, classify_sales_intent, slot_values
+from tokenizer import split_thought
+
+# What each stage is for: the first line of every outline.
+STAGE_GOALS = {
+    "opening": "Greet the customer by name, say who you are and why you call, and check they have a minute.",
+    "business_analysis": "Ask about their situation and diagnose it with their own numbers.",
+    "product_introduction": "Present the product that fits, with its exact facts from the sheet.",
+    "objection_handling": "Acknowledge the concern, then answer it with true facts; never promise what the sheet forbids.",
+    "operational_guidance": "Explain concretely how to sign up and how soon it is active.",
+    "closing": "Ask for the commitment, or confirm the next steps, or say goodbye politely.",
+}
+if set(STAGE_GOALS) != set(STAGES):
+    raise ImportError(f"doga.py: STAGE_GOALS covers {sorted(STAGE_GOALS)}, corpus.STAGES is {STAGES}")
+
+GOOD_INTENTS = tuple(intent for intent in SALES_INTENTS if intent not in MISTAKE_INTENTS)
+
+
+# ----------------------------------------------------------------------------------------------
+# The finite-state machine of stages: which intents may come next.
+
+def legal_intents(stage):
+    """Intents the next salesperson turn may have in `stage`: their stage follows `stage` in
+    corpus.STAGE_TRANSITIONS, and they are not mistakes (generic pitch, pressure close)."""
+    allowed = STAGE_TRANSITIONS[stage]
+    return tuple(intent for intent in GOOD_INTENTS if SALES_INTENTS[intent] in allowed)
+
+
+def track_call(turns):
+    """Replay the call so far through the stage machine. Returns (stage now, intents achieved).
+
+    Turns of the corpus or of simulate.run_call carry the Manager's stage and labels: they are used as
+    they are. A turn without them (a live chat, a Sample's messages) is classified with
+    simulate.classify_sales_intent and moves the stage exactly as the Manager would move it.
+    """
+    stage, achieved = STAGES[0], []
+    for turn in turns:
+        if turn["role"] != "sales":
+            continue
+        if "labels" in turn and "stage" in turn:
+            if turn["labels"]["on_stage"]:
+                achieved.append(turn["intent"])
+            stage = turn["stage"]
+            continue
+        intent = turn.get("intent") or classify_sales_intent(turn["text"], stage)
+        if intent not in MISTAKE_INTENTS and SALES_INTENTS[intent] in STAGE_TRANSITIONS[stage]:
+            achieved.append(intent)
+            stage = SALES_INTENTS[intent]
+    return stage, achieved
+
+
+# ----------------------------------------------------------------------------------------------
+# Slots: values -> {slot} when building the library, {slot} -> values when speaking.
+
+class Slotter:
+    """Replaces the spoken values of one product sheet and visible profile by their slot names.
+
+    Values are spoken by simulate.slot_values ("$49", "per month", lists as "a, b and c"). Longer values
+    are replaced first, so a feature list wins over a number inside it. A value two slots share (a
+    3-month term and 3 activation days) cannot be attributed and makes the text unusable (None).
+    """
+
+    def __init__(self, product, visible):
+        by_value = {}
+        for slot, value in slot_values(product, visible).items():
+            if slot in ("id", "domain", "currency") or not value.strip():
+                continue
+            by_value.setdefault(value, []).append(slot)
+        self.by_value = by_value
+        values = sorted(by_value, key=len, reverse=True)
+        # A value is matched only as a whole: not inside a longer number or word.
+        self.pattern = re.compile(r"(?<![\w.$])(" + "|".join(re.escape(v) for v in values) + r")(?![\w]|[.,]\d)") \
+            if values else None
+
+    def __call__(self, text):
+        """Text with values replaced by `{slot}`, or None if a value in it belongs to several slots."""
+        if self.pattern is None:
+            return text
+        ambiguous = False
+
+        def replace(match):
+            nonlocal ambiguous
+            slots = self.by_value[match.group(1)]
+            ambiguous |= len(slots) > 1
+            return "{" + slots[0] + "}"
+
+        slotted = self.pattern.sub(replace, text)
+        return None if ambiguous else slotted
+
+
+_SLOTTERS = {}
+
+
+def slotter_for(product, visible):
+    """A cached Slotter: a call asks for the same one every turn, and compiling its pattern is the slow part."""
+    key = json.dumps([product, visible], sort_keys=True)
+    if key not in _SLOTTERS:
+        if len(_SLOTTERS) >= 256:
+            _SLOTTERS.clear()
+        _SLOTTERS[key] = Slotter(product, visible)
+    return _SLOTTERS[key]
+
+
+def fill_slots(template, values):
+    """Fill every `{slot}` from `values`; None when any slot has no value (the template is then not used)."""
+    names = SLOT.findall(template)
+    if any(name not in values for name in names):
+        return None
+    filled = SLOT.sub(lambda match: values[match.group(1)], template)
+    return None if SLOT.search(filled) else filled
+
+
+# ----------------------------------------------------------------------------------------------
+# Contexts: what the classifier and the retriever look at before a salesperson turn.
+
+CONTEXT_WEIGHTS = (1.0, 0.5, 0.5)   # customer's last words, salesperson's previous line, intents achieved
+
+
+def context_parts(turns, slotter):
+    """(customer's last words, salesperson's previous line, intents achieved), slotted, for the
+    salesperson turn that follows `turns`."""
+    customer = next((t["text"] for t in reversed(turns) if t["role"] == "customer"), "")
+    sales = next((t["text"] for t in reversed(turns) if t["role"] == "sales"), "")
+    _, achieved = track_call(turns)
+    history = " ".join(f"did_{intent}" for intent in achieved) or "call_start"
+    return (slotter(customer) or customer, slotter(sales) or sales, history)
+
+
+def context_vector(embedder, product, visible, turns):
+    """The unit context vector [D] before the salesperson turn that follows `turns`."""
+    return embed_contexts(embedder, [context_parts(turns, slotter_for(product, visible))])[0]
+
+
+def embed_contexts(embedder, parts):
+    """parts: list of (customer, sales, history) -> unit vectors float32 [N, D] (weighted sum of the
+    three TF-IDF vectors)."""
+    vectors = embedder.encode([text for triple in parts for text in triple])      # [3N, D]
+    vectors = vectors.reshape(len(parts), 3, -1)
+    combined = np.einsum("npd,p->nd", vectors, np.asarray(CONTEXT_WEIGHTS, dtype=np.float32))
+    return combined / np.maximum(np.linalg.norm(combined, axis=1, keepdims=True), 1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# The script library.
+
+@dataclass
+class ScriptLibrary:
+    """Templates keyed by context (rows grouped by intent) and training contexts (rows grouped by
+    stage, metadata holds the counts of the next intent), sharing one fitted embedder."""
+    embedder: HashedTfidfEmbedder
+    templates: CosineIndex       # metadata: id, intent, stage, text, slots, support, uses, conversion_rate, variants
+    contexts: CosineIndex        # metadata: stage, counts {intent: n}
+    summary: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, calls, n_features=2**10, merge_threshold=0.9, min_support=1, progress=True):
+        """Build from training calls (corpus dicts). See the module docstring, step 1.
+
+        n_features is 2**10, smaller than the embedder's default: contexts are short and templated, intent
+        accuracy is the same as with 2**12 (0.941 vs 0.942 on a 2000-call corpus), and the per-stage
+        context block a turn scans stays a few MB."""
+        if not calls:
+            raise ValueError("ScriptLibrary.build: no calls")
+        lines = []        # good salesperson turns: (intent, slotted text, converted?, context parts)
+        contexts = {}     # (stage, context parts) -> Counter of the next intent
+        dropped = Counter()
+        for call in tqdm(calls, desc="reading calls", disable=not progress):
+            slotter = Slotter(call["product"], call["customer"]["visible"])
+            for index, turn in enumerate(call["turns"]):
+                if turn["role"] != "sales" or not turn["labels"]["on_stage"]:
+                    continue
+                before = call["turns"][:index]
+                stage, _ = track_call(before)
+                parts = context_parts(before, slotter)
+                contexts.setdefault((stage, parts), Counter())[turn["intent"]] += 1
+                if not turn["labels"]["faithful"]:
+                    dropped["unfaithful"] += 1
+                    continue
+                text = slotter(turn["text"])
+                if text is None:
+                    dropped["ambiguous value"] += 1
+                elif re.search(r"\d", text):
+                    dropped["number not on the sheet"] += 1  # would be false for another customer
+                else:
+                    lines.append((turn["intent"], text, call["outcome"] == "converted", parts))
+        texts = sorted({line[1] for line in lines} | {t for _, parts in contexts for t in parts})
+        embedder = HashedTfidfEmbedder(n_features=n_features).fit(texts)
+
+        templates = _merge_templates(embedder, lines, merge_threshold, min_support)
+        template_index = CosineIndex(dim=n_features)
+        if templates:
+            keys = embed_contexts(embedder, [p for t in templates for p in t.pop("contexts")])
+            sizes = np.cumsum([0] + [t.pop("n_contexts") for t in templates])
+            mean_keys = np.add.reduceat(keys, sizes[:-1], axis=0)                 # [T, D]
+            template_index.add(mean_keys, templates)
+
+        context_keys = sorted(contexts, key=lambda key: (STAGES.index(key[0]), key[1]))  # grouped by stage
+        context_index = CosineIndex(dim=n_features)
+        context_index.add(embed_contexts(embedder, [parts for _, parts in context_keys]),
+                          [{"stage": stage, "counts": dict(contexts[(stage, parts)])} for stage, parts in context_keys])
+        summary = {"calls": len(calls), "converted_calls": sum(c["outcome"] == "converted" for c in calls),
+                   "good_lines": len(lines), "dropped_lines": dict(dropped), "templates": len(template_index),
+                   "contexts": len(context_index), "n_features": n_features, "merge_threshold": merge_threshold,
+                   "min_support": min_support,
+                   "templates_per_intent": dict(Counter(m["intent"] for m in template_index.metadata))}
+        return cls(embedder, template_index, context_index, summary)
+
+    def retrieve(self, context_vector, intent, k):
+        """Templates of `intent` whose contexts are most like `context_vector` [D]: metadata dicts, best first."""
+        scores, rows = self.templates.search(context_vector[None, :], k, where={"intent": intent})
+        return [dict(self.templates.metadata[row], score=float(score)) for score, row in zip(scores[0], rows[0])]
+
+    def save(self, folder):
+        os.makedirs(folder, exist_ok=True)
+        self.embedder.save(os.path.join(folder, "embedder.npz"))
+        self.templates.save(os.path.join(folder, "templates"))
+        self.contexts.save(os.path.join(folder, "contexts"))
+        with open(os.path.join(folder, "library.json"), "w", encoding="utf-8") as handle:
+            json.dump(self.summary, handle, indent=1)
+
+    @classmethod
+    def load(cls, folder):
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{folder}: no script library here (build one with `python doga.py build`)")
+        summary_path = os.path.join(folder, "library.json")
+        try:
+            with open(summary_path, encoding="utf-8") as handle:
+                summary = json.load(handle)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{summary_path}: unreadable library summary ({error})") from None
+        library = cls(HashedTfidfEmbedder.load(os.path.join(folder, "embedder.npz")),
+                      CosineIndex.load(os.path.join(folder, "templates")),
+                      CosineIndex.load(os.path.join(folder, "contexts")), summary)
+        for name, index in (("templates", library.templates), ("contexts", library.contexts)):
+            if len(index) and index.dim != library.embedder.n_features:
+                raise ValueError(f"{folder}/{name}.npz: vectors have dimension {index.dim}, "
+                                 f"embedder.npz has {library.embedder.n_features} features")
+        return library
+
+
+def _merge_templates(embedder, lines, threshold, min_support):
+    """Group good lines by intent, merge near-duplicate texts (cosine >= threshold, greedily, the most
+    used text first) and keep the groups used at least `min_support` times in converted calls."""
+    templates = []
+    for intent in GOOD_INTENTS:
+        uses = {}                        # slotted text -> [converted uses, all uses, contexts]
+        for line_intent, text, converted, parts in lines:
+            if line_intent == intent:
+                entry = uses.setdefault(text, [0, 0, []])
+                entry[0] += converted
+                entry[1] += 1
+                entry[2].append(parts)
+        texts = sorted(uses, key=lambda t: (-uses[t][0], -uses[t][1], t))
+        if not texts:
+            continue
+        vectors = embedder.encode(texts)
+        leaders, members = [], []        # leader rows into texts, and each group's member rows
+        for row, vector in enumerate(vectors):
+            similarity = vectors[leaders] @ vector if leaders else np.zeros(0)
+            if len(similarity) and similarity.max() >= threshold:
+                members[int(similarity.argmax())].append(row)
+            else:
+                leaders.append(row)
+                members.append([row])
+        for group in members:
+            support = sum(uses[texts[r]][0] for r in group)
+            if support < min_support:
+                continue
+            total = sum(uses[texts[r]][1] for r in group)
+            leader = texts[group[0]]
+            contexts = [p for r in group for p in uses[texts[r]][2]]
+            templates.append({"id": f"{intent}-{len(templates)}", "intent": intent, "stage": SALES_INTENTS[intent],
+                              "text": leader, "slots": sorted(set(SLOT.findall(leader))), "support": support,
+                              "uses": total, "conversion_rate": round(support / total, 4), "variants": len(group),
+                              "contexts": contexts, "n_contexts": len(contexts)})
+    return templates
+
+
+# ----------------------------------------------------------------------------------------------
+# The intent classifier.
+
+class IntentClassifier:
+    """k-NN over the library's training contexts in the current stage, masked by the stage machine.
+
+    label_noise > 0 flips that share of the training labels to another (uniformly drawn) good intent,
+    with `seed`: the ablation "DOGA with 20% of intent labels flipped" is IntentClassifier(library, label_noise=0.2).
+    """
+
+    def __init__(self, library, k=10, label_noise=0.0, seed=0):
+        if not 0.0 <= label_noise <= 1.0:
+            raise ValueError(f"IntentClassifier: label_noise must be in [0, 1], got {label_noise}")
+        self.library, self.k = library, k
+        self.intents = GOOD_INTENTS
+        counts = np.zeros((len(library.contexts), len(self.intents)), dtype=np.float32)  # [N, I]
+        column = {intent: i for i, intent in enumerate(self.intents)}
+        for row, meta in enumerate(library.contexts.metadata):
+            for intent, n in meta["counts"].items():
+                counts[row, column[intent]] += n
+        if label_noise > 0:
+            counts = _flip_labels(counts, label_noise, np.random.default_rng(seed))
+        self.counts = counts
+        self.stage_rows = {stage: library.contexts.rows_matching({"stage": stage}) for stage in STAGES}
+        self.stage_prior = {stage: counts[rows].sum(axis=0) for stage, rows in self.stage_rows.items()}
+        self.legal = {stage: np.array([SALES_INTENTS[i] in STAGE_TRANSITIONS[stage] for i in self.intents])
+                      for stage in STAGES}
+
+    def scores(self, context_vector, stage):
+        """Masked votes per intent, float32 [I]; illegal intents are -inf."""
+        scores = np.full(len(self.intents), -np.inf, dtype=np.float32)
+        legal = self.legal[stage]
+        if len(self.stage_rows[stage]):
+            similarity, rows = self.library.contexts.search(context_vector[None, :], self.k, where={"stage": stage})
+            votes = (np.maximum(similarity[0], 0.0)[:, None] * self.counts[rows[0]]).sum(axis=0)   # [I]
+        else:
+            votes = np.zeros(len(self.intents), dtype=np.float32)
+        if not (votes * legal).any():                     # nothing legal nearby: the stage's legal prior
+            votes = self.stage_prior[stage] + 1e-3
+        scores[legal] = votes[legal]
+        return scores
+
+    def predict(self, context_vector, stage):
+        return self.intents[int(np.argmax(self.scores(context_vector, stage)))]
+
+    def predict_turns(self, product, visible, turns):
+        """The next salesperson intent after `turns` of a call with this product and profile."""
+        stage, _ = track_call(turns)
+        return self.predict(context_vector(self.library.embedder, product, visible, turns), stage)
+
+
+def _flip_labels(counts, share, rng):
+    """Move each unit of label mass to another intent with probability `share`. counts: [N, I] -> [N, I]."""
+    flipped = np.zeros_like(counts)
+    n_intents = counts.shape[1]
+    for row, column in zip(*np.nonzero(counts)):
+        n = int(counts[row, column])
+        moved = rng.binomial(n, share)
+        flipped[row, column] += n - moved
+        others = rng.integers(0, n_intents - 1, size=moved)
+        np.add.at(flipped[row], others + (others >= column), 1.0)    # any intent but the true one
+    return flipped
+
+
+def evaluate_intents(classifier, calls):
+    """Accuracy of the classifier on the on-stage salesperson turns of `calls`, with the majority-class
+    baseline (the most frequent intent of the library's training contexts) and a confusion matrix."""
+    majority = classifier.intents[int(np.argmax(classifier.counts.sum(axis=0)))]
+    truths, predictions = [], []
+    for call in calls:
+        product, visible = call["product"], call["customer"]["visible"]
+        for index, turn in enumerate(call["turns"]):
+            if turn["role"] == "sales" and turn["labels"]["on_stage"]:
+                truths.append(turn["intent"])
+                predictions.append(classifier.predict_turns(product, visible, call["turns"][:index]))
+    if not truths:
+        raise ValueError("evaluate_intents: no on-stage salesperson turns to evaluate")
+    labels = sorted(set(truths) | set(predictions), key=list(SALES_INTENTS).index)
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for truth, prediction in zip(truths, predictions):
+        confusion[labels.index(truth), labels.index(prediction)] += 1
+    return {"turns": len(truths), "accuracy": float(np.mean([t == p for t, p in zip(truths, predictions)])),
+            "majority_intent": majority, "majority_accuracy": float(np.mean([t == majority for t in truths])),
+            "labels": labels, "confusion": confusion}
+
+
+# ----------------------------------------------------------------------------------------------
+# The outline: one turn's plan.
+
+@dataclass
+class Outline:
+    stage: str             # the stage the call is in now
+    intent: str            # the predicted next intent
+    goal: str              # STAGE_GOALS of the intent's stage
+    lines: list            # retrieved templates, slots filled, best first
+    template_ids: list
+
+    def notes(self):
+        """The outline as prompt lines: the goal first, then one line per template."""
+        step = self.intent.replace("_", " ")
+        return ([f"Next step: {step} ({SALES_INTENTS[self.intent].replace('_', ' ')}). Goal: {self.goal}"]
+                + [f"Proven line: {line}" for line in self.lines])
+
+    def render(self):
+        return "\n".join(self.notes())
+
+
+class DogaPlanner:
+    """Per turn: stage -> next intent -> top-k templates of that intent -> slots filled -> Outline."""
+
+    def __init__(self, library, classifier=None, k=3):
+        self.library = library
+        self.classifier = classifier or IntentClassifier(library)
+        self.k = k
+
+    def plan(self, product, visible, turns):
+        stage, _ = track_call(turns)
+        vector = context_vector(self.library.embedder, product, visible, turns)
+        intent = self.classifier.predict(vector, stage)
+        values = slot_values(product, visible)
+        lines, ids = [], []
+        for template in self.library.retrieve(vector, intent, 4 * self.k):  # spares for unfillable ones
+            filled = fill_slots(template["text"], values)
+            if filled is not None and filled not in lines:
+                lines.append(filled)
+                ids.append(template["id"])
+            if len(lines) == self.k:
+                break
+        return Outline(stage, intent, STAGE_GOALS[SALES_INTENTS[intent]], lines, ids)
+
+
+# ----------------------------------------------------------------------------------------------
+# The prompt: system header + guidance notes + history, within max_prompt_length tokens.
+
+class PromptTooLong(ValueError):
+    pass
+
+
+def assemble_messages(tokenizer, header, title, notes, history, max_prompt_length):
+    """ChatML messages for the next salesperson turn, at most `max_prompt_length` tokens.
+
+    The system message is `header` (never cut), then `title` and the `notes` that fit. When the prompt is
+    too long, notes are dropped from the last one up, then history messages from the oldest on (the
+    customer's latest message stays). Returns (messages, notes kept). Raises PromptTooLong when even
+    the header and the latest message do not fit.
+    """
+    notes, history = list(notes), list(history)
+    while True:
+        system = header if not notes else f"{header}\n{title}\n" + "\n".join(f"- {note}" for note in notes)
+        messages = [{"role": "system", "content": system}] + history
+        length = len(tokenizer.encode_chat(messages))
+        if length <= max_prompt_length:
+            return messages, notes
+        if notes:
+            notes.pop()
+        elif len(history) > 1:
+            history.pop(0)
+        else:
+            raise PromptTooLong(f"the system header and the latest message take {length} tokens, more than "
+                                f"max_prompt_length={max_prompt_length}")
+
+
+def as_call_view(call):
+    """(product, visible, turns) from a call dict (corpus / run_call view) or a corpus.Sample."""
+    if isinstance(call, dict) and "turns" in call:
+        return call["product"], call["customer"]["visible"], call["turns"]
+    if hasattr(call, "messages") and hasattr(call, "product"):
+        turns = [{"role": "sales" if m["role"] == "assistant" else "customer", "text": m["content"]}
+                 for m in call.messages if m["role"] != "system"]
+        return call.product, call.visible, turns
+    raise TypeError(f"expected a call dict with 'turns' or a corpus.Sample, got {type(call).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The agents: DOGA and the static few-shot baseline share everything but the guidance block.
+
+class Agent:
+    """A salesperson around a causal LM: prompt -> model.generate -> `<think>` parsing."""
+
+    title = ""
+
+    def __init__(self, model, tokenizer, library, max_prompt_length=768, max_new_tokens=64, temperature=0.0,
+                 top_p=1.0, seed=0):
+        self.model, self.tokenizer, self.library = model, tokenizer, library
+        self.max_prompt_length, self.max_new_tokens = max_prompt_length, max_new_tokens
+        self.temperature, self.top_p = temperature, top_p
+        self.generator = torch.Generator().manual_seed(seed)
+        self.last_outline = None
+
+    def guidance(self, product, visible, turns):
+        """(notes for the system prompt, Outline or None). Subclasses differ only here."""
+        raise NotImplementedError
+
+    def respond(self, call):
+        """The next salesperson turn for a call so far (call dict or Sample): (thought, reply, outline)."""
+        product, visible, turns = as_call_view(call)
+        notes, outline = self.guidance(product, visible, turns)
+        history = [{"role": "assistant" if t["role"] == "sales" else "user", "content": t["text"]} for t in turns]
+        messages, _ = assemble_messages(self.tokenizer, system_prompt(product, visible), self.title, notes,
+                                        history, self.max_prompt_length)
+        device = next(self.model.parameters()).device
+        prompt = torch.tensor([self.tokenizer.encode_chat(messages)], device=device)      # [1, T]
+        output = generate(self.model, prompt, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                          top_p=self.top_p, eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id,
+                          generator=self.generator if self.temperature > 0 else None)
+        answer = split_thought(self.tokenizer.decode(output[0, prompt.shape[1]:].tolist(), skip_special_tokens=True))
+        self.last_outline = outline
+        return answer.thought, answer.reply, outline
+
+
+class DogaAgent(Agent):
+    """The outline-guided agent: each turn, a fresh outline from DogaPlanner."""
+
+    title = "Outline for your next reply:"
+
+    def __init__(self, model, tokenizer, library, classifier=None, k=3, **generation):
+        super().__init__(model, tokenizer, library, **generation)
+        self.planner = DogaPlanner(library, classifier, k)
+
+    def guidance(self, product, visible, turns):
+        outline = self.planner.plan(product, visible, turns)
+        return outline.notes(), outline
+
+
+class StaticAgent(Agent):
+    """The baseline: the same prompt with one static few-shot block instead of the outline: for each
+    stage, the most supported template of the library, filled for this call."""
+
+    title = "Examples of good lines, one per stage:"
+
+    def guidance(self, product, visible, turns):
+        values, notes = slot_values(product, visible), []
+        for stage in STAGES:
+            candidates = sorted((m for m in self.library.templates.metadata if m["stage"] == stage),
+                                key=lambda m: (-m["support"], m["id"]))
+            filled = next((f for f in (fill_slots(m["text"], values) for m in candidates) if f), None)
+            if filled:
+                notes.append(f"{stage.replace('_', ' ')}: {filled}")
+        return notes, None
+
+
+def salesperson_fn(agent):
+    """Adapt an agent to simulate.run_call: call_so_far -> (thought, reply). The outline of the latest
+    turn stays in agent.last_outline."""
+    def speak(call_so_far):
+        thought, reply, _ = agent.respond(call_so_far)
+        return thought, reply
+    return speak
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+def print_intent_report(report, out=sys.stdout):
+    print(f"turns {report['turns']}  accuracy {report['accuracy']:.3f}  majority baseline "
+          f"({report['majority_intent']}) {report['majority_accuracy']:.3f}", file=out)
+    labels = report["labels"]
+    short = [f"{i:>3}" for i in range(len(labels))]
+    print("confusion (rows: true, columns: predicted)", file=out)
+    print(f"{'':>28} " + " ".join(short), file=out)
+    for i, (label, row) in enumerate(zip(labels, report["confusion"])):
+        print(f"{i:>3} {label:>24} " + " ".join(f"{n:>3}" for n in row), file=out)
+
+
+def chat(model_dir, library_dir, product_id=None, persona_seed=0):
+    from model import load_pretrained
+    from simulate import load_world, make_persona
+    from tokenizer import ChatTokenizer
+
+    world = load_world()
+    products = {p["id"]: p for domain in world.products.values() for p in domain}
+    product = products[product_id] if product_id else next(iter(products.values()))
+    visible = make_persona(product["domain"], product, random.Random(persona_seed))["visible"]
+    agent = DogaAgent(load_pretrained(model_dir), ChatTokenizer.load(model_dir), ScriptLibrary.load(library_dir))
+    print(f"product {product['id']} ({product['name']}); you are: {json.dumps(visible)}")
+    print("type as the customer; /outline shows the last outline, /quit ends the call")
+    turns = []
+    while True:
+        thought, reply, outline = agent.respond({"product": product, "customer": {"visible": visible}, "turns": turns})
+        turns.append({"role": "sales", "text": reply, "intent": outline.intent})
+        print(f"[thought] {thought}\nsalesperson> {reply}")
+        while True:
+            line = input("you> ").strip()
+            if line == "/quit":
+                return
+            if line == "/outline":
+                print(outline.render())
+            elif line:
+                turns.append({"role": "customer", "text": line})
+                break
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="build the script library from training calls")
+    build.add_argument("--corpus", required=True)
+    build.add_argument("--out", required=True)
+    build.add_argument("--n-features", type=int, default=2**10)
+    build.add_argument("--merge-threshold", type=float, default=0.9)
+    build.add_argument("--min-support", type=int, default=1)
+    evaluate = commands.add_parser("eval-intent", help="intent accuracy and confusion matrix on test calls")
+    evaluate.add_argument("--library", required=True)
+    evaluate.add_argument("--corpus", required=True)
+    evaluate.add_argument("--k", type=int, default=10)
+    evaluate.add_argument("--label-noise", type=float, default=0.0)
+    talk = commands.add_parser("chat", help="talk to the DOGA agent as the customer")
+    talk.add_argument("--model", required=True)
+    talk.add_argument("--library", required=True)
+    talk.add_argument("--product", default=None, help="product id from world/products.json")
+    talk.add_argument("--persona", type=int, default=0, help="seed of the generated customer persona")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            library = ScriptLibrary.build(load_corpus(args.corpus), args.n_features, args.merge_threshold,
+                                          args.min_support)
+            library.save(args.out)
+            print(json.dumps(library.summary, indent=1))
+        elif args.command == "eval-intent":
+            classifier = IntentClassifier(ScriptLibrary.load(args.library), k=args.k, label_noise=args.label_noise)
+            print_intent_report(evaluate_intents(classifier, load_corpus(args.corpus)))
+        else:
+            chat(args.model, args.library, args.product, args.persona)
+        return 0
+    except (CorpusError, ValueError, OSError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

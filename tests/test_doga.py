@@ -1,0 +1,161 @@
+"""doga.py: the script library, the intent classifier and its stage machine, slot filling, the prompt
+budget, and the agents end to end with a tiny random Qwen2 and a tiny trained tokenizer."""
+import random
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from corpus import MISTAKE_INTENTS, SALES_INTENTS, STAGE_TRANSITIONS, STAGES
+from doga import (DogaAgent, DogaPlanner, IntentClassifier, PromptTooLong, ScriptLibrary, Slotter, StaticAgent,
+                  assemble_messages, context_vector, evaluate_intents, fill_slots, legal_intents, salesperson_fn)
+from model import Qwen2, Qwen2Config
+from simulate import load_world, make_persona, run_call, simulate_call, slot_values
+from tokenizer import ChatTokenizer, render_chat
+
+
+@pytest.fixture(scope="module")
+def calls():
+    return [simulate_call(i, seed=7) for i in range(360)]
+
+
+@pytest.fixture(scope="module")
+def library(calls):
+    return ScriptLibrary.build(calls[:300], progress=False)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(calls):
+    texts = [render_chat([{"role": "user", "content": t["text"]}]) for c in calls[:100] for t in c["turns"]]
+    return ChatTokenizer.train(texts, vocab_size=400)
+
+
+def test_classifier_beats_majority_baseline_by_a_wide_margin(library, calls):
+    report = evaluate_intents(IntentClassifier(library), calls[300:])
+    assert report["turns"] > 300
+    assert report["accuracy"] > 0.8
+    assert report["accuracy"] > report["majority_accuracy"] + 0.5
+    assert report["confusion"].sum() == report["turns"]
+    assert np.trace(report["confusion"]) == round(report["accuracy"] * report["turns"])
+
+
+def test_stage_machine_masks_illegal_intents(library, calls):
+    # Hand-checked against corpus.STAGE_TRANSITIONS: from the opening only opening or analysis intents.
+    assert set(legal_intents("opening")) == {"greet_and_introduce", "state_purpose", "ask_business_situation",
+                                            "diagnose_with_numbers"}
+    classifier = IntentClassifier(library)
+    noisy = IntentClassifier(library, label_noise=0.5, seed=1)
+    call = calls[300]
+    for index in range(0, len(call["turns"]), 2):
+        vector = context_vector(library.embedder, call["product"], call["customer"]["visible"], call["turns"][:index])
+        for stage in STAGES:        # the same context asked in every stage: only that stage's moves may win
+            for model in (classifier, noisy):
+                scores = model.scores(vector, stage)
+                for intent, score in zip(model.intents, scores):
+                    legal = SALES_INTENTS[intent] in STAGE_TRANSITIONS[stage] and intent not in MISTAKE_INTENTS
+                    assert np.isfinite(score) == legal, (stage, intent)
+                assert model.predict(vector, stage) in legal_intents(stage)
+
+
+def test_label_noise_flips_the_asked_share(library):
+    clean = IntentClassifier(library)
+    noisy = IntentClassifier(library, label_noise=0.2, seed=3)
+    assert noisy.counts.sum() == clean.counts.sum()
+    kept = np.minimum(noisy.counts, clean.counts).sum() / clean.counts.sum()
+    assert 0.76 < kept < 0.84
+
+
+def test_library_templates_are_slotted_and_counted(library, calls):
+    keys = set(slot_values(calls[0]["product"], calls[0]["customer"]["visible"])) | {
+        k for c in calls for k in slot_values(c["product"], c["customer"]["visible"])}
+    assert len(library.templates) > 50
+    for meta in library.templates.metadata:
+        assert not re.search(r"\d", meta["text"])                       # every number became a slot
+        assert set(meta["slots"]) <= keys
+        assert meta["intent"] not in MISTAKE_INTENTS and meta["support"] >= 1
+        assert meta["uses"] >= meta["support"] and 0 < meta["conversion_rate"] <= 1
+    # The library reproduces the world's own templates: a filled one slots back to itself.
+    world_templates = {t for entry in load_world().sales_templates.values()
+                       for texts in entry["texts"].values() for t in texts}
+    assert sum(m["text"] in world_templates for m in library.templates.metadata) >= 0.9 * len(library.templates)
+
+
+def test_slot_round_trip_and_missing_values():
+    product = load_world().products["restaurant_marketing"][0]
+    visible = make_persona("restaurant_marketing", product, random.Random(0))["visible"]
+    values = slot_values(product, visible)
+    template = "{product} is {price} {billing}, on a {term_months}-month term, for {restaurant}."
+    spoken = fill_slots(template, values)
+    assert "{" not in spoken and Slotter(product, visible)(spoken) == template
+    assert fill_slots(template, {k: v for k, v in values.items() if k != "restaurant"}) is None
+    assert fill_slots("Hi {name}", {"name": "{oops}"}) is None            # a value may not smuggle a slot in
+
+
+def test_outlines_never_leave_a_slot(library, calls):
+    planner = DogaPlanner(library, k=3)
+    for call in calls[300:330]:
+        product = {k: v for k, v in call["product"].items() if k != "highlight"}   # a missing value
+        visible = call["customer"]["visible"]
+        for index, turn in enumerate(call["turns"]):
+            if turn["role"] != "sales":
+                continue
+            outline = planner.plan(product, visible, call["turns"][:index])
+            assert outline.intent in legal_intents(outline.stage)
+            assert len(outline.lines) <= 3
+            for line in outline.lines:
+                assert "{" not in line and "}" not in line
+            for template_id in outline.template_ids:
+                assert "highlight" not in library.templates.metadata[
+                    [m["id"] for m in library.templates.metadata].index(template_id)]["slots"]
+
+
+def test_prompt_respects_max_prompt_length(tokenizer, calls):
+    call = calls[0]
+    header = "You are a salesperson. " + "Facts. " * 20
+    history = [{"role": "assistant" if t["role"] == "sales" else "user", "content": t["text"]} for t in call["turns"]]
+    notes = [f"Proven line: {t['text']}" for t in call["turns"][:6]]
+    full = len(tokenizer.encode_chat([{"role": "system", "content": header}] + history))
+    for budget in (full // 3, full // 2, full, full * 3):
+        messages, kept = assemble_messages(tokenizer, header, "Outline:", notes, history, budget)
+        assert len(tokenizer.encode_chat(messages)) <= budget
+        assert messages[0]["content"].startswith(header)              # the header is never cut
+        assert messages[-1] == history[-1]                             # the latest message stays
+        assert notes[:len(kept)] == kept                               # notes are dropped from the end
+    messages, kept = assemble_messages(tokenizer, header, "Outline:", notes, history, full * 3)
+    assert kept == notes and messages[1:] == history
+    with pytest.raises(PromptTooLong):
+        assemble_messages(tokenizer, header, "Outline:", notes, history, 10)
+
+
+def test_library_save_load_round_trip(library, calls, tmp_path):
+    library.save(str(tmp_path / "lib"))
+    loaded = ScriptLibrary.load(str(tmp_path / "lib"))
+    assert loaded.templates.metadata == library.templates.metadata
+    assert loaded.summary == library.summary
+    call = calls[310]
+    turns = call["turns"][:5]
+    a = DogaPlanner(library).plan(call["product"], call["customer"]["visible"], turns)
+    b = DogaPlanner(loaded).plan(call["product"], call["customer"]["visible"], turns)
+    assert a == b
+    with pytest.raises(FileNotFoundError, match="no script library"):
+        ScriptLibrary.load(str(tmp_path / "missing"))
+
+
+def test_agents_run_end_to_end_with_a_tiny_model(library, tokenizer, calls):
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    model = Qwen2(config).eval()
+    call = calls[320]
+    view = {**call, "turns": call["turns"][:5]}
+    for agent in (DogaAgent(model, tokenizer, library, max_prompt_length=2048, max_new_tokens=8),
+                  StaticAgent(model, tokenizer, library, max_prompt_length=2048, max_new_tokens=8)):
+        thought, reply, outline = agent.respond(view)
+        assert isinstance(thought, str) and isinstance(reply, str)
+        assert (outline is None) == isinstance(agent, StaticAgent)
+        played = run_call(call["product"], call["customer"], salesperson_fn(agent), random.Random(0), max_turns=4)
+        assert [t["role"] for t in played["turns"]] == ["sales", "customer", "sales", "customer"]
+    doga = DogaAgent(model, tokenizer, library, max_prompt_length=2048, max_new_tokens=4)
+    doga.respond(view)
+    assert doga.last_outline.intent in legal_intents(doga.last_outline.stage)
