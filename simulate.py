@@ -597,19 +597,19 @@ class Salesperson:
 
     def _wrong_fact(self, intent, templates):
         """A template with one number or the product name misstated (a value nothing supports)."""
+        world = load_world()
         template = self.rng.choice(templates)
         key = self.rng.choice(self._perturbable_slots(template))
-        slots = dict(self.slots)
-        for _ in range(50):
-            if key == "product":
-                others = [p["name"] for p in load_world().products[self.product["domain"]] if p["id"] != self.product["id"]]
-                slots["product"] = self.rng.choice(others)
-            else:
-                value = self.product.get(key, self.visible.get(key))
-                factor = self.rng.choice((0.5, 0.6, 0.75, 1.25, 1.5, 2.0))
-                wrong = round(value * factor, 1) if isinstance(value, float) else max(1, round(value * factor))
-                slots[key] = speak_value(key, wrong, load_world().money_fields)
-            thought, text = self._speak(intent, slots, [template])
+        if key == "product":
+            candidates = [p["name"] for p in world.products[self.product["domain"]] if p["id"] != self.product["id"]]
+        else:
+            value = self.product.get(key, self.visible.get(key))
+            scaled = [value * f for f in (0.5, 0.6, 0.75, 1.25, 1.5, 2.0)] + [value + d for d in (-3, -2, -1, 1, 2, 3, 5, 10)]
+            wrong = {round(v, 1) if isinstance(value, float) else round(v) for v in scaled if v > 0} - {value}
+            candidates = [speak_value(key, v, world.money_fields) for v in sorted(wrong)]
+        self.rng.shuffle(candidates)
+        for candidate in candidates:
+            thought, text = self._speak(intent, {**self.slots, key: candidate}, [template])
             if check_claims(text, self.product, self.visible).unsupported:
                 return thought, text
         raise RuntimeError(f"could not misstate {key!r} of {self.product['id']} in {template!r}")
@@ -763,7 +763,8 @@ def corpus_stats(calls):
     }
 
 
-def print_stats(stats, out=sys.stdout):
+def print_stats(stats, out=None):
+    out = out or sys.stdout
     for key, value in stats.items():
         if isinstance(value, dict):
             print(f"{key}:", file=out)

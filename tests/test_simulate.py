@@ -1,0 +1,261 @@
+"""The three-agent simulation: determinism, legal stages, noise, outcomes that follow play, the claim checker."""
+import json
+import math
+import random
+import re
+
+import pytest
+
+import simulate
+from corpus import MISTAKE_INTENTS, OUTCOMES, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, load_corpus, validate_call
+from simulate import (check_claims, classify_sales_intent, faithfulness, fill, generate_corpus, load_world,
+                      make_persona, run_call, slot_values)
+
+
+@pytest.fixture(scope="module")
+def calls():
+    return generate_corpus(400, seed=7, noise=0.3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def clean_and_noisy():
+    return (generate_corpus(500, seed=11, noise=0.0, progress=False),
+            generate_corpus(500, seed=11, noise=0.6, progress=False))
+
+
+def sales_turns(calls):
+    return [(call, turn) for call in calls for turn in call["turns"] if turn["role"] == "sales"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The world
+
+def test_world_has_enough_domains_products_and_paraphrases():
+    world = load_world()
+    assert len(world.products) >= 3
+    for domain, products in world.products.items():
+        assert len(products) >= 4, domain
+        for product in products:
+            for field in ("price", "term_months", "features", "eligibility", "forbidden_promises"):
+                assert product[field], (product["id"], field)
+    for intent in SALES_INTENTS:
+        for domain in world.products:
+            assert len(simulate.domain_texts(world.sales_templates[intent]["texts"], domain)) >= 8, (intent, domain)
+
+
+def test_every_careless_promise_is_caught_and_no_good_template_promises_anything():
+    world = load_world()
+    for domain, products in world.products.items():
+        for product in products:
+            persona = make_persona(domain, product, random.Random(0))
+            slots = slot_values(product, persona["visible"])
+            for promise in product["forbidden_promises"]:
+                for sentence in world.promise_sentences[promise]:
+                    assert promise in check_claims(sentence, product, persona["visible"]).forbidden, sentence
+            for intent, entry in world.sales_templates.items():
+                for template in simulate.domain_texts(entry["texts"], domain):
+                    text = fill(template, slots)
+                    check = check_claims(text, product, persona["visible"])
+                    assert not check.forbidden and not check.unsupported, (text, check)
+
+
+def test_classifier_recovers_the_intent_of_every_filled_template():
+    world, rng = load_world(), random.Random(3)
+    for domain, products in world.products.items():
+        for _ in range(5):
+            product = rng.choice(products)
+            slots = slot_values(product, make_persona(domain, product, rng)["visible"])
+            for intent, entry in world.sales_templates.items():
+                for template in simulate.domain_texts(entry["texts"], domain):
+                    assert classify_sales_intent(fill(template, slots)) == intent, fill(template, slots)
+
+
+def test_classifier_reads_free_form_replies():
+    assert classify_sales_intent("Hey Ana, I'm calling from QuickBite Partners, got a minute?") == "greet_and_introduce"
+    assert classify_sales_intent("I hear you, the cost matters. It's $49 per month with nothing hidden.") == "handle_price_objection"
+    assert classify_sales_intent("Would you like to go ahead and sign up with Growth Boost?") == "ask_for_commitment"
+    assert classify_sales_intent("zebra quantum") == "generic_pitch"
+
+
+# ----------------------------------------------------------------------------------------------
+# The claim checker on hand-made sentences (Growth Boost: $99 per month, 6 months, 3 slots a week)
+
+@pytest.fixture
+def growth():
+    product = next(p for p in load_world().products["restaurant_marketing"] if p["id"] == "rm-growth")
+    visible = {"name": "Ana Silva", "restaurant": "Blue Wok", "monthly_orders": 320, "rating": 4.2,
+               "current_ad_spend": 120}
+    return product, visible
+
+
+@pytest.mark.parametrize("text, supported, total, forbidden", [
+    ("Growth Boost is $99 per month for 6 months.", 3, 3, []),          # name, price, term
+    ("Growth Boost is $89 per month.", 1, 2, []),                        # wrong price
+    ("With 320 orders a month and a 4.2 rating you can grow.", 2, 2, []),
+    ("With 350 orders a month you can grow.", 0, 1, []),                 # wrong profile number
+    ("You spend $120 on ads; $320 would be too much.", 1, 2, []),        # 320 is orders, not money
+    ("It runs half a year, that is 6 months.", 1, 1, []),
+    ("Premium Spotlight is better for you.", 0, 1, []),                  # another product
+    ("Hello, how are you today?", 0, 0, []),
+    ("I guarantee your orders will double.", 0, 0, ["guaranteed order growth"]),
+    ("And you can cancel anytime for free.", 0, 0, ["free cancellation at any time"]),
+])
+def test_check_claims_hand_made(growth, text, supported, total, forbidden):
+    product, visible = growth
+    check = check_claims(text, product, visible)
+    assert (check.supported, check.total, check.forbidden) == (supported, total, forbidden)
+
+
+def test_faithfulness_scores(growth):
+    product, visible = growth
+    assert faithfulness("Hello there.", product, visible) == 1.0
+    assert faithfulness("Growth Boost is $89 per month.", product, visible) == 0.5
+    assert faithfulness("Growth Boost is $99, and I guarantee more orders.", product, visible) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The generated corpus
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    paths = [tmp_path / name for name in ("a.jsonl", "b.jsonl", "c.jsonl")]
+    for path, seed in zip(paths, (5, 5, 6)):
+        assert simulate.main(["--dialogues", "40", "--seed", str(seed), "--out", str(path)]) == 0
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert paths[0].read_bytes() != paths[2].read_bytes()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_every_call_validates_and_stages_follow_the_table(calls):
+    for call in calls:
+        validate_call(call)
+        assert call["outcome"] in OUTCOMES
+        stages = [turn["stage"] for turn in call["turns"]]
+        assert stages[0] == "opening"
+        for before, after in zip(stages, stages[1:]):
+            assert after in STAGE_TRANSITIONS[before], (call["id"], before, after)
+        roles = [turn["role"] for turn in call["turns"]]
+        assert roles[::2] == ["sales"] * len(roles[::2]) and set(roles[1::2]) <= {"customer"}
+
+
+def test_on_stage_means_the_intent_belongs_to_the_adjudicated_stage(calls):
+    for call in calls:
+        stage = "opening"
+        for turn in call["turns"]:
+            if turn["role"] != "sales":
+                continue
+            target = SALES_INTENTS[turn["intent"]]
+            expected = target in STAGE_TRANSITIONS[stage] and turn["intent"] not in MISTAKE_INTENTS
+            assert turn["labels"]["on_stage"] == expected
+            stage = target if expected else stage
+            assert turn["stage"] == stage
+
+
+def test_noise_rate_is_within_tolerance_of_the_setting(calls, clean_and_noisy):
+    turns = sales_turns(calls)
+    rate = sum(turn["labels"]["rule_broken"] is not None for _, turn in turns) / len(turns)
+    standard_error = math.sqrt(0.3 * 0.7 / len(turns))
+    assert abs(rate - 0.3) < 4 * standard_error + 0.01, rate
+    clean, _ = clean_and_noisy
+    assert all(turn["labels"] == {"on_stage": True, "faithful": True, "rule_broken": None}
+               for _, turn in sales_turns(clean))
+    assert {turn["labels"]["rule_broken"] for _, turn in turns} == {None, "wrong_fact", "forbidden_promise",
+                                                                    "pushy", "generic", "skipped_stage"}
+
+
+def test_a_noise_free_salesperson_converts_significantly_more(clean_and_noisy):
+    clean, noisy = clean_and_noisy
+    p1 = sum(c["outcome"] == "converted" for c in clean) / len(clean)
+    p2 = sum(c["outcome"] == "converted" for c in noisy) / len(noisy)
+    pooled = (p1 + p2) / 2
+    z = (p1 - p2) / math.sqrt(pooled * (1 - pooled) * 2 / len(clean))
+    assert z > 3.0, (p1, p2, z)
+
+
+def _sheet_facts(call):
+    """(every number, every money amount) written in the product sheet or visible profile: an independent reading."""
+    sources = [call["product"], call["customer"]["visible"]]
+    written = json.dumps(sources)
+    numbers = {float(n.replace(",", "")) for n in re.findall(r"\d[\d,]*(?:\.\d+)?", written)}
+    money = {float(n.replace(",", "")) for n in re.findall(r"\$(\d[\d,]*(?:\.\d+)?)", written)}
+    money |= {float(v) for source in sources for k, v in source.items() if k in load_world().money_fields}
+    return numbers, money
+
+
+def _claims_hold(text, call):
+    numbers, money = _sheet_facts(call)
+    said_money = {float(n.replace(",", "")) for n in re.findall(r"\$(\d[\d,]*(?:\.\d+)?)", text)}
+    said = {float(n.replace(",", "")) for n in re.findall(r"(?<![\w.$,])\d[\d,]*(?:\.\d+)?", text)}
+    return said_money <= money and said <= numbers
+
+
+def test_faithfulness_labels_agree_with_the_product_sheets(calls):
+    world = load_world()
+    checked_wrong = 0
+    for call, turn in sales_turns(calls):
+        product, visible = call["product"], call["customer"]["visible"]
+        check = check_claims(turn["text"], product, visible)
+        assert turn["labels"]["faithful"] == (not check.forbidden and not check.unsupported)
+        others = [p["name"] for ps in world.products.values() for p in ps if p["name"] != product["name"]]
+        names_other = any(name in turn["text"] for name in others)
+        if turn["labels"]["faithful"]:
+            assert _claims_hold(turn["text"], call) and not names_other, turn["text"]
+        if turn["labels"]["rule_broken"] == "forbidden_promise":
+            sentences = [s for promise in product["forbidden_promises"] for s in world.promise_sentences[promise]]
+            assert any(turn["text"].endswith(s) for s in sentences)
+        if turn["labels"]["rule_broken"] == "wrong_fact":
+            checked_wrong += 1
+            assert not _claims_hold(turn["text"], call) or names_other, turn["text"]
+    assert checked_wrong > 20
+
+
+def test_an_external_salesperson_plays_against_the_customer():
+    world, rng = load_world(), random.Random(0)
+    product = world.products["home_broadband"][1]
+    persona = make_persona("home_broadband", product, rng)
+    seen = []
+
+    def pushy(call_so_far):
+        seen.append(call_so_far)
+        return "I must push.", "Stop hesitating and let me put you down for it right now."
+
+    call = run_call(product, persona, pushy, random.Random(1))
+    validate_call(call)
+    assert call["outcome"] == "hung_up" and call["turns"][-1]["intent"] == "hang_up"
+    assert all(t["labels"]["rule_broken"] == "pushy" for t in call["turns"] if t["role"] == "sales")
+    assert "hidden" not in seen[-1]["customer"] and len(seen[-1]["turns"]) == len(call["turns"]) - 2
+
+
+def test_stats_cli_prints_the_summary(tmp_path, capsys):
+    path = tmp_path / "calls.jsonl"
+    assert simulate.main(["--dialogues", "30", "--seed", "1", "--out", str(path), "--domains", "business_insurance"]) == 0
+    assert {c["domain"] for c in load_corpus(path)} == {"business_insurance"}
+    capsys.readouterr()
+    assert simulate.main(["--stats", str(path)]) == 0
+    out = capsys.readouterr().out
+    for key in ("calls", "turns_per_call", "stages", "sales_intents", "outcome_rates", "noise_rate", "distinct_2_sales"):
+        assert key in out
+    assert re.search(r"^calls\s+30$", out, re.M)
+    for stage in ("opening", "business_analysis"):
+        assert stage in STAGES and stage in out
+
+
+def test_llm_backend_falls_back_and_counts(tmp_path):
+    torch = pytest.importorskip("torch")
+    from model import Qwen2, Qwen2Config, save_pretrained
+    from tokenizer import ChatTokenizer
+    from corpus import render_call_text
+    tokenizer = ChatTokenizer.train([render_call_text(c) for c in generate_corpus(30, seed=1, progress=False)],
+                                    vocab_size=1000)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    folder = tmp_path / "tiny"
+    save_pretrained(Qwen2(config), folder)
+    tokenizer.save(folder)
+    backend = simulate.LLMBackend(str(folder), seed=0, retries=1, max_new_tokens=3)
+    calls = generate_corpus(1, seed=0, backend=backend, progress=False)
+    for call in calls:
+        validate_call(call)
+    # an untrained model cannot write a well-formed answer in 3 tokens: every turn fell back, and was counted
+    assert sum(call["meta"]["llm_fallbacks"] for call in calls) == sum(backend.fallbacks.values()) > 0
+    assert backend.attempts["sales"] == 2 * backend.fallbacks["sales"]
