@@ -465,6 +465,14 @@ class Customer:
         self.open_objection = self.pending.pop(0)
         return f"raise_{self.open_objection}_objection"
 
+    def _decide(self):
+        """Asked for the commitment with nothing left to object: yes with a probability rising with interest."""
+        if self.rng.random() < acceptance_probability(self.interest):
+            self.accepted = True
+            return "accept"
+        self.declined = True
+        return "decline"
+
     def _next_move(self, intent):
         rng = self.rng
         if intent == "greet_and_introduce":
@@ -475,18 +483,15 @@ class Customer:
             return "agree_with_diagnosis"
         if self.open_objection is not None and intent != "ask_for_commitment":
             return "repeat_objection"
-        if intent == "ask_for_commitment":
+        asked_to_commit = self.heard["ask_for_commitment"] > 0
+        if intent == "ask_for_commitment" or (intent.startswith("handle_") and asked_to_commit):
             if self.open_objection is not None:
                 return "repeat_objection"
             if self.pending:
                 return self._raise_objection()
-            if rng.random() < acceptance_probability(self.interest):
-                self.accepted = True
-                return "accept"
-            self.declined = True
-            return "decline"
+            return self._decide()
         if intent in PRODUCT_TALK or intent.startswith("handle_"):
-            if self.pending and rng.random() < 0.75:
+            if self.pending and rng.random() < 0.85:
                 return self._raise_objection()
             if intent == "present_product" and not self.heard["explain_pricing"] and rng.random() < 0.15:
                 return "ask_price"
