@@ -519,7 +519,6 @@ PLAN = ("greet_and_introduce", "ask_business_situation", "diagnose_with_numbers"
 ANSWERS = {"ask_price": "explain_pricing", "ask_details": "explain_features", "ask_activation": "explain_activation",
            "accept": "confirm_next_steps", "decline": "polite_goodbye"}
 SKIP_TARGETS = ("present_product", "explain_pricing", "explain_signup_steps", "ask_for_commitment")
-MISTAKES = ("wrong_fact", "forbidden_promise", "pushy", "generic", "skipped_stage")
 
 
 class Salesperson:
