@@ -200,7 +200,8 @@ class ScriptLibrary:
     """Templates keyed by context (rows grouped by intent) and training contexts (rows grouped by
     stage, metadata holds the counts of the next intent), sharing one fitted embedder."""
     embedder: HashedTfidfEmbedder
-    templates: CosineIndex       # metadata: id, intent, stage, text, slots, support, uses, conversion_rate, variants
+    templates: CosineIndex       # metadata: id, intent, stage, text, slots, support, uses, conversion_rate,
+                                 # variants, domains
     contexts: CosineIndex        # metadata: stage, counts {intent: n}
     summary: dict = field(default_factory=dict)
 
@@ -234,7 +235,7 @@ class ScriptLibrary:
                 elif re.search(r"\d", text):
                     dropped["number not on the sheet"] += 1  # would be false for another customer
                 else:
-                    lines.append((turn["intent"], text, call["outcome"] == "converted", parts))
+                    lines.append((turn["intent"], text, call["outcome"] == "converted", parts, call["domain"]))
         texts = sorted({line[1] for line in lines} | {t for _, parts in contexts for t in parts})
         embedder = HashedTfidfEmbedder(n_features=n_features).fit(texts)
 
@@ -295,13 +296,14 @@ def _merge_templates(embedder, lines, threshold, min_support):
     used text first) and keep the groups used at least `min_support` times in converted calls."""
     templates = []
     for intent in GOOD_INTENTS:
-        uses = {}                        # slotted text -> [converted uses, all uses, contexts]
-        for line_intent, text, converted, parts in lines:
+        uses = {}                        # slotted text -> [converted uses, all uses, contexts, domains]
+        for line_intent, text, converted, parts, domain in lines:
             if line_intent == intent:
-                entry = uses.setdefault(text, [0, 0, []])
+                entry = uses.setdefault(text, [0, 0, [], set()])
                 entry[0] += converted
                 entry[1] += 1
                 entry[2].append(parts)
+                entry[3].add(domain)
         texts = sorted(uses, key=lambda t: (-uses[t][0], -uses[t][1], t))
         if not texts:
             continue
@@ -324,6 +326,7 @@ def _merge_templates(embedder, lines, threshold, min_support):
             templates.append({"id": f"{intent}-{len(templates)}", "intent": intent, "stage": SALES_INTENTS[intent],
                               "text": leader, "slots": sorted(set(SLOT.findall(leader))), "support": support,
                               "uses": total, "conversion_rate": round(support / total, 4), "variants": len(group),
+                              "domains": sorted(set().union(*(uses[texts[r]][3] for r in group))),
                               "contexts": contexts, "n_contexts": len(contexts)})
     return templates
 
@@ -436,7 +439,10 @@ class Outline:
 
 
 class DogaPlanner:
-    """Per turn: stage -> next intent -> top-k templates of that intent -> slots filled -> Outline."""
+    """Per turn: stage -> next intent -> top-k templates of that intent -> slots filled -> Outline.
+
+    Templates said in the call's own domain come first; templates of other domains are used only when
+    none of the own domain fits (a domain held out of training still gets its shared lines)."""
 
     def __init__(self, library, classifier=None, k=3):
         self.library = library
@@ -448,8 +454,10 @@ class DogaPlanner:
         vector = context_vector(self.library.embedder, product, visible, turns)
         intent = self.classifier.predict(vector, stage)
         values = slot_values(product, visible)
+        candidates = self.library.retrieve(vector, intent, 4 * self.k)     # spares for unfillable ones
+        own_domain = [t for t in candidates if product.get("domain") in t["domains"]]
         lines, ids = [], []
-        for template in self.library.retrieve(vector, intent, 4 * self.k):  # spares for unfillable ones
+        for template in own_domain or candidates:
             filled = fill_slots(template["text"], values)
             if filled is not None and filled not in lines:
                 lines.append(filled)
@@ -554,7 +562,8 @@ class DogaAgent(Agent):
 
 class StaticAgent(Agent):
     """The baseline: the same prompt with one static few-shot block instead of the outline: for each
-    stage, the most supported template of the library, filled for this call."""
+    stage, the most supported template of the library (of the call's domain when there is one), filled
+    for this call. The block is the same on every turn of a call."""
 
     title = "Examples of good lines, one per stage:"
 
@@ -562,7 +571,7 @@ class StaticAgent(Agent):
         values, notes = slot_values(product, visible), []
         for stage in STAGES:
             candidates = sorted((m for m in self.library.templates.metadata if m["stage"] == stage),
-                                key=lambda m: (-m["support"], m["id"]))
+                                key=lambda m: (product.get("domain") not in m["domains"], -m["support"], m["id"]))
             filled = next((f for f in (fill_slots(m["text"], values) for m in candidates) if f), None)
             if filled:
                 notes.append(f"{stage.replace('_', ' ')}: {filled}")
@@ -607,7 +616,7 @@ def chat(model_dir, library_dir, product_id=None, persona_seed=0):
     turns = []
     while True:
         thought, reply, outline = agent.respond({"product": product, "customer": {"visible": visible}, "turns": turns})
-        turns.append({"role": "sales", "text": reply, "intent": outline.intent})
+        turns.append({"role": "sales", "text": reply})       # the stage moves by what was said, not planned
         print(f"[thought] {thought}\nsalesperson> {reply}")
         while True:
             line = input("you> ").strip()

@@ -105,9 +105,10 @@ def test_outlines_never_leave_a_slot(library, calls):
             assert len(outline.lines) <= 3
             for line in outline.lines:
                 assert "{" not in line and "}" not in line
+            by_id = {m["id"]: m for m in library.templates.metadata}
             for template_id in outline.template_ids:
-                assert "highlight" not in library.templates.metadata[
-                    [m["id"] for m in library.templates.metadata].index(template_id)]["slots"]
+                assert "highlight" not in by_id[template_id]["slots"]
+                assert call["domain"] in by_id[template_id]["domains"]       # no other domain's lines
 
 
 def test_prompt_respects_max_prompt_length(tokenizer, calls):
