@@ -220,6 +220,9 @@ def write_corpus(path, calls):
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             for call in calls:
                 out.write(json.dumps(call, ensure_ascii=False) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp_path, path)
     except BaseException:
         os.unlink(tmp_path)
