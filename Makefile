@@ -38,8 +38,15 @@ $(DATA)/train.jsonl: | install
 	$(PY) simulate.py --dialogues $(DIALOGUES) --seed 0 --out $(DATA)/calls.jsonl
 	$(PY) corpus.py split $(DATA)/calls.jsonl --train $(DATA)/train.jsonl --test $(DATA)/test.jsonl
 
+# The whole pipeline: corpus -> tokenizer + tiny base model -> GRPO directly on the base -> summary.
+# With MODEL=/path/to/Qwen2.5 (a local HF folder) the base is that checkpoint and pretraining is skipped.
 train: install data
-	@echo "make train: the pretrain and GRPO stages are not built yet (issue 5)"; exit 1
+ifeq ($(MODEL),)
+	$(PY) pretrain.py --config $(CONFIG) --data $(DATA) --out $(RUN)/base
+	$(PY) grpo.py --config $(CONFIG) --model $(RUN)/base --data $(DATA) --out $(RUN)
+else
+	$(PY) grpo.py --config $(CONFIG) --model $(MODEL) --data $(DATA) --out $(RUN)
+endif
 
 eval ablations chat:
 	@echo "make $@: not built yet"; exit 1

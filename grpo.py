@@ -1,0 +1,459 @@
+"""GRPO applied directly to a base model: AI-Salesman's training engine (DESIGN.md, "GRPO").
+
+One step, for each of `prompts_per_step` training prompts (a salesperson turn of a simulated call):
+
+  1. sample a *group* of `num_generations` completions `<think>Th</think> reply` with the policy
+     (model.generate, KV-cached, temperature/top-p);
+  2. score each with the composite reward of reward.py (format, similarity, faithfulness, bayes);
+  3. advantage A_i = (r_i - mean(group)) / std, the std taken per group, over the batch, or not at all
+     (`scale_rewards`);
+  4. minimise, per completion token t,
+         -min(rho_t A, clip(rho_t, 1 - epsilon, 1 + epsilon_high) A) + beta * k3_t,
+         rho_t = pi(o_t) / pi_old(o_t),   k3_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1
+     averaged as `loss_type` says: grpo (per sequence, then over sequences), dapo (over all tokens),
+     dr_grpo (sum over tokens / (sequences x max_completion_length)).
+
+Knob names follow TRL's GRPOConfig (config.GRPOConfig) so that results can be compared. Log-probs of
+completions come from the fused kernel on the final hidden states (reward.sequence_logprobs): the
+[tokens x vocabulary] logits are never materialised for the training pass.
+
+Several processes: `torchrun --nproc_per_node=K grpo.py ...` gives each rank its own prompts (a group
+never spans ranks). Each rank's loss is its share of the *global* loss (global sequence and token counts
+in the denominators), so gradients are summed across ranks and the update equals the single-process one.
+
+Simplified, and why:
+* pi_old: with num_iterations = 1 the old policy *is* the current one, so its log-probs are the detached
+  log-probs of the training pass (ratio exactly 1, as in TRL). With num_iterations > 1 they are computed
+  once right after generation.
+* Each group is generated on its own, with its own seeded generator: no padding inside a batch and no
+  dependence of a group's samples on which rank or batch it lands in. This is what makes runs
+  reproducible, resumable and identical across process counts, at some cost in CPU batching.
+* No vLLM-style serving, no gradient accumulation, no reward models: the lean loop of the method.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from config import ConfigError, load_config
+from corpus import load_corpus, training_samples
+from model import generate, load_pretrained, save_pretrained
+from pretrain import MetricsLog, learning_rate_at, make_optimizer, resolve_device
+from retrieval import HashedTfidfEmbedder
+from reward import TERMS, CompositeReward, pad_right, sequence_logprobs
+from tokenizer import ChatTokenizer
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts.
+
+def load_prompt_pool(path, tokenizer, settings):
+    """Training samples from a corpus file, with their prompt token ids.
+
+    `reference_filter = "good"` keeps turns the Manager judged on-stage and faithful: the Bayesian
+    likelihood should reward thoughts that explain *good* replies, not the corpus's deliberate mistakes.
+    Prompts longer than max_prompt_length are left out (cutting one would cut its system prompt).
+    """
+    samples = [s for call in load_corpus(path) for s in training_samples(call)]
+    if settings.reference_filter == "good":
+        samples = [s for s in samples if s.labels["on_stage"] and s.labels["faithful"]]
+    ids = tokenizer.encode_batch(s.prompt for s in samples)
+    kept = [(s, p) for s, p in zip(samples, ids) if len(p) <= settings.max_prompt_length]
+    if not kept:
+        raise ValueError(f"{path}: no prompt fits max_prompt_length={settings.max_prompt_length}")
+    print(f"{path}: {len(kept)} prompts ({len(samples) - len(kept)} longer than "
+          f"max_prompt_length={settings.max_prompt_length} left out)")
+    return [s for s, _ in kept], [p for _, p in kept]
+
+
+def prompts_for_step(step, pool_size, per_step, seed):
+    """Global prompt indices of a step: consecutive slices of a per-epoch shuffled order.
+
+    A pure function of the step, so the data position needs no saving: resuming at step s picks up
+    exactly the prompts an uninterrupted run would have used.
+    """
+    indices = []
+    for position in range(step * per_step, (step + 1) * per_step):
+        epoch, offset = divmod(position, pool_size)
+        indices.append(int(np.random.default_rng([seed, epoch]).permutation(pool_size)[offset]))
+    return indices
+
+
+# ----------------------------------------------------------------------------------------------
+# Rollouts: generate, score, compute advantages.
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor        # [B, T] prompt + completion, right-padded
+    attention_mask: torch.Tensor   # [B, T]
+    loss_mask: torch.Tensor        # [B, T] 1 on completion tokens that get a gradient
+    old_logprobs: torch.Tensor     # [B, T] (only when num_iterations > 1)
+    ref_logprobs: torch.Tensor     # [B, T] (only when beta > 0)
+    rewards: dict                  # term -> float32 [B], plus "total"
+    advantages: torch.Tensor       # [B]
+    completions: list              # decoded text, [B]
+    truncated: torch.Tensor        # [B] bool
+    completion_lengths: torch.Tensor  # [B]
+
+
+def generate_group(policy, prompt_ids, settings, eos_id, pad_id, seed):
+    """`num_generations` completions of one prompt. Returns token lists (EOS kept) and truncation flags."""
+    device = policy.lm_head_weight.device
+    prompt = torch.tensor([prompt_ids] * settings.num_generations, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    output = generate(policy, prompt, max_new_tokens=settings.max_completion_length,
+                      temperature=settings.temperature, top_p=settings.top_p, eos_token_id=eos_id,
+                      pad_token_id=pad_id, generator=generator)
+    completions, truncated = [], []
+    for row in output[:, len(prompt_ids):].tolist():
+        if eos_id in row:
+            completions.append(row[: row.index(eos_id) + 1])
+            truncated.append(False)
+        else:
+            completions.append(row)
+            truncated.append(True)
+    return completions, truncated
+
+
+def compute_advantages(rewards, scale_rewards, batch_std=None):
+    """rewards [groups, G] -> advantages [groups, G] (TRL's definition; unbiased std, +1e-4)."""
+    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    if scale_rewards == "group":
+        return centered / (rewards.std(dim=1, keepdim=True) + 1e-4)
+    if scale_rewards == "batch":
+        return centered / ((rewards.std() if batch_std is None else batch_std) + 1e-4)
+    return centered
+
+
+@torch.no_grad()
+def rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings):
+    """Generate and score one group per prompt; everything the loss needs, batched [B = groups x G]."""
+    G = settings.num_generations
+    sequences, loss_starts, completion_tokens, truncated = [], [], [], []
+    for prompt, seed in zip(prompt_ids, group_seeds):
+        completions, cut = generate_group(policy, prompt, settings, tokenizer.eos_id, tokenizer.pad_id, seed)
+        for completion in completions:
+            sequences.append(prompt + completion)
+            loss_starts.append(len(prompt))
+        completion_tokens += completions
+        truncated += cut
+    device = policy.lm_head_weight.device
+    input_ids, attention_mask = pad_right(sequences, tokenizer.pad_id, device)
+    completion_mask = torch.zeros_like(input_ids)
+    for row, (start, sequence) in enumerate(zip(loss_starts, sequences)):
+        completion_mask[row, start:len(sequence)] = 1
+    truncated = torch.tensor(truncated)
+    loss_mask = completion_mask.clone()
+    if settings.mask_truncated_completions:
+        loss_mask[truncated.to(device)] = 0
+
+    texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completion_tokens]
+    expanded = [s for s in samples for _ in range(G)]
+    expanded_prompts = [p for p in prompt_ids for _ in range(G)]
+    rewards = reward_fn(expanded, expanded_prompts, texts, truncated.tolist())
+
+    total = rewards["total"].view(-1, G)                                    # [groups, G]
+    batch_std = None
+    if settings.scale_rewards == "batch" and dist.is_initialized():
+        everything = [None] * dist.get_world_size()
+        dist.all_gather_object(everything, rewards["total"].tolist())
+        batch_std = torch.tensor(sum(everything, [])).std()
+    advantages = compute_advantages(total, settings.scale_rewards, batch_std).flatten()
+
+    old = (sequence_logprobs(policy, input_ids, attention_mask, completion_mask, settings.temperature)
+           if settings.num_iterations > 1 else None)
+    ref = (sequence_logprobs(reference, input_ids, attention_mask, completion_mask, settings.temperature)
+           if settings.beta > 0 else None)
+    return Rollout(input_ids, attention_mask, loss_mask, old, ref, rewards, advantages, texts, truncated,
+                   completion_mask.sum(1).cpu())
+
+
+# ----------------------------------------------------------------------------------------------
+# The objective.
+
+def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, settings, num_sequences, num_tokens):
+    """The clipped GRPO objective with k3 KL, aggregated by `loss_type`.
+
+    logprobs, old_logprobs, ref_logprobs, mask: [B, T]; advantages: [B]. `num_sequences` and
+    `num_tokens` are the *global* counts (all ranks), so that per-rank losses add up to the global loss.
+    Returns (loss, stats) where stats hold the per-token kl, ratio and clipped indicator [B, T].
+    """
+    mask = mask.float()
+    ratio = torch.exp(logprobs - old_logprobs)
+    clipped_ratio = torch.clamp(ratio, 1 - settings.epsilon, 1 + settings.epsilon_high)
+    advantages = advantages[:, None]
+    per_token = -torch.min(ratio * advantages, clipped_ratio * advantages)
+    kl = torch.zeros_like(logprobs)
+    if settings.beta > 0:
+        delta = ref_logprobs - logprobs
+        kl = torch.exp(delta) - delta - 1
+        per_token = per_token + settings.beta * kl
+    if settings.loss_type == "grpo":
+        per_sequence = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1)
+        loss = per_sequence.sum() / num_sequences
+    elif settings.loss_type == "dapo":
+        loss = (per_token * mask).sum() / max(num_tokens, 1)
+    else:  # dr_grpo: a constant denominator, free of length bias
+        loss = (per_token * mask).sum() / (num_sequences * settings.max_completion_length)
+    is_clipped = ((ratio < 1 - settings.epsilon) & (advantages < 0)) | \
+                 ((ratio > 1 + settings.epsilon_high) & (advantages > 0))
+    return loss, {"kl": kl.detach(), "ratio": ratio.detach(), "clipped": is_clipped.float()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes, checkpoints, evaluation.
+
+def world():
+    """(rank, world_size), starting torch.distributed when torchrun launched us."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def global_sum(value):
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor(float(value), dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.item()
+
+
+def save_checkpoint(folder, policy, tokenizer, optimizer, step):
+    """HF-layout model + tokenizer + trainer state, written beside the target and renamed into place."""
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained(policy, tmp)
+    tokenizer.save(tmp)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
+               os.path.join(tmp, "trainer_state.pt"))
+    old = folder + ".old"
+    if os.path.exists(folder):
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(out_dir):
+    root = os.path.join(out_dir, "checkpoints")
+    if not os.path.isdir(root):
+        return None
+    done = sorted(d for d in os.listdir(root)
+                  if d.startswith("step-") and not d.endswith((".tmp", ".old"))
+                  and os.path.exists(os.path.join(root, d, "trainer_state.pt")))
+    return os.path.join(root, done[-1]) if done else None
+
+
+@torch.no_grad()
+def held_out_reward(model, reward_fn, tokenizer, samples, prompt_ids, settings):
+    """Mean of each reward term over `num_generations` sampled completions of each held-out prompt."""
+    model.eval()
+    seeds = [10_000_000 + settings.seed * 1000 + i for i in range(len(samples))]
+    totals = {}
+    for sample, prompt, seed in zip(samples, prompt_ids, seeds):
+        completions, truncated = generate_group(model, prompt, settings, tokenizer.eos_id, tokenizer.pad_id, seed)
+        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+        terms = reward_fn([sample] * len(texts), [prompt] * len(texts), texts, truncated)
+        for name, values in terms.items():
+            totals[name] = totals.get(name, 0.0) + values.mean().item() / len(samples)
+    return totals
+
+
+# ----------------------------------------------------------------------------------------------
+# Training.
+
+def train(config, model_dir, data_dir, out_dir, resume=False, audit=False):
+    settings = config.grpo
+    rank, world_size = world()
+    if settings.prompts_per_step % world_size:
+        raise ConfigError(f"{config.source}: grpo.prompts_per_step ({settings.prompts_per_step}) must be "
+                          f"divisible by the number of processes ({world_size})")
+    device = resolve_device(settings.device)
+    if device == "cuda" and world_size > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+        torch.cuda.set_device(device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[settings.dtype]
+    torch.manual_seed(settings.seed)
+    main_process = rank == 0
+    os.makedirs(out_dir, exist_ok=True)
+
+    tokenizer = ChatTokenizer.load(model_dir)
+    reference = load_pretrained(model_dir, dtype=dtype, device=device).eval().requires_grad_(False)
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    policy = load_pretrained(checkpoint or model_dir, dtype=dtype, device=device)
+    optimizer = make_optimizer(policy, settings.learning_rate, settings.weight_decay)
+    start_step = 0
+    if checkpoint:
+        state = torch.load(os.path.join(checkpoint, "trainer_state.pt"), weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step = state["step"]
+        if main_process:
+            print(f"resuming from {checkpoint} at step {start_step}")
+    if resume and not checkpoint and main_process:
+        print(f"--resume: no checkpoint under {out_dir}/checkpoints, starting from {model_dir}")
+
+    samples, prompt_ids = load_prompt_pool(os.path.join(data_dir, "train.jsonl"), tokenizer, settings)
+    embedder = HashedTfidfEmbedder().fit([s.reference for s in samples])
+    reward_fn = CompositeReward(config.reward, reference, tokenizer, embedder)
+
+    log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume_step=start_step - 1 if checkpoint else None) \
+        if main_process else None
+    audit_file = open(os.path.join(out_dir, "audit.jsonl"), "a" if checkpoint else "w") \
+        if audit and main_process else None
+    per_rank = settings.prompts_per_step // world_size
+    progress = tqdm(range(start_step, settings.steps), desc="grpo", disable=not main_process,
+                    initial=start_step, total=settings.steps)
+    for step in progress:
+        started = time.time()
+        global_indices = prompts_for_step(step, len(samples), settings.prompts_per_step, settings.seed)
+        mine = range(rank * per_rank, (rank + 1) * per_rank)   # positions in the step's global batch
+        policy.eval()
+        batch = rollout(policy, reference, reward_fn, tokenizer,
+                        [samples[global_indices[g]] for g in mine],
+                        [prompt_ids[global_indices[g]] for g in mine],
+                        [settings.seed * 1_000_003 + step * 1000 + g for g in mine], settings)
+        num_sequences = global_sum(len(batch.advantages))
+        num_tokens = global_sum(batch.loss_mask.sum().item())
+        lr = learning_rate_at(step, settings.steps, settings.learning_rate, settings.warmup_steps, 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        policy.train()
+        for _ in range(settings.num_iterations):
+            logprobs = sequence_logprobs(policy, batch.input_ids, batch.attention_mask, batch.loss_mask,
+                                         settings.temperature)
+            old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
+            loss, stats = grpo_loss(logprobs, old, batch.ref_logprobs, batch.advantages.to(logprobs.device),
+                                    batch.loss_mask, settings, num_sequences, num_tokens)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if world_size > 1:  # each rank holds its share of the global loss: gradients add up
+                for p in policy.parameters():
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), settings.max_grad_norm)
+            optimizer.step()
+
+        record = step_metrics(step, batch, stats, loss, grad_norm, lr, settings, started)
+        if main_process:
+            log.write(record)
+            progress.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}")
+            warn_if_degenerate(record, settings, progress)
+            if settings.log_completion_steps and step % settings.log_completion_steps == 0:
+                progress.write(f"[step {step}] reward {batch.rewards['total'][0]:.3f}: {batch.completions[0]!r}")
+            if audit_file:
+                write_audit(audit_file, step, batch, stats, [samples[global_indices[g]] for g in mine],
+                            settings.num_generations)
+            if settings.save_steps and (step + 1) % settings.save_steps == 0:
+                save_checkpoint(os.path.join(out_dir, "checkpoints", f"step-{step + 1:06d}"),
+                                policy, tokenizer, optimizer, step + 1)
+        if world_size > 1:
+            dist.barrier()
+    if audit_file:
+        audit_file.close()
+    if main_process:
+        save_pretrained(policy, os.path.join(out_dir, "final"))
+        tokenizer.save(os.path.join(out_dir, "final"))
+    return policy, reference, reward_fn, tokenizer
+
+
+def step_metrics(step, batch, stats, loss, grad_norm, lr, settings, started):
+    """The per-step record of metrics.jsonl (this rank's rollouts; rank 0 logs its own share)."""
+    G = settings.num_generations
+    total = batch.rewards["total"]
+    mask = batch.loss_mask.bool()
+    record = {"step": step, "reward_mean": total.mean().item(), "reward_std": total.std().item()}
+    for term in TERMS + ("bayes_prior", "bayes_likelihood"):
+        record[f"reward_{term}"] = batch.rewards[term].mean().item()
+    record.update({
+        "zero_std_groups": int((total.view(-1, G).std(dim=1) < 1e-6).sum()),
+        "completion_len_mean": batch.completion_lengths.float().mean().item(),
+        "truncated_fraction": batch.truncated.float().mean().item(),
+        "kl": (stats["kl"][mask].mean().item() if mask.any() else 0.0),
+        "clip_fraction": (stats["clipped"][mask].mean().item() if mask.any() else 0.0),
+        "loss": loss.item(),
+        "grad_norm": grad_norm.item(),
+        "lr": lr,
+        "tokens_per_s": int(batch.attention_mask.sum()) / (time.time() - started),
+    })
+    return record
+
+
+def warn_if_degenerate(record, settings, progress):
+    if record["truncated_fraction"] > 0.5:
+        progress.write(f"warning: step {record['step']}: {record['truncated_fraction']:.0%} of completions hit "
+                       f"max_completion_length={settings.max_completion_length} (no gradient when masked)")
+    groups = settings.prompts_per_step
+    if record["zero_std_groups"] > groups / 2:
+        progress.write(f"warning: step {record['step']}: {record['zero_std_groups']} groups have zero reward "
+                       "spread, so zero advantage: they teach nothing")
+
+
+def write_audit(audit_file, step, batch, stats, samples, G):
+    """One line per completion: what it said, every reward term, its advantage and its ratios."""
+    for row, text in enumerate(batch.completions):
+        sample = samples[row // G]
+        tokens = batch.loss_mask[row].bool()
+        ratios = stats["ratio"][row][tokens]
+        audit_file.write(json.dumps({
+            "step": step, "prompt_id": f"{sample.call_id}:{sample.turn_index}", "group": row // G,
+            "completion": text, "truncated": bool(batch.truncated[row]),
+            "rewards": {k: round(v[row].item(), 6) for k, v in batch.rewards.items()},
+            "advantage": round(batch.advantages[row].item(), 6),
+            "ratio": ({"mean": ratios.mean().item(), "min": ratios.min().item(), "max": ratios.max().item()}
+                      if tokens.any() else None),
+        }) + "\n")
+    audit_file.flush()
+
+
+def summarize(config, policy, reference, reward_fn, tokenizer, data_dir, out_dir):
+    """Held-out mean reward of the base (the frozen reference) and of the trained policy."""
+    settings = config.grpo
+    samples, prompt_ids = load_prompt_pool(os.path.join(data_dir, "test.jsonl"), tokenizer, settings)
+    chosen = prompts_for_step(0, len(samples), min(settings.eval_prompts, len(samples)), settings.seed + 1)
+    samples, prompt_ids = [samples[i] for i in chosen], [prompt_ids[i] for i in chosen]
+    before = held_out_reward(reference, reward_fn, tokenizer, samples, prompt_ids, settings)
+    after = held_out_reward(policy, reward_fn, tokenizer, samples, prompt_ids, settings)
+    print(f"\nheld-out reward, {len(samples)} test prompts x {settings.num_generations} samples each")
+    print(f"{'term':<18}{'base':>10}{'GRPO':>10}")
+    for term in ("total",) + TERMS + ("bayes_prior", "bayes_likelihood"):
+        print(f"{term:<18}{before[term]:>10.3f}{after[term]:>10.3f}")
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump({"prompts": len(samples), "base": before, "grpo": after}, f, indent=2)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="GRPO directly on a base model (AI-Salesman).")
+    parser.add_argument("--config", default="configs/tiny.json")
+    parser.add_argument("--model", required=True, help="base model folder (HF layout, with tokenizer.json)")
+    parser.add_argument("--data", default="data", help="folder with train.jsonl and test.jsonl")
+    parser.add_argument("--out", required=True, help="run folder: metrics.jsonl, checkpoints/, final/")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--audit", action="store_true", help="write every sample, reward term, advantage "
+                                                             "and ratio to <out>/audit.jsonl")
+    parser.add_argument("--no-summary", action="store_true", help="skip the held-out before/after summary")
+    args = parser.parse_args()
+    try:
+        config = load_config(args.config)
+        policy, reference, reward_fn, tokenizer = train(config, args.model, args.data, args.out,
+                                                        resume=args.resume, audit=args.audit)
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}")
+    if not args.no_summary and (not dist.is_initialized() or dist.get_rank() == 0):
+        summarize(config, policy, reference, reward_fn, tokenizer, args.data, args.out)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The composite reward of AI-Salesman's training engine (DESIGN.md, "Rewards").
+
+For a prompt (the call so far) with reference reply A*, a completion `<think>Th</think> reply` earns
+
+    total = w_format * format + w_similarity * similarity + w_faithfulness * faithfulness + w_bayes * bayes
+
+* format        1 if the answer is one non-empty thought block then a non-empty reply, and not truncated.
+* similarity    cosine of reply and A* under the TF-IDF embedder of retrieval.py (in [0, 1]).
+* faithfulness  share of the reply's checkable claims that the product sheet or visible profile supports;
+                0 for a forbidden promise (simulate.faithfulness: the same checker the Manager labels with).
+* bayes         the Bayesian reasoning reward, prior + likelihood:
+                    prior      = mean_t log P_ref(Th_t | c, Th_<t)          how coherent the thought is
+                    likelihood = mean_t log P_ref(A*_t | c, Th, A*_<t)     how well it explains A*
+                both under the *frozen reference* model, each length-normalised and floored at
+                `bayes_floor` so that one absurd token cannot swamp the group.
+
+A malformed or truncated completion never raises: it gets format 0, similarity 0, faithfulness 0 and
+bayes = 2 * bayes_floor, the lowest value the term can take. Every term is returned separately for logs
+and audits. Weights and their reasons live in config.RewardConfig.
+
+Left out: a learned reward model or LLM judge (evaluate.py has the optional judge), and any reward for
+the customer's reaction (that is the closed-loop evaluation's job, not a per-turn training signal).
+"""
+
+import torch
+
+from kernels import fused_linear_logprobs
+from simulate import faithfulness
+from tokenizer import THINK_CLOSE, THINK_OPEN, split_thought
+
+TERMS = ("format", "similarity", "faithfulness", "bayes")
+
+
+def sequence_logprobs(model, input_ids, attention_mask, target_mask, temperature=1.0):
+    """log p(token_t | tokens_<t) for every position that `target_mask` marks, zeros elsewhere.
+
+    input_ids, attention_mask, target_mask: [B, T]. Returns float32 [B, T]; column 0 is always 0 (the
+    first token has no context). Only the marked positions go through the fused kernel, so the
+    [tokens x vocabulary] logits are never materialised.
+    """
+    hidden = model.hidden_states(input_ids, attention_mask)          # [B, T, H]
+    predicts = target_mask[:, 1:].bool()                              # [B, T-1]: position t predicts t+1
+    chosen_hidden = hidden[:, :-1][predicts]                          # [N, H]
+    chosen_targets = input_ids[:, 1:][predicts]                       # [N]
+    logprobs = fused_linear_logprobs(chosen_hidden, model.lm_head_weight, chosen_targets, temperature)
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    out[:, 1:][predicts] = logprobs
+    return out
+
+
+def pad_right(sequences, pad_id, device=None):
+    """List of token lists -> (ids [B, T], attention mask [B, T]) padded on the right."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def bayes_terms(model, tokenizer, prompt_ids, thoughts, references):
+    """Prior and likelihood of the Bayesian reward for a batch, under `model` (the frozen reference).
+
+    Each sequence is  prompt + "<think>" + Th + "</think>\\n" + A*,  the layout the policy writes, so
+    that a single forward pass yields both terms. Returns two float32 tensors [B] of mean log-probs.
+    """
+    sequences, thought_spans, reference_spans = [], [], []
+    open_ids, close_ids = tokenizer.encode(THINK_OPEN), tokenizer.encode(THINK_CLOSE + "\n")
+    for prompt, thought, reference in zip(prompt_ids, thoughts, references):
+        head = list(prompt) + open_ids
+        thought_ids, reference_ids = tokenizer.encode(thought), tokenizer.encode(reference)
+        middle = head + thought_ids + close_ids
+        sequences.append(middle + reference_ids)
+        thought_spans.append((len(head), len(head) + len(thought_ids)))
+        reference_spans.append((len(middle), len(middle) + len(reference_ids)))
+    device = model.lm_head_weight.device
+    input_ids, attention_mask = pad_right(sequences, tokenizer.pad_id, device)
+    prior_mask, likelihood_mask = torch.zeros_like(input_ids), torch.zeros_like(input_ids)
+    for row, ((t0, t1), (r0, r1)) in enumerate(zip(thought_spans, reference_spans)):
+        prior_mask[row, t0:t1] = 1
+        likelihood_mask[row, r0:r1] = 1
+    logprobs = sequence_logprobs(model, input_ids, attention_mask, prior_mask | likelihood_mask)
+    prior = (logprobs * prior_mask).sum(1) / prior_mask.sum(1).clamp(min=1)
+    likelihood = (logprobs * likelihood_mask).sum(1) / likelihood_mask.sum(1).clamp(min=1)
+    return prior.cpu(), likelihood.cpu()
+
+
+class CompositeReward:
+    """Scores completions of training samples (corpus.Sample); see the module docstring."""
+
+    def __init__(self, config, reference_model, tokenizer, embedder):
+        self.config = config              # config.RewardConfig
+        self.reference_model = reference_model
+        self.tokenizer = tokenizer
+        self.embedder = embedder          # retrieval.HashedTfidfEmbedder fitted on the training corpus
+
+    def weights(self):
+        return {term: getattr(self.config, term) for term in TERMS}
+
+    def __call__(self, samples, prompt_ids, completions, truncated):
+        """samples: corpus.Sample per completion; prompt_ids: their token lists; completions: decoded
+        text; truncated: bool per completion (no EOS within the length limit).
+
+        Returns {term: float32 [N]} for each of TERMS plus "bayes_prior", "bayes_likelihood", "total".
+        """
+        n = len(completions)
+        parsed = [split_thought(text) for text in completions]
+        ok = torch.tensor([p.well_formed and not cut for p, cut in zip(parsed, truncated)])
+        floor = self.config.bayes_floor
+        terms = {"format": ok.float(),
+                 "similarity": torch.zeros(n), "faithfulness": torch.zeros(n),
+                 "bayes_prior": torch.full((n,), floor), "bayes_likelihood": torch.full((n,), floor)}
+        rows = ok.nonzero().flatten().tolist()
+        if rows:
+            replies = [parsed[i].reply for i in rows]
+            references = [samples[i].reference for i in rows]
+            reply_vectors = self.embedder.encode(replies)
+            reference_vectors = self.embedder.encode(references)
+            cosine = (reply_vectors * reference_vectors).sum(axis=1).clip(0.0, 1.0)
+            terms["similarity"][rows] = torch.as_tensor(cosine, dtype=torch.float32)
+            terms["faithfulness"][rows] = torch.tensor(
+                [faithfulness(parsed[i].reply, samples[i].product, samples[i].visible) for i in rows],
+                dtype=torch.float32)
+            prior, likelihood = bayes_terms(self.reference_model, self.tokenizer,
+                                            [prompt_ids[i] for i in rows],
+                                            [parsed[i].thought for i in rows], references)
+            terms["bayes_prior"][rows] = prior.clamp(min=floor)
+            terms["bayes_likelihood"][rows] = likelihood.clamp(min=floor)
+        terms["bayes"] = terms["bayes_prior"] + terms["bayes_likelihood"]
+        terms["total"] = sum(weight * terms[term] for term, weight in self.weights().items())
+        return terms
