@@ -111,7 +111,7 @@ def main():
     intent = max(set(m["intent"] for m in index.metadata), key=[m["intent"] for m in index.metadata].count)
     rows = index.rows_matching({"intent": intent})
     print(f"\nCosineIndex.search, {args.queries} queries, k={k}:")
-    print(f"  {'setting':<34} {'ours q/s':>10} {'float64 q/s':>12} {'speed-up':>9} {'recall@k':>9}")
+    print(f"  {'setting':<46} {'ours q/s':>10} {'float64 q/s':>12} {'speed-up':>9} {'recall@k':>9}")
     for name, where, block, batch in (
             (f"all {len(index)} rows, batch {args.queries}", None, index.vectors, args.queries),
             (f"all {len(index)} rows, one query", None, index.vectors, 1),
@@ -124,7 +124,7 @@ def main():
         truth = float64_top_k(block, queries, k)
         truth = truth if where is None else rows[truth]
         recall = np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)])
-        print(f"  {name:<34} {args.queries / ours:>10.0f} {args.queries / base:>12.0f} "
+        print(f"  {name:<46} {args.queries / ours:>10.0f} {args.queries / base:>12.0f} "
               f"{base / ours:>8.1f}x {recall:>9.3f}")
         if recall < 1.0:
             raise SystemExit(f"recall@{k} {recall} < 1.0: the index is not exact")
