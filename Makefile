@@ -40,7 +40,9 @@ $(DATA)/train.jsonl: | install
 
 # The whole pipeline: corpus -> tokenizer + tiny base model -> GRPO directly on the base -> summary.
 # With MODEL=/path/to/Qwen2.5 (a local HF folder) the base is that checkpoint and pretraining is skipped.
+# DOGA's script library is built from the same training calls, for `make chat` and `make eval`.
 train: install data
+	$(PY) doga.py build --corpus $(DATA)/train.jsonl --out $(RUN)/scripts
 ifeq ($(MODEL),)
 	$(PY) pretrain.py --config $(CONFIG) --data $(DATA) --out $(RUN)/base
 	$(PY) grpo.py --config $(CONFIG) --model $(RUN)/base --data $(DATA) --out $(RUN)
@@ -48,7 +50,10 @@ else
 	$(PY) grpo.py --config $(CONFIG) --model $(MODEL) --data $(DATA) --out $(RUN)
 endif
 
-eval ablations chat:
+chat: install
+	$(PY) doga.py chat --model $(RUN)/final --library $(RUN)/scripts
+
+eval ablations:
 	@echo "make $@: not built yet"; exit 1
 
 clean:
