@@ -1,0 +1,33 @@
+"""`make train` with the smoke config: the whole pipeline, from simulation to the held-out summary."""
+import json
+import os
+import subprocess
+
+from config import load_config
+from model import load_pretrained
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_make_train_smoke(tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TRITON_INTERPRET", None)  # train as a user would: the fast PyTorch path on CPU
+    result = subprocess.run(["make", "-C", ROOT, "train", "CONFIG=configs/smoke.json", f"DATA={data}",
+                             f"RUN={run}"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    config = load_config(os.path.join(ROOT, "configs/smoke.json"))
+
+    calls = sum(1 for name in ("train.jsonl", "test.jsonl") for _ in open(data / name))
+    assert calls == config.data.dialogues
+    for folder in ("base", "final"):
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(run / folder))
+    assert load_pretrained(str(run / "final")).config.num_hidden_layers == config.model["num_hidden_layers"]
+    assert (run / "scripts").is_dir()
+    steps = [json.loads(line)["step"] for line in open(run / "metrics.jsonl")]
+    assert steps == list(range(config.grpo.steps))
+    summary = json.load(open(run / "summary.json"))
+    assert summary["prompts"] == config.grpo.eval_prompts
+    assert {"total", "format", "similarity", "faithfulness", "bayes"} <= set(summary["base"]) == set(summary["grpo"])
+    assert "held-out reward" in result.stdout
