@@ -98,7 +98,9 @@ def wilson_interval(successes, n, z=Z95):
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if successes == 0 else centre - half       # exactly 0 (1) at x = 0 (n), not a rounding error off
+    high = 1.0 if successes == n else centre + half
+    return low, high
 
 
 def student_t_quantile(probability, df):
@@ -374,7 +376,7 @@ def closed_loop_metrics(calls):
 
 JUDGE_SYSTEM = ("You are a strict telesales coach. You grade one reply of a sales call on a rubric and "
                 "answer with 'Score: N', N an integer from 1 (poor) to 10 (excellent).")
-SCORE = re.compile(r"score\s*(?:is|:|=)?\s*\**\s*(10|[1-9])(?![\d.])", re.IGNORECASE)
+SCORE = re.compile(r"score\s*(?:is|:|=)?\s*\**\s*(10|[1-9])(?!\d|\.\d)", re.IGNORECASE)
 OUT_OF_TEN = re.compile(r"(?<![\d.])(10|[1-9])\s*/\s*10\b")
 
 

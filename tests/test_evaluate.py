@@ -1,0 +1,275 @@
+"""Evaluation: intervals against hand-computed and table values, each metric on hand-made cases, the
+batched closed loop against plain sequential calls, the judge's unparsable path, and a whole report
+from a tiny smoke-config run built here.
+
+Log-probs run on the kernels' PyTorch engine here (KERNELS_BACKEND=torch): interpreting the Triton kernels
+would make the small training run of the report test several times slower, and tests/test_kernels.py
+checks that both engines agree."""
+import dataclasses
+import json
+import math
+import random
+
+import pytest
+import torch
+
+import evaluate
+import grpo
+import pretrain
+from config import RewardConfig, load_config
+from corpus import STAGES, render_call_text, write_corpus
+from doga import ScriptLibrary
+from model import Qwen2, Qwen2Config, save_pretrained
+from retrieval import HashedTfidfEmbedder
+from reward import CompositeReward
+from simulate import Salesperson, load_world, make_persona, run_call, simulate_call
+from tokenizer import ChatTokenizer, format_assistant
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torch_kernels():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERNELS_BACKEND", "torch")
+        yield
+
+
+# ----------------------------------------------------------------------------------------------
+# Confidence intervals.
+
+def test_wilson_interval_solves_the_score_test_quadratic():
+    # By hand: the Wilson bounds are the p with (p_hat - p)^2 = z^2 p (1 - p) / n, i.e. the roots of
+    # (1 + z^2/n) p^2 - (2 p_hat + z^2/n) p + p_hat^2 = 0.
+    z = 1.959963984540054
+    for successes, n in ((8, 10), (1, 20), (37, 50)):
+        p_hat = successes / n
+        a, b, c = 1 + z * z / n, -(2 * p_hat + z * z / n), p_hat * p_hat
+        root = math.sqrt(b * b - 4 * a * c)
+        expected = ((-b - root) / (2 * a), (-b + root) / (2 * a))
+        assert evaluate.wilson_interval(successes, n) == pytest.approx(expected, abs=1e-12)
+    assert evaluate.wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)   # published example
+    assert evaluate.wilson_interval(0, 10) == pytest.approx((0.0, z * z / (10 + z * z)))   # x = 0: [0, z^2/(n+z^2)]
+    assert evaluate.rate(3, 4)["value"] == 0.75 and evaluate.rate(3, 4)["method"] == "wilson"
+
+
+def test_student_t_quantiles_match_the_table():
+    for df, table in ((1, 12.7062), (4, 2.7764), (9, 2.2622), (30, 2.0423)):   # t(0.975, df), printed tables
+        assert evaluate.student_t_quantile(0.975, df) == pytest.approx(table, abs=1e-4)
+
+
+def test_mean_interval_by_hand():
+    # [1..5]: mean 3, s = sqrt(10 / 4), half width = t(0.975, 4) * s / sqrt(5) = 2.776445 * 0.707107
+    result = evaluate.mean_with_interval([1, 2, 3, 4, 5])
+    half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)
+    assert result["value"] == 3.0
+    assert (result["low"], result["high"]) == pytest.approx((3 - half, 3 + half), abs=1e-5)
+    single = evaluate.mean_with_interval([7])
+    assert single["value"] == 7 and single["low"] is None                   # no interval from one value
+
+
+# ----------------------------------------------------------------------------------------------
+# Turn level on hand-made answers.
+
+@pytest.fixture(scope="module")
+def scorer():
+    calls = [simulate_call(i, seed=11, noise=0.0) for i in range(16)]
+    tokenizer = ChatTokenizer.train([render_call_text(c) for c in calls], vocab_size=400)
+    torch.manual_seed(0)
+    model = Qwen2(Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                              rope_theta=1e4)).eval()
+    embedder = HashedTfidfEmbedder().fit([t["text"] for c in calls for t in c["turns"]])
+    reward_fn = CompositeReward(RewardConfig(), model, tokenizer, embedder)
+    return calls, tokenizer, model, reward_fn
+
+
+def test_reference_answers_score_similarity_one_and_intent_appropriate(scorer):
+    calls, _, _, reward_fn = scorer
+    selected = evaluate.select_turns(calls, per_stage=2, seed=0)
+    assert {s.stage for _, s in selected} <= set(STAGES) and len(selected) >= 8
+    assert all(s.labels["on_stage"] and s.labels["faithful"] for _, s in selected)
+    answers = [(format_assistant("Say what a good salesperson says.", s.reference), False) for _, s in selected]
+    records = evaluate.score_turns(selected, answers, reward_fn)
+    for record, (_, sample) in zip(records, selected):
+        assert record["similarity"] == pytest.approx(1.0, abs=1e-5)
+        assert record["intent_appropriate"] and record["reply_intent"] == sample.intent
+        assert record["format"] == 1.0 and record["faithfulness"] == 1.0
+        assert record["reply_words"] == len(sample.reference.split())
+    summary = evaluate.aggregate_turns(records)
+    assert summary["overall"]["intent_appropriateness"]["value"] == 1.0
+    assert summary["overall"]["n"] == len(records)
+    for stage in STAGES:
+        rows = [r for r in records if r["stage"] == stage]
+        assert summary["capabilities"][stage]["n"] == len(rows)
+        if rows:
+            assert summary["capabilities"][stage]["total"] == pytest.approx(sum(r["total"] for r in rows) / len(rows))
+
+
+def test_wrong_price_malformed_and_truncated_answers(scorer):
+    calls, _, _, reward_fn = scorer
+    priced = next((c, s) for c, s in evaluate.select_turns(calls, per_stage=50, seed=0)
+                  if f"${s.product['price']}" in s.reference)
+    call, sample = priced
+    wrong = sample.reference.replace(f"${sample.product['price']}", f"${sample.product['price'] + 13}")
+    answers = [(format_assistant("Quote it.", wrong), False),                   # a wrong price
+               ("no thought block, just talk", False),                           # malformed
+               (format_assistant("Quote it.", sample.reference), True),          # cut at the length limit
+               (format_assistant("Greet.", "Good morning, lovely weather today."), False)]   # another intent
+    records = evaluate.score_turns([priced] * 4, answers, reward_fn)
+    assert 0.0 <= records[0]["faithfulness"] < 1.0 and records[0]["format"] == 1.0
+    assert records[1]["format"] == 0.0 and records[1]["total"] < records[0]["total"]
+    assert records[2]["format"] == 0.0 and records[2]["truncated"]
+    assert not records[3]["intent_appropriate"]
+    summary = evaluate.aggregate_turns(records)["overall"]
+    assert summary["intent_appropriateness"]["value"] == pytest.approx(
+        sum(r["intent_appropriate"] for r in records) / 4)
+    assert summary["truncated"] == 0.25
+
+
+# ----------------------------------------------------------------------------------------------
+# Closed loop.
+
+def test_batched_calls_equal_sequential_calls():
+    """Threads only batch the replies: each call is what run_call gives when played alone."""
+    products = [p for ps in load_world().products.values() for p in ps][:3]
+    jobs = evaluate.closed_loop_jobs(products, 2, seed=4)
+    salespeople = {call_id: Salesperson(product, persona["visible"], random.Random(call_id))
+                   for call_id, product, persona, _ in jobs}
+    batched = evaluate.play_calls(lambda views: [salespeople[v["id"]](v) for v in views], jobs)
+
+    again = evaluate.closed_loop_jobs(products, 2, seed=4)                     # fresh rngs, same seeds
+    sequential = [run_call(product, persona, Salesperson(product, persona["visible"], random.Random(call_id)), rng,
+                           call_id=call_id) for call_id, product, persona, rng in again]
+    assert batched == sequential
+    assert [c["customer"] for c in batched] == [p for _, _, p, _ in again]      # same personas for every system
+
+
+def test_wrong_price_counts_a_violation_every_turn():
+    products = [p for ps in load_world().products.values() for p in ps][:2]
+    jobs = evaluate.closed_loop_jobs(products, 3, seed=0)
+    calls = evaluate.play_calls(lambda views: [("", f"It costs just $987654 a month, {v['customer']['visible']['name']}.")
+                                               for v in views], jobs)
+    metrics = evaluate.closed_loop_metrics(calls)
+    sales_turns = [sum(t["role"] == "sales" for t in c["turns"]) for c in calls]
+    assert metrics["calls"] == 6
+    assert metrics["violations_per_call"]["value"] == pytest.approx(sum(sales_turns) / 6)
+    assert metrics["violations_per_call"]["value"] >= 1
+    assert metrics["turns"]["value"] == pytest.approx(sum(len(c["turns"]) for c in calls) / 6)
+    hung_up = sum(c["outcome"] == "hung_up" for c in calls)
+    assert metrics["hang_up"]["value"] == hung_up / 6 and metrics["conversion"]["value"] == 0.0
+
+
+def test_closed_loop_metrics_on_hand_made_calls():
+    def call(outcome, faithful):
+        turns = [{"role": "sales", "labels": {"faithful": f, "on_stage": True}} for f in faithful]
+        return {"outcome": outcome, "turns": turns + [{"role": "customer"}]}
+    calls = [call("converted", [True, True]), call("hung_up", [False]), call("declined", [False, False, True]),
+             call("converted", [True])]
+    metrics = evaluate.closed_loop_metrics(calls)
+    assert metrics["conversion"]["value"] == 0.5
+    assert (metrics["conversion"]["low"], metrics["conversion"]["high"]) == evaluate.wilson_interval(2, 4)
+    assert metrics["hang_up"]["value"] == 0.25
+    assert metrics["violations_per_call"]["value"] == 0.75                    # (0 + 1 + 2 + 0) / 4
+    assert metrics["turns"]["value"] == 2.75                                   # (3 + 2 + 4 + 2) / 4
+
+
+# ----------------------------------------------------------------------------------------------
+# The judge.
+
+def test_parse_judge_score():
+    assert evaluate.parse_judge_score("Score: 7") == 7
+    assert evaluate.parse_judge_score("The reply is fine. score = 10.") == 10
+    assert evaluate.parse_judge_score("I'd give it 4/10 because") == 4
+    assert evaluate.parse_judge_score(" 9. ") == 9
+    for text in ("Score: 0", "Score: 11", "no idea", "", "Score: 7.5", "12/10"):
+        assert evaluate.parse_judge_score(text) is None, text
+
+
+def test_judge_retries_then_counts_missing(tmp_path, scorer, monkeypatch):
+    calls, tokenizer, model, _ = scorer
+    save_pretrained(model, str(tmp_path))
+    tokenizer.save(str(tmp_path))
+    samples = [s for _, s in evaluate.select_turns(calls, per_stage=1, seed=0)][:3]
+    judge = evaluate.Judge(str(tmp_path), retries=2, max_new_tokens=6)
+    scores, attempts = judge.score(samples, ["Hello there."] * 3)              # a random model: gibberish
+    assert scores == [None] * 3 and attempts == [3] * 3
+
+    answers = iter([[("hmm", False), ("Score: 6", False), ("??", False)],     # first try: one parses
+                    [("Score: 8", False), ("still nothing", False)],          # retry: the first parses
+                    [("nope", False)]])                                        # last retry: missing
+    monkeypatch.setattr(evaluate, "generate_batch", lambda *args, **kwargs: next(answers))
+    scores, attempts = judge.score(samples, ["a", "b", "c"])
+    assert scores == [8, 6, None] and attempts == [2, 1, 3]
+    records = [{"stage": s.stage, "intent_appropriate": True, "reply_words": 1, "truncated": False, "judge": j,
+                **{k: 0.0 for k in evaluate.REWARD_KEYS}} for s, j in zip(samples, scores)]
+    overall = evaluate.aggregate_turns(records)["overall"]
+    assert overall["judge"] == 7.0 and overall["judge_missing"] == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Ablation plan.
+
+def test_ablation_plan_and_arm_configs(tmp_path):
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps({"base_config": "configs/smoke.json", "holdout_domain": "home_broadband",
+                                     "overrides": {"grpo": {"steps": 3}}, "sft": {"steps": 5},
+                                     "eval": {"turns_per_stage": 2}}))
+    plan = evaluate.load_plan(str(plan_path))
+    no_bayes = evaluate.arm_config(plan, str(tmp_path), "no_bayes", {"reward": {"bayes": 0.0}})
+    sft = evaluate.arm_config(plan, str(tmp_path), "sft", {"pretrain": plan["sft"]})
+    smoke = load_config("configs/smoke.json")
+    assert no_bayes.reward.bayes == 0.0 and no_bayes.grpo.steps == 3
+    assert no_bayes.grpo.num_generations == smoke.grpo.num_generations and no_bayes.model == smoke.model
+    assert sft.pretrain.steps == 5 and sft.reward.bayes == smoke.reward.bayes
+    assert evaluate.EvalSettings(**plan["eval"]).turns_per_stage == 2
+    assert json.load(open(evaluate.load_plan("configs/ablations.json")["base_config"]))   # the shipped plan loads
+
+    plan_path.write_text(json.dumps({"base_config": "configs/smoke.json", "holdout_domain": "x",
+                                     "eval": {"turns_per_stag": 2}}))
+    with pytest.raises(evaluate.ConfigError, match="turns_per_stag"):
+        evaluate.load_plan(str(plan_path))
+
+
+# ----------------------------------------------------------------------------------------------
+# A whole report from a tiny run of the smoke config.
+
+def test_report_from_a_smoke_run(tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    calls = [simulate_call(i, seed=2) for i in range(60)]
+    write_corpus(str(data / "train.jsonl"), calls[:50])
+    write_corpus(str(data / "test.jsonl"), calls[50:])
+    raw = json.load(open("configs/smoke.json"))
+    raw["pretrain"].update(steps=6, batch_size=4, seq_len=128)
+    raw["grpo"].update(steps=2, max_completion_length=8, save_steps=0, log_completion_steps=0, eval_prompts=1)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    config = load_config(str(tmp_path / "config.json"))
+    pretrain.train(config, str(data), str(run / "base"))
+    grpo.train(config, str(run / "base"), str(data), str(run))
+    ScriptLibrary.build(calls[:50], progress=False).save(str(run / "scripts"))
+
+    settings = evaluate.EvalSettings(turns_per_stage=1, calls_per_product=1, batch_size=32)
+    out = tmp_path / "report"
+    evaluate.evaluate_run(str(tmp_path / "config.json"), str(run), str(data), str(out), settings)
+
+    report = json.load(open(out / "report.json"))
+    assert set(report["systems"]) == {"base/static", "base/doga", "grpo/static", "grpo/doga"}
+    for name, system in report["systems"].items():
+        assert set(system["capabilities"]) == set(STAGES)
+        for summary in list(system["capabilities"].values()) + [system["overall"]]:
+            if summary["n"]:
+                assert 0 <= summary["intent_appropriateness"]["value"] <= 1
+                assert all(key in summary for key in evaluate.REWARD_KEYS + ("reply_words", "truncated"))
+        loop = system["closed_loop"]
+        assert loop["calls"] == 12                                              # 12 products x 1
+        for key in ("conversion", "hang_up"):
+            assert loop[key]["method"] == "wilson" and loop[key]["low"] <= loop[key]["value"] <= loop[key]["high"]
+        for key in ("turns", "violations_per_call", "off_stage_per_call"):
+            assert loop[key]["method"] == "student_t" and loop[key]["low"] <= loop[key]["value"] <= loop[key]["high"]
+        folder = out / "systems" / name.replace("/", "__")
+        assert len((folder / "turns.jsonl").read_text().splitlines()) == system["overall"]["n"]
+        assert len((folder / "calls.jsonl").read_text().splitlines()) == 12
+    assert {c["verdict"] for c in report["claims"] if c["systems"].startswith("grpo/doga vs sft")} == {"not measured"}
+
+    markdown = (out / "report.md").read_text()
+    assert "| system | opening | business_analysis |" in markdown and "| grpo/doga |" in markdown
+    assert "DOGA beats static prompting" in markdown and "training_and_capabilities.png" in markdown
+    assert (out / "training_and_capabilities.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
