@@ -261,14 +261,15 @@ def score_turns(selected, answers, reward_fn, batch_size=16):
                         "intent_appropriate": reply_intent == sample.intent,
                         "thought": answer.thought, "reply": answer.reply, "reference": sample.reference,
                         "truncated": truncated, "reply_words": len(answer.reply.split()),
+                        "reference_words": len(sample.reference.split()),
                         **{key: terms[key][row] for key in REWARD_KEYS}})
     return records
 
 
 def aggregate_turns(records):
     """{"capabilities": {stage: summary}, "overall": summary}; a summary holds n, the mean of every reward
-    term, intent appropriateness (Wilson interval), total reward (t interval), reply words, the share of
-    truncated answers and, when a judge ran, its mean score and how many replies it could not score."""
+    term, intent appropriateness (Wilson interval), total reward (t interval), reply and reference words,
+    the share of truncated answers and, when a judge ran, its mean score and how many replies it could not score."""
     def summarize(rows):
         n = len(rows)
         if n == 0:
@@ -278,6 +279,7 @@ def aggregate_turns(records):
         for key in REWARD_KEYS:
             summary[key] = sum(r[key] for r in rows) / n
         summary["reply_words"] = sum(r["reply_words"] for r in rows) / n
+        summary["reference_words"] = sum(r["reference_words"] for r in rows) / n
         summary["truncated"] = sum(r["truncated"] for r in rows) / n
         if any("judge" in r for r in rows):
             scores = [r["judge"] for r in rows if r.get("judge") is not None]
@@ -385,7 +387,8 @@ def judge_messages(sample, reply):
     customer = next((m["content"] for m in reversed(sample.messages) if m["role"] == "user"), "(the call starts)")
     rubric = (f"Capability: {sample.stage.replace('_', ' ')}. A good reply: {STAGE_GOALS[sample.stage]} "
               "It states only facts from the sheet and profile below, and is one or two sentences.")
-    facts = sample.messages[0]["content"]
+    system = sample.messages[0]["content"]
+    facts = system[system.find("Product:"):]                  # the sheet and profile, not the agent's instructions
     return [{"role": "system", "content": JUDGE_SYSTEM},
             {"role": "user", "content": f"{rubric}\n\n{facts}\n\nCustomer: {customer}\nSalesperson: {reply}\n\n"
                                         "Grade the salesperson's reply. Answer 'Score: N'."}]
@@ -454,6 +457,9 @@ def make_bench(config, settings, train_calls, test_calls, base_dir, domain=None,
     calls = [c for c in test_calls if domain in (None, c["domain"])]
     turns = select_turns(calls, settings.turns_per_stage, settings.seed,
                          lambda s: len(tokenizer.encode(s.prompt)) <= config.grpo.max_prompt_length)
+    if not turns:
+        raise ValueError(f"no good held-out turn fits max_prompt_length={config.grpo.max_prompt_length} in the "
+                         f"test calls{'' if domain is None else ' of domain ' + repr(domain)}")
     products = [p for d, ps in sorted(load_world().products.items()) if domain in (None, d) for p in ps]
     judge = Judge(judge_dir, settings.judge_retries, seed=settings.seed) if judge_dir else None
     return Bench(config, settings, turns, products, reward_fn, judge)
@@ -508,9 +514,10 @@ def paper_claims(systems):
     "higher": the first should score higher; "close": the first should not fall clearly below the second."""
     models = sorted({name.split("/")[0] for name in systems})
     claims = [("DOGA beats static prompting", f"{m}/doga", f"{m}/static", "higher") for m in models]
-    claims += [("GRPO improves on the base model", "grpo/doga", "base/doga", "higher"),
+    claims += [("GRPO improves on the base model (implied by the paper's main result)", "grpo/doga", "base/doga",
+                "higher"),
                ("Direct GRPO beats SFT then GRPO", "grpo/doga", "sft_grpo/doga", "higher"),
-               ("Direct GRPO beats SFT alone", "grpo/doga", "sft/doga", "higher"),
+               ("Direct GRPO beats SFT alone (implied by the paper's main result)", "grpo/doga", "sft/doga", "higher"),
                ("Removing the Bayesian reward hurts", "grpo/doga", "grpo_no_bayes/doga", "higher"),
                ("Intent-label noise degrades DOGA", "grpo/doga", "grpo/doga_noisy", "higher")]
     claims += [("Transfers to a domain held out of training", name, name.replace("holdout_grpo", "grpo"), "close")
@@ -625,8 +632,8 @@ def write_report(out_dir, title, systems, curves, meta):
     some = next(iter(systems.values()))
     lines = [f"# {title}", "",
              f"{meta['turns']} held-out turns ({meta['turns_per_stage']} per capability at most, good reference "
-             f"turns only); {some['closed_loop']['calls']} closed-loop calls per system "
-             f"({meta['calls_per_product']} per product). Greedy decoding; one seed ({meta['seed']}). "
+             f"turns only); closed loop: {meta['calls_per_product']} calls per product ({some['closed_loop']['calls']} "
+             "per system on all domains). Greedy decoding; one seed ({meta['seed']}). "
              "Bayesian reward terms are under the frozen base model for every system.", "",
              "## Capability score: intent appropriateness",
              "Share of held-out turns where the reply does what the reference salesperson did "
@@ -640,12 +647,12 @@ def write_report(out_dir, title, systems, curves, meta):
                                   f"{s['judge']:.1f} ({s['judge_missing']} missing)")
     lines += ["", "## Turn level, overall", "",
               "| system | intent appropriateness | total reward | format | similarity | faithfulness | bayes "
-              "(prior + likelihood) | reply words | truncated |", "|" + "---|" * 9]
+              "(prior + likelihood) | words (reference) | truncated |", "|" + "---|" * 9]
     for name, result in systems.items():
         o = result["overall"]
         lines.append(f"| {name} | {_interval(o['intent_appropriateness'], '.2f')} | {_interval(o['total_reward'], '.3f')} "
                      f"| {o['format']:.2f} | {o['similarity']:.3f} | {o['faithfulness']:.3f} | {o['bayes']:.2f} "
-                     f"({o['bayes_prior']:.2f} + {o['bayes_likelihood']:.2f}) | {o['reply_words']:.1f} | "
+                     f"({o['bayes_prior']:.2f} + {o['bayes_likelihood']:.2f}) | {o['reply_words']:.1f} ({o['reference_words']:.1f}) | "
                      f"{o['truncated']:.0%} |")
     lines += ["", "## Closed loop against simulated customers",
               "Rates with Wilson 95% intervals; per-call means with Student-t 95% intervals.", "",

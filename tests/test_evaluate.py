@@ -199,7 +199,8 @@ def test_judge_retries_then_counts_missing(tmp_path, scorer, monkeypatch):
     monkeypatch.setattr(evaluate, "generate_batch", lambda *args, **kwargs: next(answers))
     scores, attempts = judge.score(samples, ["a", "b", "c"])
     assert scores == [8, 6, None] and attempts == [2, 1, 3]
-    records = [{"stage": s.stage, "intent_appropriate": True, "reply_words": 1, "truncated": False, "judge": j,
+    records = [{"stage": s.stage, "intent_appropriate": True, "reply_words": 1, "reference_words": 2,
+                "truncated": False, "judge": j,
                 **{k: 0.0 for k in evaluate.REWARD_KEYS}} for s, j in zip(samples, scores)]
     overall = evaluate.aggregate_turns(records)["overall"]
     assert overall["judge"] == 7.0 and overall["judge_missing"] == 1
@@ -257,7 +258,7 @@ def test_report_from_a_smoke_run(tmp_path):
         for summary in list(system["capabilities"].values()) + [system["overall"]]:
             if summary["n"]:
                 assert 0 <= summary["intent_appropriateness"]["value"] <= 1
-                assert all(key in summary for key in evaluate.REWARD_KEYS + ("reply_words", "truncated"))
+                assert all(key in summary for key in evaluate.REWARD_KEYS + ("reply_words", "reference_words", "truncated"))
         loop = system["closed_loop"]
         assert loop["calls"] == 12                                              # 12 products x 1
         for key in ("conversion", "hang_up"):
