@@ -643,8 +643,9 @@ def write_report(out_dir, title, systems, curves, meta):
     lines += capability_table(systems, mean("total"))
     if any("judge" in result["overall"] for result in systems.values()):
         lines += ["", "## Judge score (1-10, missing = unparsable after retries)", ""]
-        lines += capability_table(systems, lambda s: "-" if s.get("judge") is None else
-                                  f"{s['judge']:.1f} ({s['judge_missing']} missing)")
+        lines += capability_table(systems, lambda s: "-" if "judge_missing" not in s else
+                                  f"{'-' if s['judge'] is None else format(s['judge'], '.1f')} "
+                                  f"({s['judge_missing']} missing)")
     lines += ["", "## Turn level, overall", "",
               "| system | intent appropriateness | total reward | format | similarity | faithfulness | bayes "
               "(prior + likelihood) | words (reference) | truncated |", "|" + "---|" * 9]
