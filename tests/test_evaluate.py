@@ -5,7 +5,6 @@ from a tiny smoke-config run built here.
 Log-probs run on the kernels' PyTorch engine here (KERNELS_BACKEND=torch): interpreting the Triton kernels
 would make the small training run of the report test several times slower, and tests/test_kernels.py
 checks that both engines agree."""
-import dataclasses
 import json
 import math
 import random
@@ -22,7 +21,7 @@ from doga import ScriptLibrary
 from model import Qwen2, Qwen2Config, save_pretrained
 from retrieval import HashedTfidfEmbedder
 from reward import CompositeReward
-from simulate import Salesperson, load_world, make_persona, run_call, simulate_call
+from simulate import Salesperson, load_world, run_call, simulate_call
 from tokenizer import ChatTokenizer, format_assistant
 
 
