@@ -13,6 +13,10 @@ MODEL  ?=
 # The corpus size is part of the config (its "data" section); read it once here.
 DIALOGUES = $(shell $(PYTHON) -c "import json; print(json.load(open('$(CONFIG)'))['data']['dialogues'])")
 
+# Idle OpenMP threads sleep instead of spinning: on a shared or busy machine spinning threads slowed
+# training about 5x here (measured while other jobs shared the 2 cores).
+export OMP_WAIT_POLICY ?= PASSIVE
+
 .PHONY: install test bench data train eval ablations chat clean
 
 install: $(VENV)/.installed
