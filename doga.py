@@ -529,15 +529,21 @@ class Agent:
         """(notes for the system prompt, Outline or None). Subclasses differ only here."""
         raise NotImplementedError
 
-    def respond(self, call):
-        """The next salesperson turn for a call so far (call dict or Sample): (thought, reply, outline)."""
+    def prompt(self, call):
+        """(prompt token ids, Outline or None) for a call so far: guidance in the system prompt, then the
+        history, within max_prompt_length. evaluate.py batches many of these through one generate call."""
         product, visible, turns = as_call_view(call)
         notes, outline = self.guidance(product, visible, turns)
         history = [{"role": "assistant" if t["role"] == "sales" else "user", "content": t["text"]} for t in turns]
         messages, _ = assemble_messages(self.tokenizer, system_prompt(product, visible), self.title, notes,
                                         history, self.max_prompt_length)
+        return self.tokenizer.encode_chat(messages), outline
+
+    def respond(self, call):
+        """The next salesperson turn for a call so far (call dict or Sample): (thought, reply, outline)."""
+        prompt_ids, outline = self.prompt(call)
         device = next(self.model.parameters()).device
-        prompt = torch.tensor([self.tokenizer.encode_chat(messages)], device=device)      # [1, T]
+        prompt = torch.tensor([prompt_ids], device=device)                                  # [1, T]
         output = generate(self.model, prompt, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                           top_p=self.top_p, eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id,
                           generator=self.generator if self.temperature > 0 else None)

@@ -32,7 +32,7 @@ labels of which `label_noise` (20%) were flipped). Every system is measured the 
   {"capabilities", "overall", "closed_loop"}}, ...}) and, per system, every scored turn and played call.
 
 For speed, replies are generated in batches (model.generate with left padding): the agent's own prompt
-assembly (`agent_prompt_ids`: doga's guidance + assemble_messages, what Agent.respond prompts with), then
+assembly (`Agent.prompt`, what Agent.respond prompts with), then
 one batched generation, ~10x faster on a CPU than one reply at a time. In the closed loop each call runs
 in its own thread so that the replies of all live calls are generated as one batch (see `play_calls`).
 
@@ -61,9 +61,8 @@ import torch
 from tqdm import tqdm
 
 from config import ConfigError, load_config
-from corpus import STAGES, load_corpus, split_calls, system_prompt, training_samples, write_corpus
-from doga import (STAGE_GOALS, DogaAgent, IntentClassifier, ScriptLibrary, StaticAgent, as_call_view,
-                  assemble_messages, track_call)
+from corpus import STAGES, load_corpus, split_calls, training_samples, write_corpus
+from doga import STAGE_GOALS, DogaAgent, IntentClassifier, ScriptLibrary, StaticAgent, track_call
 from model import generate, load_pretrained
 from pretrain import resolve_device
 from retrieval import HashedTfidfEmbedder
@@ -166,18 +165,6 @@ def make_agent(model, tokenizer, library, prompting, config, settings):
     raise ValueError(f"unknown prompting {prompting!r} (known: {', '.join(PROMPTINGS)})")
 
 
-def agent_prompt_ids(agent, view):
-    """Token ids the agent prompts with for the call so far: its guidance (static block or outline) in the
-    system prompt, then the history, within max_prompt_length (what doga.Agent.respond does before it
-    generates; generation is left out here so that many prompts go through the model as one batch)."""
-    product, visible, turns = as_call_view(view)
-    notes, _ = agent.guidance(product, visible, turns)
-    history = [{"role": "assistant" if t["role"] == "sales" else "user", "content": t["text"]} for t in turns]
-    messages, _ = assemble_messages(agent.tokenizer, system_prompt(product, visible), agent.title, notes, history,
-                                    agent.max_prompt_length)
-    return agent.tokenizer.encode_chat(messages)
-
-
 @torch.no_grad()
 def generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size, temperature=0.0, generator=None):
     """Continue token-id prompts, left-padded in batches of similar length -> [(text, truncated)].
@@ -209,7 +196,7 @@ def generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size, temper
 
 def agent_answers(agent, views, batch_size):
     """The agent's raw answers [(text, truncated)] for many calls so far, generated in batches."""
-    prompts = [agent_prompt_ids(agent, view) for view in views]
+    prompts = [agent.prompt(view)[0] for view in views]
     return generate_batch(agent.model, agent.tokenizer, prompts, agent.max_new_tokens, batch_size)
 
 
