@@ -620,7 +620,7 @@ def write_report(out_dir, title, systems, curves, meta):
     lines = [f"# {title}", "",
              f"{meta['turns']} held-out turns ({meta['turns_per_stage']} per capability at most, good reference "
              f"turns only); closed loop: {meta['calls_per_product']} calls per product ({some['closed_loop']['calls']} "
-             "per system on all domains). Greedy decoding; one seed ({meta['seed']}). "
+             f"per system on all domains). Greedy decoding; one seed ({meta['seed']}). "
              "Bayesian reward terms are under the frozen base model for every system.", "",
              "## Capability score: intent appropriateness",
              "Share of held-out turns where the reply does what the reference salesperson did "
