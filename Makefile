@@ -8,7 +8,8 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/tiny.json
 NAME   := $(basename $(notdir $(CONFIG)))
 RUN    ?= runs/$(if $(filter tiny,$(NAME)),default,$(NAME))
-DATA   ?= data
+# Each config has its own corpus (its size is in the config): data/ for the default, data/<name>/ else.
+DATA   ?= data$(if $(filter tiny,$(NAME)),,/$(NAME))
 MODEL  ?=
 # The corpus size is part of the config (its "data" section); read it once here.
 DIALOGUES = $(shell $(PYTHON) -c "import json; print(json.load(open('$(CONFIG)'))['data']['dialogues'])")

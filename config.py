@@ -106,6 +106,13 @@ POSITIVE = {"dialogues", "vocab_size", "steps", "batch_size", "seq_len", "learni
             "num_generations", "num_iterations", "temperature", "max_prompt_length", "max_completion_length",
             "prompts_per_step", "eval_prompts"}
 UNIT_INTERVAL = {"min_lr_ratio", "epsilon", "epsilon_high", "top_p"}
+# Every other number must be >= 0, except these, which must be < 0 (a floor on log-probabilities).
+NEGATIVE = {"bayes_floor"}
+# The tiny model's architecture: Qwen2Config fields (model.py reads them as a Hugging Face config.json).
+# vocab_size and the special-token ids come from the tokenizer, so they are not set here.
+MODEL_KEYS = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "max_position_embeddings", "rope_theta", "rms_norm_eps",
+              "tie_word_embeddings", "initializer_range"}
 
 
 @dataclass
@@ -144,7 +151,9 @@ def _section(path, name, cls, values):
             raise ConfigError(f"{where} must be > 0, got {value!r}")
         if key in UNIT_INTERVAL and not 0 <= value <= 1:
             raise ConfigError(f"{where} must lie in [0, 1], got {value!r}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        if key in NEGATIVE and value >= 0:
+            raise ConfigError(f"{where} must be < 0, got {value!r}")
+        if key not in NEGATIVE and isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"{where} must be >= 0, got {value!r}")
         parsed[key] = value
     return cls(**parsed)
@@ -169,6 +178,14 @@ def load_config(path):
     config = Config(source=path, model=raw.get("model", {}))
     if not isinstance(config.model, dict):
         raise ConfigError(f"{path}: section 'model' must be an object")
+    for key, value in config.model.items():
+        if key not in MODEL_KEYS:
+            raise ConfigError(f"{path}: model.{key} is not a known key (known: {', '.join(sorted(MODEL_KEYS))})")
+        if key == "tie_word_embeddings" and not isinstance(value, bool):
+            raise ConfigError(f"{path}: model.{key} must be bool, got {value!r}")
+        if key != "tie_word_embeddings" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                             or not value > 0):
+            raise ConfigError(f"{path}: model.{key} must be a number > 0, got {value!r}")
     for name, cls in sections.items():
         setattr(config, name, _section(path, name, cls, raw.get(name, {})))
     if config.grpo.epsilon_high < config.grpo.epsilon:

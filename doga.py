@@ -48,7 +48,7 @@ import torch
 from tqdm import tqdm
 
 from corpus import MISTAKE_INTENTS, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, CorpusError, load_corpus, system_prompt
-from model import generate
+from model import generate, load_with_tokenizer
 from retrieval import CosineIndex, HashedTfidfEmbedder
 from simulate import SLOT, classify_sales_intent, slot_values
 from tokenizer import split_thought
@@ -522,7 +522,7 @@ class Agent:
         self.model, self.tokenizer, self.library = model, tokenizer, library
         self.max_prompt_length, self.max_new_tokens = max_prompt_length, max_new_tokens
         self.temperature, self.top_p = temperature, top_p
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         self.last_outline = None
 
     def guidance(self, product, visible, turns):
@@ -608,15 +608,13 @@ def print_intent_report(report, out=sys.stdout):
 
 
 def chat(model_dir, library_dir, product_id=None, persona_seed=0):
-    from model import load_pretrained
     from simulate import load_world, make_persona
-    from tokenizer import ChatTokenizer
 
     world = load_world()
     products = {p["id"]: p for domain in world.products.values() for p in domain}
     product = products[product_id] if product_id else next(iter(products.values()))
     visible = make_persona(product["domain"], product, random.Random(persona_seed))["visible"]
-    agent = DogaAgent(load_pretrained(model_dir), ChatTokenizer.load(model_dir), ScriptLibrary.load(library_dir))
+    agent = DogaAgent(*load_with_tokenizer(model_dir), ScriptLibrary.load(library_dir))
     print(f"product {product['id']} ({product['name']}); you are: {json.dumps(visible)}")
     print("type as the customer; /outline shows the last outline, /quit ends the call")
     turns = []

@@ -63,12 +63,12 @@ from tqdm import tqdm
 from config import ConfigError, load_config
 from corpus import STAGES, load_corpus, split_calls, training_samples, write_corpus
 from doga import STAGE_GOALS, DogaAgent, IntentClassifier, ScriptLibrary, StaticAgent, track_call
-from model import generate, load_pretrained
+from model import generate, load_with_tokenizer
 from pretrain import resolve_device
 from retrieval import HashedTfidfEmbedder
 from reward import TERMS, CompositeReward
 from simulate import classify_sales_intent, load_world, make_persona, run_call
-from tokenizer import ChatTokenizer, split_thought
+from tokenizer import split_thought
 
 PROMPTINGS = ("static", "doga", "doga_noisy")
 REWARD_KEYS = ("total",) + TERMS + ("bayes_prior", "bayes_likelihood")
@@ -395,8 +395,8 @@ class Judge:
     `retries` sampled tries for the answers that held no score; still none: missing (None)."""
 
     def __init__(self, folder, retries=2, max_new_tokens=16, batch_size=16, seed=0):
-        self.tokenizer = ChatTokenizer.load(folder)
-        self.model = load_pretrained(folder).eval()
+        self.model, self.tokenizer = load_with_tokenizer(folder)
+        self.model.eval()
         self.retries, self.max_new_tokens, self.batch_size = retries, max_new_tokens, batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -436,8 +436,8 @@ def make_bench(config, settings, train_calls, test_calls, base_dir, domain=None,
     The similarity embedder is fitted on the good reference replies of the training calls (as GRPO's is);
     turns whose plain prompt exceeds max_prompt_length under the base tokenizer are left out (as in GRPO)."""
     device = resolve_device(config.grpo.device)
-    tokenizer = ChatTokenizer.load(base_dir)
-    base = load_pretrained(base_dir, device=device).eval().requires_grad_(False)
+    base, tokenizer = load_with_tokenizer(base_dir, device=device)
+    base.eval().requires_grad_(False)
     references = [s.reference for call in train_calls for s in training_samples(call)
                   if s.labels["on_stage"] and s.labels["faithful"]]
     reward_fn = CompositeReward(config.reward, base, tokenizer, HashedTfidfEmbedder().fit(references))
@@ -457,8 +457,8 @@ def evaluate_system(name, model_dir, library, prompting, bench, out_dir):
     Returns its report.json entry."""
     started = time.time()
     device = resolve_device(bench.config.grpo.device)
-    model = load_pretrained(model_dir, device=device).eval()
-    agent = make_agent(model, ChatTokenizer.load(model_dir), library, prompting, bench.config, bench.settings)
+    model, tokenizer = load_with_tokenizer(model_dir, device=device)
+    agent = make_agent(model.eval(), tokenizer, library, prompting, bench.config, bench.settings)
     batch_size = bench.settings.batch_size
     print(f"\n== {name}: {len(bench.turns)} turns, {len(bench.products)} products x "
           f"{bench.settings.calls_per_product} calls")

@@ -44,12 +44,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from config import ConfigError, load_config
-from corpus import load_corpus, training_samples
-from model import generate, load_pretrained, save_pretrained
-from pretrain import MetricsLog, learning_rate_at, make_optimizer, resolve_device
+from corpus import CorpusError, load_corpus, training_samples
+from model import CheckpointError, generate, load_pretrained, load_with_tokenizer, save_pretrained
+from pretrain import MetricsLog, learning_rate_at, make_optimizer, resolve_device, truncate_jsonl
 from retrieval import HashedTfidfEmbedder
 from reward import TERMS, CompositeReward, pad_right, sequence_logprobs
-from tokenizer import ChatTokenizer
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,9 +167,9 @@ def rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_
         batch_std = torch.tensor(sum(everything, [])).std()
     advantages = compute_advantages(total, settings.scale_rewards, batch_std).flatten()
 
-    old = (sequence_logprobs(policy, input_ids, attention_mask, completion_mask, settings.temperature)
+    old = (sequence_logprobs(policy, input_ids, attention_mask, loss_mask, settings.temperature)
            if settings.num_iterations > 1 else None)
-    ref = (sequence_logprobs(reference, input_ids, attention_mask, completion_mask, settings.temperature)
+    ref = (sequence_logprobs(reference, input_ids, attention_mask, loss_mask, settings.temperature)
            if settings.beta > 0 else None)
     return Rollout(input_ids, attention_mask, loss_mask, old, ref, rewards, advantages, texts, truncated,
                    completion_mask.sum(1).cpu())
@@ -212,18 +211,26 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, settings, 
 # Processes, checkpoints, evaluation.
 
 def world():
-    """(rank, world_size), starting torch.distributed when torchrun launched us."""
+    """(rank, world_size), starting torch.distributed when torchrun launched us.
+
+    On GPUs each process first binds to its own card (LOCAL_RANK), so that NCCL's collectives and
+    everything allocated on "cuda" land on it.
+    """
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", 1)) == 1:
         return 0, 1
     if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
 def global_sum(value):
+    """Sum a number over all processes (NCCL reduces GPU tensors only, gloo CPU ones)."""
     if not dist.is_initialized():
         return value
-    tensor = torch.tensor(float(value), dtype=torch.float64)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(float(value), dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.item()
 
@@ -236,6 +243,9 @@ def save_checkpoint(folder, policy, tokenizer, optimizer, step):
     tokenizer.save(tmp)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
                os.path.join(tmp, "trainer_state.pt"))
+    for name in ("tokenizer.json", "trainer_state.pt"):  # save_pretrained already synced the weights
+        with open(os.path.join(tmp, name), "rb") as f:
+            os.fsync(f.fileno())
     old = folder + ".old"
     if os.path.exists(folder):
         os.replace(folder, old)
@@ -279,21 +289,23 @@ def train(config, model_dir, data_dir, out_dir, resume=False, audit=False):
                           f"divisible by the number of processes ({world_size})")
     device = resolve_device(settings.device)
     if device == "cuda" and world_size > 1:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
-        torch.cuda.set_device(device)
+        device = f"cuda:{torch.cuda.current_device()}"   # bound to LOCAL_RANK by world()
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[settings.dtype]
     torch.manual_seed(settings.seed)
     main_process = rank == 0
     os.makedirs(out_dir, exist_ok=True)
 
-    tokenizer = ChatTokenizer.load(model_dir)
-    reference = load_pretrained(model_dir, dtype=dtype, device=device).eval().requires_grad_(False)
+    reference, tokenizer = load_with_tokenizer(model_dir, dtype=dtype, device=device)
+    reference.eval().requires_grad_(False)
     checkpoint = latest_checkpoint(out_dir) if resume else None
     policy = load_pretrained(checkpoint or model_dir, dtype=dtype, device=device)
     optimizer = make_optimizer(policy, settings.learning_rate, settings.weight_decay)
     start_step = 0
     if checkpoint:
-        state = torch.load(os.path.join(checkpoint, "trainer_state.pt"), weights_only=False)
+        try:
+            state = torch.load(os.path.join(checkpoint, "trainer_state.pt"), weights_only=False)
+        except Exception as error:  # torch raises many kinds for a damaged file
+            raise CheckpointError(f"{checkpoint}/trainer_state.pt: unreadable ({error})") from None
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start_step = state["step"]
@@ -308,8 +320,10 @@ def train(config, model_dir, data_dir, out_dir, resume=False, audit=False):
 
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume_step=start_step - 1 if checkpoint else None) \
         if main_process else None
-    audit_file = open(os.path.join(out_dir, "audit.jsonl"), "a" if checkpoint else "w") \
-        if audit and main_process else None
+    audit_path = os.path.join(out_dir, "audit.jsonl")
+    if audit and main_process and checkpoint:
+        truncate_jsonl(audit_path, start_step - 1)
+    audit_file = open(audit_path, "a" if checkpoint else "w") if audit and main_process else None
     per_rank = settings.prompts_per_step // world_size
     progress = tqdm(range(start_step, settings.steps), desc="grpo", disable=not main_process,
                     initial=start_step, total=settings.steps)
@@ -348,7 +362,7 @@ def train(config, model_dir, data_dir, out_dir, resume=False, audit=False):
         if main_process:
             log.write(record)
             progress.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}")
-            warn_if_degenerate(record, settings, progress)
+            warn_if_degenerate(record, settings, progress, per_rank)
             if settings.log_completion_steps and step % settings.log_completion_steps == 0:
                 progress.write(f"[step {step}] reward {batch.rewards['total'][0]:.3f}: {batch.completions[0]!r}")
             if audit_file:
@@ -368,7 +382,8 @@ def train(config, model_dir, data_dir, out_dir, resume=False, audit=False):
 
 
 def step_metrics(step, batch, stats, loss, grad_norm, lr, settings, started):
-    """The per-step record of metrics.jsonl (this rank's rollouts; rank 0 logs its own share)."""
+    """The per-step record of metrics.jsonl. With several processes it describes rank 0's rollouts
+    (its share of the groups, and its share of the global loss); grad_norm is the global one."""
     G = settings.num_generations
     total = batch.rewards["total"]
     mask = batch.loss_mask.bool()
@@ -389,11 +404,10 @@ def step_metrics(step, batch, stats, loss, grad_norm, lr, settings, started):
     return record
 
 
-def warn_if_degenerate(record, settings, progress):
+def warn_if_degenerate(record, settings, progress, groups):
     if record["truncated_fraction"] > 0.5:
         progress.write(f"warning: step {record['step']}: {record['truncated_fraction']:.0%} of completions hit "
                        f"max_completion_length={settings.max_completion_length} (no gradient when masked)")
-    groups = settings.prompts_per_step
     if record["zero_std_groups"] > groups / 2:
         progress.write(f"warning: step {record['step']}: {record['zero_std_groups']} groups have zero reward "
                        "spread, so zero advantage: they teach nothing")
@@ -447,7 +461,7 @@ def main():
         config = load_config(args.config)
         policy, reference, reward_fn, tokenizer = train(config, args.model, args.data, args.out,
                                                         resume=args.resume, audit=args.audit)
-    except ConfigError as error:
+    except (ConfigError, CorpusError, CheckpointError, ValueError, OSError) as error:
         raise SystemExit(f"error: {error}")
     if not args.no_summary and (not dist.is_initialized() or dist.get_rank() == 0):
         summarize(config, policy, reference, reward_fn, tokenizer, args.data, args.out)

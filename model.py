@@ -31,6 +31,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from tokenizer import ChatTokenizer, check_tokenizer_fits
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -510,6 +512,15 @@ def load_pretrained(path, dtype=None, device=None) -> Qwen2:
                           strict=True, assign=True)
     return model.eval()
 
+
+
+def load_with_tokenizer(path, dtype=None, device=None):
+    """(model, ChatTokenizer) of a checkpoint folder, refused with a clear error when the tokenizer's ids
+    do not fit the model's embedding (a tokenizer.json copied from another model)."""
+    model = load_pretrained(path, dtype=dtype, device=device)
+    tokenizer = ChatTokenizer.load(path)
+    check_tokenizer_fits(tokenizer, model.config.vocab_size, path)
+    return model, tokenizer
 
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:

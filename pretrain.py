@@ -26,9 +26,9 @@ import torch
 from tqdm import tqdm
 
 from config import ConfigError, load_config
-from corpus import load_corpus, render_call_text, training_samples
+from corpus import CorpusError, load_corpus, render_call_text, training_samples
 from kernels import fused_linear_logprobs
-from model import Qwen2, Qwen2Config, load_pretrained, save_pretrained
+from model import CheckpointError, Qwen2, Qwen2Config, load_with_tokenizer, save_pretrained
 from tokenizer import ChatTokenizer, format_assistant
 
 
@@ -60,6 +60,24 @@ def make_optimizer(model, learning_rate, weight_decay):
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8)
 
 
+def truncate_jsonl(path, last_step):
+    """Keep the lines of a per-step JSONL log with step <= last_step, rewritten atomically. A line torn
+    by a crash mid-write cannot parse and is dropped with the steps after the checkpoint."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line)["step"] <= last_step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
 class MetricsLog:
     """Appends one JSON object per step to `<out>/metrics.jsonl`.
 
@@ -71,11 +89,8 @@ class MetricsLog:
         self.path = path
         if resume_step is None:
             open(path, "w").close()
-        elif os.path.exists(path):
-            with open(path) as f:
-                kept = [line for line in f if json.loads(line)["step"] <= resume_step]
-            with open(path, "w") as f:
-                f.writelines(kept)
+        else:
+            truncate_jsonl(path, resume_step)
 
     def write(self, record):
         with open(self.path, "a") as f:
@@ -139,14 +154,14 @@ def train(config, data_dir, out_dir, sft=False, init=None):
     calls = load_corpus(os.path.join(data_dir, "train.jsonl"))
 
     if init:  # SFT from an existing model (ours or a real checkpoint): keep its tokenizer
-        tokenizer = ChatTokenizer.load(init)
+        model, tokenizer = load_with_tokenizer(init)
         tokenizer.save(out_dir)
-        model = load_pretrained(init)
     else:
         tokenizer = get_tokenizer(out_dir, calls, config.tokenizer.vocab_size)
         model_config = Qwen2Config.from_hf_dict({**config.model, "vocab_size": tokenizer.vocab_size,
                                                  "eos_token_id": tokenizer.eos_id,
-                                                 "bos_token_id": tokenizer.endoftext_id})
+                                                 "bos_token_id": tokenizer.endoftext_id},
+                                                source=f"{config.source} (model section)")
         model = Qwen2(model_config)
     inputs, targets = (sft_examples if sft else packed_windows)(calls, tokenizer, settings.seq_len)
     params = sum(p.numel() for p in model.parameters())
@@ -196,9 +211,9 @@ def main():
     args = parser.parse_args()
     try:
         config = load_config(args.config)
-    except ConfigError as error:
+        train(config, args.data, args.out, sft=args.sft, init=args.init)
+    except (ConfigError, CorpusError, CheckpointError, ValueError, OSError) as error:
         raise SystemExit(f"error: {error}")
-    train(config, args.data, args.out, sft=args.sft, init=args.init)
 
 
 if __name__ == "__main__":

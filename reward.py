@@ -14,6 +14,8 @@ For a prompt (the call so far) with reference reply A*, a completion `<think>Th<
                 both under the *frozen reference* model, each length-normalised and floored at
                 `bayes_floor` so that one absurd token cannot swamp the group.
 
+With w_bayes = 0 the reference pass is skipped and both parts read as the floor (the no-bayes ablation).
+
 A malformed or truncated completion never raises: it gets format 0, similarity 0, faithfulness 0 and
 bayes = 2 * bayes_floor, the lowest value the term can take. Every term is returned separately for logs
 and audits. Weights and their reasons live in config.RewardConfig.
@@ -26,7 +28,7 @@ import torch
 
 from kernels import fused_linear_logprobs
 from simulate import faithfulness
-from tokenizer import THINK_CLOSE, THINK_OPEN, split_thought
+from tokenizer import THINK_OPEN, format_assistant, split_thought
 
 TERMS = ("format", "similarity", "faithfulness", "bayes")
 
@@ -63,24 +65,24 @@ def pad_right(sequences, pad_id, device=None):
 def bayes_terms(model, tokenizer, prompt_ids, thoughts, references):
     """Prior and likelihood of the Bayesian reward for a batch, under `model` (the frozen reference).
 
-    Each sequence is  prompt + "<think>" + Th + "</think>\\n" + A*,  the layout the policy writes, so
-    that a single forward pass yields both terms. Returns two float32 tensors [B] of mean log-probs.
+    Each sequence is the prompt followed by the answer `<think>Th</think>\nA*` written by
+    tokenizer.format_assistant and encoded as one string, exactly as the model reads an answer, so a
+    single forward pass yields both terms. The prior averages over the tokens that start inside Th, the
+    likelihood over those that start inside A*. Returns two float32 tensors [B] of mean log-probs.
     """
-    sequences, thought_spans, reference_spans = [], [], []
-    open_ids, close_ids = tokenizer.encode(THINK_OPEN), tokenizer.encode(THINK_CLOSE + "\n")
+    sequences, thought_masks, reference_masks = [], [], []
     for prompt, thought, reference in zip(prompt_ids, thoughts, references):
-        head = list(prompt) + open_ids
-        thought_ids, reference_ids = tokenizer.encode(thought), tokenizer.encode(reference)
-        middle = head + thought_ids + close_ids
-        sequences.append(middle + reference_ids)
-        thought_spans.append((len(head), len(head) + len(thought_ids)))
-        reference_spans.append((len(middle), len(middle) + len(reference_ids)))
+        answer = format_assistant(thought, reference)
+        answer_ids, offsets = tokenizer.encode_with_offsets(answer)
+        thought_start = len(THINK_OPEN)
+        thought_end, reference_start = thought_start + len(thought), len(answer) - len(reference)
+        sequences.append(list(prompt) + answer_ids)
+        thought_masks.append([0] * len(prompt) + [int(thought_start <= a < thought_end) for a, _ in offsets])
+        reference_masks.append([0] * len(prompt) + [int(a >= reference_start) for a, _ in offsets])
     device = model.lm_head_weight.device
     input_ids, attention_mask = pad_right(sequences, tokenizer.pad_id, device)
-    prior_mask, likelihood_mask = torch.zeros_like(input_ids), torch.zeros_like(input_ids)
-    for row, ((t0, t1), (r0, r1)) in enumerate(zip(thought_spans, reference_spans)):
-        prior_mask[row, t0:t1] = 1
-        likelihood_mask[row, r0:r1] = 1
+    prior_mask, _ = pad_right(thought_masks, 0, device)
+    likelihood_mask, _ = pad_right(reference_masks, 0, device)
     logprobs = sequence_logprobs(model, input_ids, attention_mask, prior_mask | likelihood_mask)
     prior = (logprobs * prior_mask).sum(1) / prior_mask.sum(1).clamp(min=1)
     likelihood = (logprobs * likelihood_mask).sum(1) / likelihood_mask.sum(1).clamp(min=1)
@@ -123,11 +125,12 @@ class CompositeReward:
             terms["faithfulness"][rows] = torch.tensor(
                 [faithfulness(parsed[i].reply, samples[i].product, samples[i].visible) for i in rows],
                 dtype=torch.float32)
-            prior, likelihood = bayes_terms(self.reference_model, self.tokenizer,
-                                            [prompt_ids[i] for i in rows],
-                                            [parsed[i].thought for i in rows], references)
-            terms["bayes_prior"][rows] = prior.clamp(min=floor)
-            terms["bayes_likelihood"][rows] = likelihood.clamp(min=floor)
+            if self.config.bayes != 0:  # an unweighted term is not worth a reference forward pass
+                prior, likelihood = bayes_terms(self.reference_model, self.tokenizer,
+                                                [prompt_ids[i] for i in rows],
+                                                [parsed[i].thought for i in rows], references)
+                terms["bayes_prior"][rows] = prior.clamp(min=floor)
+                terms["bayes_likelihood"][rows] = likelihood.clamp(min=floor)
         terms["bayes"] = terms["bayes_prior"] + terms["bayes_likelihood"]
         terms["total"] = sum(weight * terms[term] for term, weight in self.weights().items())
         return terms

@@ -674,11 +674,10 @@ class LLMBackend:
 
     def __init__(self, model_dir, seed=0, retries=2, max_new_tokens=64, temperature=0.7):
         import torch
-        from model import generate, load_pretrained
-        from tokenizer import ChatTokenizer
+        from model import generate, load_with_tokenizer
         self.torch, self.generate = torch, generate
-        self.model = load_pretrained(model_dir).eval()
-        self.tokenizer = ChatTokenizer.load(model_dir)
+        self.model, self.tokenizer = load_with_tokenizer(model_dir)
+        self.model.eval()
         self.generator = torch.Generator().manual_seed(seed)
         self.retries, self.max_new_tokens, self.temperature = retries, max_new_tokens, temperature
         self.fallbacks, self.attempts = Counter(), Counter()

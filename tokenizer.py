@@ -82,6 +82,16 @@ def split_thought(text):
 # ----------------------------------------------------------------------------------------------
 # The tokenizer.
 
+def check_tokenizer_fits(tokenizer, vocab_size, source):
+    """Refuse a tokenizer whose ids the model cannot embed (e.g. a tokenizer.json from another model).
+
+    The embedding may be larger than the tokenizer (Qwen2.5 pads 151,665 tokens to 151,936 rows), never
+    smaller; a mismatch would otherwise surface as an index error deep inside the embedding.
+    """
+    if tokenizer.vocab_size > vocab_size:
+        raise ValueError(f"{source}: tokenizer.json has {tokenizer.vocab_size} tokens but the model embeds only "
+                         f"{vocab_size}: they do not belong together")
+
 class ChatTokenizer:
     """A byte-level BPE tokenizer that knows the three ChatML special tokens."""
 
@@ -139,6 +149,11 @@ class ChatTokenizer:
 
     def encode(self, text):
         return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_with_offsets(self, text):
+        """(ids, [(start, end) character span of each token in `text`])."""
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
 
     def encode_batch(self, texts):
         return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]

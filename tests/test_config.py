@@ -1,5 +1,7 @@
 """Config validation: every bad value is rejected with a message naming the file and the key."""
+import glob
 import json
+import os
 
 import pytest
 
@@ -35,6 +37,9 @@ def test_defaults_and_overrides(tmp_path):
     ({"reward": {"similarity": float("nan")}}, r"reward\.similarity must be finite"),
     ({"trainer": {}}, r"unknown section\(s\) \['trainer'\]"),
     ({"grpo": []}, r"section 'grpo' must be an object"),
+    ({"reward": {"bayes_floor": 0}}, r"reward\.bayes_floor must be < 0"),
+    ({"model": {"hiden_size": 64}}, r"model\.hiden_size is not a known key"),
+    ({"model": {"num_attention_heads": 0}}, r"model\.num_attention_heads must be a number > 0"),
     ("{oops", r"not valid JSON"),
 ])
 def test_bad_values_name_file_and_key(tmp_path, content, message):
@@ -50,5 +55,14 @@ def test_missing_file(tmp_path):
 
 
 def test_shipped_configs_load():
-    for name in ("tiny", "smoke"):
-        load_config(f"configs/{name}.json")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shipped = glob.glob(os.path.join(root, "configs", "*.json"))
+    plans = [path for path in shipped if os.path.basename(path) == "ablations.json"]  # a plan, not a config
+    assert len(shipped) - len(plans) >= 3
+    for path in shipped:
+        if path not in plans:
+            load_config(path)
+
+
+def test_negative_floor_is_accepted(tmp_path):
+    assert load_config(write(tmp_path, {"reward": {"bayes_floor": -8}})).reward.bayes_floor == -8.0

@@ -93,19 +93,23 @@ def test_metrics_audit_and_checkpoints(setup, tmp_path, monkeypatch):
 def test_resume_continues_exactly(setup, tmp_path, monkeypatch):
     straight = run(setup, tmp_path / "straight", monkeypatch)
 
-    real_save = grpo.save_checkpoint
-    def save_then_crash(folder, *args):
-        real_save(folder, *args)
-        if folder.endswith("step-000002"):
-            raise KeyboardInterrupt("simulated crash right after the step-2 checkpoint")
-    monkeypatch.setattr(grpo, "save_checkpoint", save_then_crash)
+    # Crash in the middle of step 3: its metrics and audit lines are written, the step-4 checkpoint is
+    # not. Resuming from step 2 must drop those lines and redo step 3 exactly.
+    real_audit = grpo.write_audit
+    def audit_then_crash(audit_file, step, *args):
+        real_audit(audit_file, step, *args)
+        if step == 2:
+            raise KeyboardInterrupt("simulated crash during step 3")
+    monkeypatch.setattr(grpo, "write_audit", audit_then_crash)
     with pytest.raises(KeyboardInterrupt):
         run(setup, tmp_path / "resumed", monkeypatch)
-    monkeypatch.setattr(grpo, "save_checkpoint", real_save)
+    assert [r["step"] for r in metrics(tmp_path / "resumed")] == [0, 1, 2]
+    monkeypatch.setattr(grpo, "write_audit", real_audit)
     root, config = setup
-    grpo.train(config, str(root / "base"), str(root), str(tmp_path / "resumed"), resume=True)
+    grpo.train(config, str(root / "base"), str(root), str(tmp_path / "resumed"), resume=True, audit=True)
 
     assert metrics(tmp_path / "resumed") == metrics(straight)
+    assert (tmp_path / "resumed" / "audit.jsonl").read_text() == (straight / "audit.jsonl").read_text()
     a, b = weights(straight), weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -152,3 +156,13 @@ def test_two_processes_update_like_one(setup, tmp_path, monkeypatch):
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(a[k], load_pretrained(str(setup[0] / "base")).state_dict()[k]) for k in a)
+
+
+def test_several_iterations_per_batch(setup, tmp_path, monkeypatch):
+    """num_iterations = 2: the second pass sees ratios != 1 (the policy moved), all finite."""
+    out = run(setup, tmp_path / "iters", monkeypatch, steps=2, save_steps=0, num_iterations=2)
+    with open(out / "audit.jsonl") as f:
+        ratios = [json.loads(line)["ratio"] for line in f]
+    moved = [r for r in ratios if r is not None and abs(r["mean"] - 1) > 1e-6]
+    assert moved and all(all(map(lambda v: v == v and abs(v) < 1e6, r.values())) for r in moved)
+    assert all(r["loss"] == r["loss"] for r in metrics(out))

@@ -11,7 +11,7 @@ from model import Qwen2, Qwen2Config
 from retrieval import HashedTfidfEmbedder
 from reward import CompositeReward, bayes_terms
 from simulate import faithfulness, simulate_call
-from tokenizer import THINK_CLOSE, THINK_OPEN, ChatTokenizer, format_assistant
+from tokenizer import ChatTokenizer, format_assistant
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +28,23 @@ def world():
 
 
 def direct_bayes(model, tokenizer, prompt, thought, reference):
-    """float64, no batching, no kernel: log_softmax of the full logits, gathered by hand."""
+    """float64, no batching, no kernel: the answer text encoded whole after the prompt, full logits,
+    log_softmax gathered by hand; a token belongs to the thought (reference) when the text decoded
+    before it ends inside the thought (at or after the start of the reference)."""
     model64 = copy.deepcopy(model).double()
-    head = tokenizer.encode(prompt) + tokenizer.encode(THINK_OPEN)
-    thought_ids, reference_ids = tokenizer.encode(thought), tokenizer.encode(reference)
-    middle = head + thought_ids + tokenizer.encode(THINK_CLOSE + "\n")
-    ids = torch.tensor([middle + reference_ids])
+    prompt_ids = tokenizer.encode(prompt)
+    answer = format_assistant(thought, reference)
+    answer_ids = tokenizer.encode(answer)
+    starts = [len(tokenizer.decode(answer_ids[:i])) for i in range(len(answer_ids))]
+    thought_start = answer.index(thought)
+    reference_start = answer.rindex(reference)
+    ids = torch.tensor([prompt_ids + answer_ids])
     logprobs = torch.log_softmax(model64(ids)[0].double(), dim=-1)          # [T, V]
-    def span_mean(start, end):
-        return np.mean([logprobs[t - 1, ids[0, t]].item() for t in range(start, end)])
-    return (span_mean(len(head), len(head) + len(thought_ids)),
-            span_mean(len(middle), len(middle) + len(reference_ids)))
+    def mean_over(chosen):
+        positions = [len(prompt_ids) + i for i, keep in enumerate(chosen) if keep]
+        return np.mean([logprobs[t - 1, ids[0, t]].item() for t in positions])
+    return (mean_over([thought_start <= s < thought_start + len(thought) for s in starts]),
+            mean_over([s >= reference_start for s in starts]))
 
 
 def test_bayes_matches_float64_direct_computation(world):
