@@ -2,8 +2,8 @@
 customers, the paper's ablations, and a report.
 
 A *system* is a model with a prompting: `static` (doga.StaticAgent, one few-shot block), `doga`
-(doga.DogaAgent, a fresh outline every turn) or `doga_noisy` (DOGA whose intent classifier learned from
-labels of which `label_noise` (20%) were flipped). Every system is measured the same way:
+(doga.DogaAgent, a fresh outline every turn) or `doga_noisy` (DOGA whose intent classifier's predictions
+are flipped to another legal intent at rate `label_noise`, 20%). Every system is measured the same way:
 
 * **Turn level** (`evaluate_turns`). On held-out test calls, the salesperson turns the Manager judged good
   (on-stage and faithful: a deliberate mistake of the noisy corpus is no reference to aim at), the same
@@ -80,7 +80,7 @@ class EvalSettings:
     calls_per_product: int = 2     # closed-loop calls per product (12 products)
     batch_size: int = 32           # replies generated together
     seed: int = 0                  # turns drawn, personas, the noisy classifier's flips
-    label_noise: float = 0.2       # share of intent labels flipped for the doga_noisy prompting
+    label_noise: float = 0.2       # share of predicted intents flipped for the doga_noisy prompting
     judge_retries: int = 2         # extra (sampled) tries when the judge's answer has no score
 
 
