@@ -442,8 +442,10 @@ def summarize(config, policy, reference, reward_fn, tokenizer, data_dir, out_dir
     print(f"{'term':<18}{'base':>10}{'GRPO':>10}")
     for term in ("total",) + TERMS + ("bayes_prior", "bayes_likelihood"):
         print(f"{term:<18}{before[term]:>10.3f}{after[term]:>10.3f}")
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+    path = os.path.join(out_dir, "summary.json")
+    with open(path + ".tmp", "w") as f:
         json.dump({"prompts": len(samples), "base": before, "grpo": after}, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def main():

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from config import ConfigError, load_config
 from corpus import CorpusError, load_corpus, render_call_text, training_samples
 from kernels import fused_linear_logprobs
-from model import CheckpointError, Qwen2, Qwen2Config, load_with_tokenizer, save_pretrained
+from model import CheckpointError, Qwen2, Qwen2Config, count_parameters, load_with_tokenizer, save_pretrained
 from tokenizer import ChatTokenizer, format_assistant
 
 
@@ -164,7 +164,7 @@ def train(config, data_dir, out_dir, sft=False, init=None):
                                                 source=f"{config.source} (model section)")
         model = Qwen2(model_config)
     inputs, targets = (sft_examples if sft else packed_windows)(calls, tokenizer, settings.seq_len)
-    params = sum(p.numel() for p in model.parameters())
+    params = count_parameters(model)
     print(f"{'SFT' if sft else 'pretraining'}: {params / 1e6:.2f}M parameters, {len(inputs)} sequences of "
           f"{settings.seq_len} tokens, {settings.steps} steps of {settings.batch_size}")
 
