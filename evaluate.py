@@ -66,12 +66,11 @@ from doga import STAGE_GOALS, DogaAgent, IntentClassifier, ScriptLibrary, Static
 from model import generate, load_with_tokenizer
 from pretrain import resolve_device
 from retrieval import HashedTfidfEmbedder
-from reward import TERMS, CompositeReward
+from reward import REWARD_KEYS, CompositeReward
 from simulate import classify_sales_intent, load_world, make_persona, run_call
 from tokenizer import split_thought
 
 PROMPTINGS = ("static", "doga", "doga_noisy")
-REWARD_KEYS = ("total",) + TERMS + ("bayes_prior", "bayes_likelihood")
 
 
 @dataclass

@@ -48,7 +48,7 @@ from corpus import CorpusError, load_corpus, training_samples
 from model import CheckpointError, generate, load_pretrained, load_with_tokenizer, save_pretrained
 from pretrain import MetricsLog, learning_rate_at, make_optimizer, resolve_device, truncate_jsonl
 from retrieval import HashedTfidfEmbedder
-from reward import TERMS, CompositeReward, pad_right, sequence_logprobs
+from reward import REWARD_KEYS, CompositeReward, pad_right, sequence_logprobs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,7 +388,7 @@ def step_metrics(step, batch, stats, loss, grad_norm, lr, settings, started):
     total = batch.rewards["total"]
     mask = batch.loss_mask.bool()
     record = {"step": step, "reward_mean": total.mean().item(), "reward_std": total.std().item()}
-    for term in TERMS + ("bayes_prior", "bayes_likelihood"):
+    for term in REWARD_KEYS[1:]:
         record[f"reward_{term}"] = batch.rewards[term].mean().item()
     record.update({
         "zero_std_groups": int((total.view(-1, G).std(dim=1) < 1e-6).sum()),
@@ -440,7 +440,7 @@ def summarize(config, policy, reference, reward_fn, tokenizer, data_dir, out_dir
     after = held_out_reward(policy, reward_fn, tokenizer, samples, prompt_ids, settings)
     print(f"\nheld-out reward, {len(samples)} test prompts x {settings.num_generations} samples each")
     print(f"{'term':<18}{'base':>10}{'GRPO':>10}")
-    for term in ("total",) + TERMS + ("bayes_prior", "bayes_likelihood"):
+    for term in REWARD_KEYS:
         print(f"{term:<18}{before[term]:>10.3f}{after[term]:>10.3f}")
     path = os.path.join(out_dir, "summary.json")
     with open(path + ".tmp", "w") as f:

@@ -31,6 +31,8 @@ from simulate import faithfulness
 from tokenizer import THINK_OPEN, format_assistant, split_thought
 
 TERMS = ("format", "similarity", "faithfulness", "bayes")
+# Everything CompositeReward returns: the weighted total, the terms, and the two halves of `bayes`.
+REWARD_KEYS = ("total",) + TERMS + ("bayes_prior", "bayes_likelihood")
 
 
 def sequence_logprobs(model, input_ids, attention_mask, target_mask, temperature=1.0):

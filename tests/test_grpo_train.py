@@ -18,7 +18,7 @@ import grpo
 from config import Config, GRPOConfig
 from corpus import render_call_text, write_corpus
 from model import Qwen2, Qwen2Config, load_pretrained, save_pretrained
-from reward import TERMS
+from reward import REWARD_KEYS, TERMS
 from simulate import simulate_call
 from tokenizer import ChatTokenizer
 
@@ -31,9 +31,7 @@ class LetterReward:
 
     def __call__(self, samples, prompt_ids, completions, truncated):
         total = torch.tensor([t.count("e") / max(len(t), 1) for t in completions])
-        terms = {term: total.clone() for term in TERMS + ("bayes_prior", "bayes_likelihood")}
-        terms["total"] = total
-        return terms
+        return {term: total.clone() for term in REWARD_KEYS}
 
 
 @pytest.fixture(scope="module")
