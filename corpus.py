@@ -1,8 +1,8 @@
 """TeleSalesCorpus: the schema of a simulated sales call, its validation, and calls -> training samples.
 
 AI-Salesman (arXiv 2511.12133) trains on a corpus of telemarketing calls whose salesperson turns carry
-a stage, an intent, a private thought and the Manager's labels. This module holds the ONE definition of
-the sales stages, their transition table, the intents and the outcomes; it validates a JSONL corpus
+a stage, an intent, a private thought and the Manager's labels. This module writes down the schema of
+such a call in the vocabulary of sales.py (stages, intents, outcomes, rules); it validates a JSONL corpus
 line by line (errors name the file, the line and the field), splits it by call, turns one call into one
 training sample per salesperson turn (a ChatML prompt rendered by tokenizer.render_chat, the reference
 reply A*, its thought, stage, intent and labels), and renders whole calls as plain text for pretraining
@@ -25,61 +25,11 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
+from sales import CUSTOMER_INTENTS, OUTCOMES, ROLES, RULES, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, slot_values
 from tokenizer import THINK_CLOSE, THINK_OPEN, format_assistant, render_chat
 
 # ----------------------------------------------------------------------------------------------
-# The sales world's vocabulary: stages, how they may follow each other, intents, outcomes.
-
-STAGES = ("opening", "business_analysis", "product_introduction",
-          "objection_handling", "operational_guidance", "closing")
-
-# stage -> stages the next salesperson turn may be in (staying is always allowed). The Manager
-# enforces it: a turn whose intent belongs to any other stage is off-stage and the stage does not move.
-STAGE_TRANSITIONS = {
-    "opening": ("opening", "business_analysis"),
-    "business_analysis": ("business_analysis", "product_introduction"),
-    "product_introduction": ("product_introduction", "objection_handling", "operational_guidance", "closing"),
-    "objection_handling": ("objection_handling", "product_introduction", "operational_guidance", "closing"),
-    "operational_guidance": ("operational_guidance", "objection_handling", "closing"),
-    "closing": ("closing", "objection_handling", "operational_guidance"),
-}
-
-# What a salesperson turn does -> the stage it belongs to.
-SALES_INTENTS = {
-    "greet_and_introduce": "opening",
-    "state_purpose": "opening",
-    "ask_business_situation": "business_analysis",
-    "diagnose_with_numbers": "business_analysis",
-    "present_product": "product_introduction",
-    "explain_features": "product_introduction",
-    "explain_pricing": "product_introduction",
-    "generic_pitch": "product_introduction",
-    "handle_price_objection": "objection_handling",
-    "handle_trust_objection": "objection_handling",
-    "handle_timing_objection": "objection_handling",
-    "handle_need_objection": "objection_handling",
-    "explain_signup_steps": "operational_guidance",
-    "explain_activation": "operational_guidance",
-    "ask_for_commitment": "closing",
-    "confirm_next_steps": "closing",
-    "polite_goodbye": "closing",
-    "pressure_close": "closing",
-}
-# Intents that are mistakes whatever the stage: they pretend to belong to a stage but never do its job,
-# so the Manager never counts them as on-stage and never lets them move the stage.
-MISTAKE_INTENTS = ("generic_pitch", "pressure_close")
-
-CUSTOMER_INTENTS = (
-    "greet_back", "busy_brush_off", "acknowledge", "agree_with_diagnosis", "describe_business",
-    "ask_price", "ask_details", "raise_price_objection", "raise_trust_objection", "raise_timing_objection",
-    "raise_need_objection", "repeat_objection", "show_interest", "ask_how_to_start", "ask_activation",
-    "accept", "decline", "hang_up", "challenge_claim", "annoyed", "unimpressed", "confused",
-)
-
-OUTCOMES = ("converted", "declined", "hung_up")
-ROLES = ("sales", "customer")
-# labels.rule_broken: null, or the one rule a salesperson turn broke (the most serious, in this order).
-RULES = ("forbidden_promise", "wrong_fact", "pushy", "generic", "skipped_stage", "stage_regression")
+# The fields of a call (their values' vocabulary, stages, intents, outcomes and rules, is sales.py's).
 
 PRODUCT_LIST_FIELDS = ("features", "eligibility", "forbidden_promises")
 PRODUCT_FIELDS = {"id": str, "name": str, "domain": str, "price": (int, float), "currency": str,
@@ -249,8 +199,7 @@ def split_calls(calls, test_fraction=0.1, holdout_domain=None, seed=0):
 
 def system_prompt(product, visible):
     """The salesperson's instructions: its role, the product sheet and the visible customer profile,
-    every value written the way it is spoken (simulate.slot_values: '$49', 'a, b and c')."""
-    from simulate import slot_values  # simulate imports this module; the spoken form lives there
+    every value written the way it is spoken (sales.slot_values: '$49', 'a, b and c')."""
     spoken = slot_values(product, visible)
     sheet_keys = [key for key in product if key not in ("id", "domain", "currency", "forbidden_promises")]
     sheet = "\n".join(f"- {key}: {spoken['product' if key == 'name' else key]}" for key in sheet_keys)

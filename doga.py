@@ -5,7 +5,7 @@ say it. Offline and per turn:
 
 1. **Script library** (`ScriptLibrary.build`, CLI `build`). From the training calls, keep the salesperson
    turns the Manager judged on-stage and faithful; replace product and customer values by slots
-   (`{price}`, `{monthly_orders}`, `{product}`: the slot names of `simulate.slot_values`, the one place
+   (`{price}`, `{monthly_orders}`, `{product}`: the slot names of `sales.slot_values`, the one place
    values are spoken); merge near-duplicates per intent (cosine of TF-IDF vectors, retrieval.py); keep
    the templates said in converted calls, each with its support (uses in converted calls), its uses in
    all calls and its conversion rate. Each template is keyed by the mean *context* it was said in, so
@@ -14,7 +14,7 @@ say it. Offline and per turn:
    words, the salesperson's previous line and the intents already achieved in the call, slotted and
    embedded. Its label is the next salesperson intent of the training call. Prediction is a
    similarity-weighted vote of the nearest training contexts *in the same stage*, masked by the finite
-   state machine of corpus.STAGE_TRANSITIONS: only intents whose stage may follow the current stage
+   state machine of sales.STAGE_TRANSITIONS: only intents whose stage may follow the current stage
    (and never a mistake intent) can win.
 3. **Outline and prompt** (`DogaPlanner.plan`, `assemble_messages`). Track the stage, classify the next
    intent, retrieve the top-k templates of that intent, fill their slots from the visible profile and
@@ -48,10 +48,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from corpus import MISTAKE_INTENTS, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, CorpusError, load_corpus, system_prompt
+from corpus import CorpusError, load_corpus, system_prompt
 from model import generate, load_with_tokenizer
 from retrieval import CosineIndex, HashedTfidfEmbedder
-from simulate import SLOT, classify_sales_intent, slot_values
+from sales import (GOOD_INTENTS, SALES_INTENTS, SLOT, STAGES, classify_sales_intent, is_good_turn, is_legal_move,
+                   load_world, slot_values, stage_move)
+from simulate import make_persona
 from tokenizer import split_thought
 
 # What each stage is for: the first line of every outline.
@@ -64,9 +66,7 @@ STAGE_GOALS = {
     "closing": "Ask for the commitment, or confirm the next steps, or say goodbye politely.",
 }
 if set(STAGE_GOALS) != set(STAGES):
-    raise ImportError(f"doga.py: STAGE_GOALS covers {sorted(STAGE_GOALS)}, corpus.STAGES is {STAGES}")
-
-GOOD_INTENTS = tuple(intent for intent in SALES_INTENTS if intent not in MISTAKE_INTENTS)
+    raise ImportError(f"doga.py: STAGE_GOALS covers {sorted(STAGE_GOALS)}, sales.STAGES is {STAGES}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,9 +74,8 @@ GOOD_INTENTS = tuple(intent for intent in SALES_INTENTS if intent not in MISTAKE
 
 def legal_intents(stage):
     """Intents the next salesperson turn may have in `stage`: their stage follows `stage` in
-    corpus.STAGE_TRANSITIONS, and they are not mistakes (generic pitch, pressure close)."""
-    allowed = STAGE_TRANSITIONS[stage]
-    return tuple(intent for intent in GOOD_INTENTS if SALES_INTENTS[intent] in allowed)
+    sales.STAGE_TRANSITIONS, and they are not mistakes (generic pitch, pressure close)."""
+    return tuple(intent for intent in GOOD_INTENTS if is_legal_move(intent, stage))
 
 
 def track_call(turns):
@@ -84,7 +83,7 @@ def track_call(turns):
 
     Turns of the corpus or of simulate.run_call carry the Manager's stage and labels: they are used as
     they are. A turn without them (a live chat, a Sample's messages) is classified with
-    simulate.classify_sales_intent and moves the stage exactly as the Manager would move it.
+    sales.classify_sales_intent and moves the stage by the Manager's own rule, sales.stage_move.
     """
     stage, achieved = STAGES[0], []
     for turn in turns:
@@ -96,9 +95,9 @@ def track_call(turns):
             stage = turn["stage"]
             continue
         intent = turn.get("intent") or classify_sales_intent(turn["text"], stage)
-        if intent not in MISTAKE_INTENTS and SALES_INTENTS[intent] in STAGE_TRANSITIONS[stage]:
+        on_stage, stage = stage_move(intent, stage)
+        if on_stage:
             achieved.append(intent)
-            stage = SALES_INTENTS[intent]
     return stage, achieved
 
 
@@ -108,7 +107,7 @@ def track_call(turns):
 class Slotter:
     """Replaces the spoken values of one product sheet and visible profile by their slot names.
 
-    Values are spoken by simulate.slot_values ("$49", "per month", lists as "a, b and c"). Longer values
+    Values are spoken by sales.slot_values ("$49", "per month", lists as "a, b and c"). Longer values
     are replaced first, so a feature list wins over a number inside it. A value two slots share (a
     3-month term and 3 activation days) cannot be attributed and makes the text unusable (None).
     """
@@ -227,7 +226,7 @@ class ScriptLibrary:
                 stage, _ = track_call(before)
                 parts = context_parts(before, slotter)
                 contexts.setdefault((stage, parts), Counter())[turn["intent"]] += 1
-                if not turn["labels"]["faithful"]:
+                if not is_good_turn(turn["labels"]):        # on-stage already: it is unfaithful
                     dropped["unfaithful"] += 1
                     continue
                 text = slotter(turn["text"])
@@ -359,8 +358,7 @@ class IntentClassifier:
         self.counts = counts
         self.stage_rows = {stage: library.contexts.rows_matching({"stage": stage}) for stage in STAGES}
         self.stage_prior = {stage: counts[rows].sum(axis=0) for stage, rows in self.stage_rows.items()}
-        self.legal = {stage: np.array([SALES_INTENTS[i] in STAGE_TRANSITIONS[stage] for i in self.intents])
-                      for stage in STAGES}
+        self.legal = {stage: np.array([is_legal_move(i, stage) for i in self.intents]) for stage in STAGES}
 
     def scores(self, context_vector, stage):
         """Masked votes per intent, float32 [I]; illegal intents are -inf."""
@@ -611,8 +609,6 @@ def print_intent_report(report, out=sys.stdout):
 
 
 def chat(model_dir, library_dir, product_id=None, persona_seed=0):
-    from simulate import load_world, make_persona
-
     world = load_world()
     products = {p["id"]: p for domain in world.products.values() for p in domain}
     product = products[product_id] if product_id else next(iter(products.values()))

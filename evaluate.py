@@ -7,10 +7,10 @@ are flipped to another legal intent at rate `label_noise`, 20%). Every system is
 
 * **Turn level** (`evaluate_turns`). On held-out test calls, the salesperson turns the Manager judged good
   (on-stage and faithful: a deliberate mistake of the noisy corpus is no reference to aim at), the same
-  number per capability (the six stages of corpus.STAGES, drawn with a seed). The system answers the call
+  number per capability (the six stages of sales.STAGES, drawn with a seed). The system answers the call
   so far, greedily; the answer is scored with every term of the training reward (reward.CompositeReward,
   with the *frozen base model* as the Bayesian reference for every system, so that numbers compare), with
-  **intent appropriateness** (simulate.classify_sales_intent(reply) equals the reference turn's intent)
+  **intent appropriateness** (sales.classify_sales_intent(reply) equals the reference turn's intent)
   and with its length in words. Aggregated per capability (the reference turn's stage) and overall.
   *The capability score* of the report's first table is intent appropriateness: the share of turns where
   the reply does what a good salesperson did at that moment. It is bounded, needs no weights and reads
@@ -61,13 +61,14 @@ import torch
 from tqdm import tqdm
 
 from config import ConfigError, load_config
-from corpus import STAGES, load_corpus, split_calls, training_samples, write_corpus
+from corpus import load_corpus, split_calls, training_samples, write_corpus
 from doga import STAGE_GOALS, DogaAgent, IntentClassifier, ScriptLibrary, StaticAgent, track_call
 from model import generate, load_with_tokenizer
 from pretrain import resolve_device
 from retrieval import HashedTfidfEmbedder
 from reward import REWARD_KEYS, CompositeReward
-from simulate import classify_sales_intent, load_world, make_persona, run_call
+from sales import STAGES, classify_sales_intent, is_good_turn, load_world
+from simulate import make_persona, run_call
 from tokenizer import split_thought
 
 PROMPTINGS = ("static", "doga", "doga_noisy")
@@ -214,7 +215,7 @@ def select_turns(calls, per_stage, seed, fits=lambda sample: True):
     by_stage = {stage: [] for stage in STAGES}
     for call in calls:
         for sample in training_samples(call):
-            if sample.labels["on_stage"] and sample.labels["faithful"] and fits(sample):
+            if is_good_turn(sample.labels) and fits(sample):
                 by_stage[sample.stage].append((call, sample))
     rng = random.Random(seed)
     chosen = []
@@ -437,8 +438,7 @@ def make_bench(config, settings, train_calls, test_calls, base_dir, domain=None,
     device = resolve_device(config.grpo.device)
     base, tokenizer = load_with_tokenizer(base_dir, device=device)
     base.eval().requires_grad_(False)
-    references = [s.reference for call in train_calls for s in training_samples(call)
-                  if s.labels["on_stage"] and s.labels["faithful"]]
+    references = [s.reference for call in train_calls for s in training_samples(call) if is_good_turn(s.labels)]
     reward_fn = CompositeReward(config.reward, base, tokenizer, HashedTfidfEmbedder().fit(references))
     calls = [c for c in test_calls if domain in (None, c["domain"])]
     turns = select_turns(calls, settings.turns_per_stage, settings.seed,
@@ -623,7 +623,7 @@ def write_report(out_dir, title, systems, curves, meta):
              "Bayesian reward terms are under the frozen base model for every system.", "",
              "## Capability score: intent appropriateness",
              "Share of held-out turns where the reply does what the reference salesperson did "
-             "(simulate.classify_sales_intent of the reply = the reference intent). Conversion: closed loop.", ""]
+             "(sales.classify_sales_intent of the reply = the reference intent). Conversion: closed loop.", ""]
     lines += capability_table(systems, lambda s: _percent(s.get("intent_appropriateness")))
     lines += ["", "## Mean total reward (the training reward's weights)", ""]
     lines += capability_table(systems, mean("total"))

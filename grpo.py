@@ -49,6 +49,7 @@ from model import CheckpointError, generate, load_pretrained, load_with_tokenize
 from pretrain import MetricsLog, learning_rate_at, make_optimizer, resolve_device, truncate_jsonl
 from retrieval import HashedTfidfEmbedder
 from reward import REWARD_KEYS, CompositeReward, pad_right, sequence_logprobs
+from sales import is_good_turn
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,7 +64,7 @@ def load_prompt_pool(path, tokenizer, settings):
     """
     samples = [s for call in load_corpus(path) for s in training_samples(call)]
     if settings.reference_filter == "good":
-        samples = [s for s in samples if s.labels["on_stage"] and s.labels["faithful"]]
+        samples = [s for s in samples if is_good_turn(s.labels)]
     ids = tokenizer.encode_batch(s.prompt for s in samples)
     kept = [(s, p) for s, p in zip(samples, ids) if len(p) <= settings.max_prompt_length]
     if not kept:

@@ -7,7 +7,7 @@ For a prompt (the call so far) with reference reply A*, a completion `<think>Th<
 * format        1 if the answer is one non-empty thought block then a non-empty reply, and not truncated.
 * similarity    cosine of reply and A* under the TF-IDF embedder of retrieval.py (in [0, 1]).
 * faithfulness  share of the reply's checkable claims that the product sheet or visible profile supports;
-                0 for a forbidden promise (simulate.faithfulness: the same checker the Manager labels with).
+                0 for a forbidden promise (sales.faithfulness: the same checker the Manager labels with).
 * bayes         the Bayesian reasoning reward, prior + likelihood:
                     prior      = mean_t log P_ref(Th_t | c, Th_<t)          how coherent the thought is
                     likelihood = mean_t log P_ref(A*_t | c, Th, A*_<t)     how well it explains A*
@@ -27,7 +27,7 @@ the customer's reaction (that is the closed-loop evaluation's job, not a per-tur
 import torch
 
 from kernels import fused_linear_logprobs
-from simulate import faithfulness
+from sales import faithfulness
 from tokenizer import THINK_OPEN, format_assistant, split_thought
 
 TERMS = ("format", "similarity", "faithfulness", "bayes")

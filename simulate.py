@@ -2,14 +2,17 @@
 
 * The **Customer** has a persona (a visible profile with concrete numbers; hidden budget, temperament,
   needs, objections and patience) and a hidden state (interest, open objections, patience left). It
-  reacts to the salesperson's *words*: `classify_sales_intent` reads what the utterance does and
-  `check_claims` reads what it asserts, so a model's free-form reply can be played against it.
+  reacts to the salesperson's *words*: `sales.classify_sales_intent` reads what the utterance does and
+  `sales.check_claims` reads what it asserts, so a model's free-form reply can be played against it.
 * The **Salesperson** thinks one short sentence, then speaks, following the stage plan and quoting the
   real numbers of the product sheet and visible profile. A share of its turns (`noise`, default 0.2) are
   realistic mistakes: a wrong number or product, a forbidden promise, a pushy or generic line, a skipped stage.
-* The **Manager** adjudicates the true stage by `corpus.STAGE_TRANSITIONS`, labels every salesperson
-  turn (on-stage, faithful, which rule broken) with the same claim checker the faithfulness reward uses
-  (`check_claims` / `faithfulness`, the one place), ends the call and decides its outcome.
+* The **Manager** adjudicates the true stage (`sales.stage_move`), labels every salesperson turn
+  (on-stage, faithful, which rule broken) with the same claim checker the faithfulness reward uses
+  (`sales.check_claims`, the one place), ends the call and decides its outcome.
+
+The rules all three agents follow (stages, intents, world/, the claim checker, the intent classifier)
+live in sales.py; this module only plays the agents.
 
 `run_call(product, persona, salesperson_fn, rng)` is the one call loop: the scripted Salesperson plays it
 to write the corpus, and evaluation plays a model through it against the same simulated Customer.
@@ -29,287 +32,19 @@ CLI:
 """
 
 import argparse
-import json
 import math
-import os
 import random
-import re
 import sys
 from collections import Counter
-from dataclasses import dataclass
-from functools import lru_cache
 
 from tqdm import tqdm
 
-from corpus import (CUSTOMER_INTENTS, MISTAKE_INTENTS, OUTCOMES, SALES_INTENTS, STAGE_TRANSITIONS, STAGES,
-                    CorpusError, chat_messages, load_corpus, write_corpus)
+from corpus import CorpusError, chat_messages, load_corpus, write_corpus
+from sales import (OUTCOMES, SALES_INTENTS, SLOT, STAGES, check_claims, classify_sales_intent, domain_texts, fill,
+                   is_legal_move, load_world, slot_values, speak_value, stage_move)
 
-WORLD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "world")
 MAX_TURNS = 20        # the Manager ends a call that runs this long (outcome: declined)
 DEFAULT_NOISE = 0.2
-
-
-# ----------------------------------------------------------------------------------------------
-# The world: products, business rules, persona ranges, utterance templates (world/*.json).
-
-@dataclass
-class World:
-    products: dict          # domain -> [product sheet]
-    money_fields: tuple     # fields spoken with a $ sign
-    promises: dict          # forbidden promise -> compiled patterns
-    promise_sentences: dict  # forbidden promise -> sentences a careless salesperson says
-    personas: dict          # personas.json
-    sales_templates: dict   # intent -> {"texts": {domain|"any": [str]}, "thoughts": [str]}
-    promise_thoughts: list
-    customer_templates: dict  # intent -> {domain|"any": [str]}
-
-
-def _read_json(folder, name):
-    path = os.path.join(folder, name)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-
-
-@lru_cache(maxsize=4)
-def load_world(folder=WORLD_DIR):
-    """Read and cross-check world/. Product sheets come back flat, with 'domain' and 'company' filled in."""
-    catalogue, rules = _read_json(folder, "products.json"), _read_json(folder, "rules.json")
-    personas, templates = _read_json(folder, "personas.json"), _read_json(folder, "templates.json")
-    products = {}
-    for domain, entry in catalogue["domains"].items():
-        products[domain] = [{"id": p["id"], "name": p["name"], "domain": domain, "company": entry["company"],
-                             **{k: v for k, v in p.items() if k not in ("id", "name")}}
-                            for p in entry["products"]]
-        for product in products[domain]:
-            for promise in product["forbidden_promises"]:
-                if promise not in rules["forbidden_promises"]:
-                    raise ValueError(f"{folder}/products.json: product {product['id']} forbids {promise!r}, "
-                                     f"which rules.json does not define")
-    for intent in SALES_INTENTS:
-        if intent not in templates["sales"]:
-            raise ValueError(f"{folder}/templates.json: no templates for salesperson intent {intent!r}")
-    for intent in CUSTOMER_INTENTS:
-        if intent not in templates["customer"]:
-            raise ValueError(f"{folder}/templates.json: no templates for customer intent {intent!r}")
-    promises = {name: [re.compile(p) for p in rule["patterns"]] for name, rule in rules["forbidden_promises"].items()}
-    sentences = {name: rule["sentences"] for name, rule in rules["forbidden_promises"].items()}
-    return World(products, tuple(catalogue["money_fields"]), promises, sentences, personas,
-                 templates["sales"], templates["promise_thoughts"], templates["customer"])
-
-
-def domain_texts(by_domain, domain):
-    """Templates that apply to `domain`: its own list, or the shared 'any' list."""
-    return by_domain.get(domain) or by_domain["any"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Slots: how product and profile values are spoken, and how templates are filled.
-
-def speak_value(key, value, money_fields):
-    if isinstance(value, list):
-        return value[0] if len(value) == 1 else ", ".join(value[:-1]) + " and " + value[-1]
-    if isinstance(value, (int, float)) and key in money_fields:
-        return f"${value:,}" if float(value).is_integer() else f"${value:,.2f}"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def slot_values(product, visible):
-    """{slot: spoken text} for every key of the visible profile and the product sheet. The product's
-    'name' is the slot 'product' (the customer's name is 'name'). Lists are joined ('a, b and c')."""
-    money = load_world().money_fields
-    slots = {key: speak_value(key, value, money) for key, value in product.items() if key != "name"}
-    slots["product"] = product["name"]
-    slots.update({key: speak_value(key, value, money) for key, value in visible.items()})
-    return slots
-
-
-SLOT = re.compile(r"\{(\w+)\}")
-
-
-def fill(template, slots):
-    return SLOT.sub(lambda match: slots[match.group(1)], template)
-
-
-# ----------------------------------------------------------------------------------------------
-# The claim checker (Manager labels and the faithfulness reward both use it).
-
-# A number, optionally with a $ and a duration unit: "$1,250", "4.6", "12-month", "2 years".
-NUMBER = re.compile(r"(?<![\w.,$])(\$\s?)?(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
-                    r"(?:[\s-]*(months?|years?|weeks?|days?|hours?)\b)?", re.IGNORECASE)
-
-
-@dataclass
-class ClaimCheck:
-    supported: int       # checkable claims the sheet or the visible profile supports
-    total: int           # checkable claims found (numbers, prices, durations, product names)
-    forbidden: list      # forbidden promises of this product that the text makes
-    unsupported: list    # the claims (as written) that nothing supports
-
-
-def _numbers_in(text):
-    """[(value, is_money, unit, as_written)] for every number in `text`."""
-    found = []
-    for match in NUMBER.finditer(text):
-        value = round(float(match.group(2).replace(",", "")), 2)
-        unit = (match.group(3) or "").lower().rstrip("s")
-        found.append((value, bool(match.group(1)), unit, match.group(0).strip()))
-    return found
-
-
-def _known_numbers(product, visible, money_fields):
-    """(all numbers, money amounts) that the sheet and the profile state, as rounded floats."""
-    numbers, money = set(), set()
-    for source in (product, visible):
-        for key, value in source.items():
-            values = value if isinstance(value, list) else [value]
-            for item in values:
-                if isinstance(item, bool):
-                    continue
-                if isinstance(item, (int, float)):
-                    numbers.add(round(float(item), 2))
-                    if key in money_fields:
-                        money.add(round(float(item), 2))
-                elif isinstance(item, str) and any(c.isdigit() for c in item):
-                    for number, is_money, _, _ in _numbers_in(item):
-                        numbers.add(number)
-                        if is_money:
-                            money.add(number)
-    return numbers, money
-
-
-@lru_cache(maxsize=1)
-def _catalogue_names():
-    """All product names of the catalogue and one pattern that finds any of them (longest first)."""
-    names = sorted((p["name"] for products in load_world().products.values() for p in products), key=len, reverse=True)
-    return names, re.compile(r"\b(" + "|".join(re.escape(name) for name in names) + r")\b", re.IGNORECASE)
-
-
-def _find_product_names(text):
-    """Catalogue product names mentioned in `text`, and the text with them blanked out."""
-    names, pattern = _catalogue_names()
-    canonical = {name.lower(): name for name in names}
-    found = [canonical[match.group(1).lower()] for match in pattern.finditer(text)]
-    return found, (pattern.sub(" ", text) if found else text)
-
-
-def check_claims(text, product, visible):
-    """Extract the checkable claims of `text` and check them against the product sheet and visible profile.
-
-    Claims: product names (this product's supports itself; any other catalogue product is unsupported),
-    money amounts (must be a money field or a $ amount of the sheet), other numbers (any number the sheet
-    or profile states; years may also be spoken as 12 x months). Forbidden promises: any business rule of
-    this product whose pattern (world/rules.json) matches."""
-    world = load_world()
-    names, rest = _find_product_names(text)
-    supported, unsupported = 0, []
-    for name in names:
-        if name.lower() == product["name"].lower():
-            supported += 1
-        else:
-            unsupported.append(name)
-    numbers, money = _known_numbers(product, visible, world.money_fields)
-    for value, is_money, unit, written in _numbers_in(rest):
-        if is_money:
-            ok = value in money
-        elif unit == "year":
-            ok = value in numbers or round(value * 12, 2) in numbers
-        else:
-            ok = value in numbers
-        if ok:
-            supported += 1
-        else:
-            unsupported.append(written)
-    lowered = text.lower()
-    forbidden = []
-    for promise in product["forbidden_promises"]:
-        if promise not in world.promises:
-            raise ValueError(f"product {product.get('id')!r}: forbidden promise {promise!r} is not defined in world/rules.json")
-        if any(pattern.search(lowered) for pattern in world.promises[promise]):
-            forbidden.append(promise)
-    return ClaimCheck(supported, supported + len(unsupported), forbidden, unsupported)
-
-
-def faithfulness(text, product, visible):
-    """Share of supported claims in [0, 1]; 0 for a forbidden promise; 1.0 when there is nothing to check."""
-    check = check_claims(text, product, visible)
-    if check.forbidden:
-        return 0.0
-    return 1.0 if check.total == 0 else check.supported / check.total
-
-
-# ----------------------------------------------------------------------------------------------
-# The intent classifier: which salesperson intent an utterance carries.
-# Nearest template by IDF-weighted word overlap, after numbers and product names become placeholders
-# and other slot values are ignored. Recall of the template's words counts four times as much as
-# precision, so extra words (a name, an appended promise) do not change the intent.
-
-WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
-
-
-def _intent_tokens(text):
-    names, text = _find_product_names(text)
-    text = NUMBER.sub(" qnum ", text)
-    return set(WORD.findall(text.lower())) | ({"qproduct"} if names else set())
-
-
-@lru_cache(maxsize=1)
-def _intent_index():
-    """Template intents, template weights, postings (token -> templates) and IDF weights over intents."""
-    world = load_world()
-    numeric_keys = {key for products in world.products.values() for p in products for key, v in p.items()
-                    if isinstance(v, (int, float))} | set(world.money_fields)
-    for domain in world.personas["domains"].values():
-        numeric_keys |= set(domain["visible_ranges"])
-
-    def template_tokens(template):
-        text = SLOT.sub(lambda m: " qproduct " if m.group(1) == "product" else
-                        (" qnum " if m.group(1) in numeric_keys else " "), template)
-        return set(WORD.findall(text.lower()))
-
-    templates = []
-    for intent, entry in world.sales_templates.items():
-        for texts in entry["texts"].values():
-            templates.extend((intent, template_tokens(t)) for t in texts)
-    intent_count = len(world.sales_templates)
-    intents_with = {}
-    for intent, tokens in templates:
-        for token in tokens:
-            intents_with.setdefault(token, set()).add(intent)
-    weights = {token: math.log(1 + intent_count / len(intents)) for token, intents in intents_with.items()}
-    postings = {}  # token -> indices of the templates that contain it
-    for i, (_, tokens) in enumerate(templates):
-        for token in tokens:
-            postings.setdefault(token, []).append(i)
-    template_weight = [sum(weights[t] for t in tokens) for _, tokens in templates]
-    return [intent for intent, _ in templates], template_weight, postings, weights
-
-
-@lru_cache(maxsize=4096)
-def classify_sales_intent(text, stage=None):
-    """The salesperson intent of `text` (a key of corpus.SALES_INTENTS). `stage`, the stage the call is
-    in, only breaks ties in favour of intents the transition table allows. Text that matches no
-    template at all is a generic pitch."""
-    intents, template_weight, postings, weights = _intent_index()
-    tokens = [t for t in _intent_tokens(text) if t in weights]
-    text_weight = sum(weights[t] for t in tokens)
-    overlap = Counter()
-    for token in tokens:
-        for i in postings[token]:
-            overlap[i] += weights[token]
-    best, best_score = "generic_pitch", 0.0
-    allowed = STAGE_TRANSITIONS.get(stage, ())
-    for i in sorted(overlap):
-        recall, precision = overlap[i] / template_weight[i], overlap[i] / text_weight
-        score = 5 * precision * recall / (4 * precision + recall)
-        score += 1e-6 if SALES_INTENTS[intents[i]] in allowed else 0.0
-        if score > best_score:
-            best, best_score = intents[i], score
-    return best
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,12 +99,10 @@ class Manager:
         self.product, self.visible = product, visible
         self.stage = "opening"
 
-    def judge(self, text):
+    def label_turn(self, text):
         """Label one salesperson utterance and move the stage. Returns (intent, stage, labels)."""
         intent = classify_sales_intent(text, self.stage)
         check = check_claims(text, self.product, self.visible)
-        target = SALES_INTENTS[intent]
-        legal = target in STAGE_TRANSITIONS[self.stage]
         if check.forbidden:
             rule = "forbidden_promise"
         elif check.unsupported:
@@ -378,13 +111,12 @@ class Manager:
             rule = "pushy"
         elif intent == "generic_pitch":
             rule = "generic"
-        elif not legal:
-            rule = "skipped_stage" if STAGES.index(target) > STAGES.index(self.stage) else "stage_regression"
+        elif not is_legal_move(intent, self.stage):
+            ahead = STAGES.index(SALES_INTENTS[intent]) > STAGES.index(self.stage)
+            rule = "skipped_stage" if ahead else "stage_regression"
         else:
             rule = None
-        on_stage = legal and intent not in MISTAKE_INTENTS
-        if on_stage:
-            self.stage = target
+        on_stage, self.stage = stage_move(intent, self.stage)
         labels = {"on_stage": on_stage, "faithful": not check.forbidden and not check.unsupported,
                   "rule_broken": rule}
         return intent, self.stage, labels
@@ -440,7 +172,7 @@ class Customer:
             gain, annoyance, reaction = gain - 0.15, annoyance + 2, reaction or "annoyed"
         elif intent == "generic_pitch":
             gain, annoyance, reaction = gain - 0.08, annoyance + 1, reaction or "unimpressed"
-        elif SALES_INTENTS[intent] not in STAGE_TRANSITIONS[stage_before]:
+        elif not is_legal_move(intent, stage_before):
             gain, annoyance, reaction = gain - 0.08, annoyance + 1, reaction or "confused"
         elif self.heard[intent] > 2 and intent not in ("ask_for_commitment",):
             gain, annoyance, reaction = gain - 0.05, annoyance + 1, reaction or "unimpressed"
@@ -573,7 +305,7 @@ class Salesperson:
         world = load_world()
         factual = [t for t in domain_texts(world.sales_templates[intent]["texts"], self.product["domain"])
                    if self._perturbable_slots(t)]
-        skip_to = [i for i in SKIP_TARGETS if SALES_INTENTS[i] not in STAGE_TRANSITIONS[stage]
+        skip_to = [i for i in SKIP_TARGETS if not is_legal_move(i, stage)
                    and STAGES.index(SALES_INTENTS[i]) > STAGES.index(stage)]
         kinds = [kind for kind, possible in (("wrong_fact", factual), ("forbidden_promise", self.product["forbidden_promises"]),
                                              ("pushy", True), ("generic", True), ("skipped_stage", skip_to)) if possible]
@@ -634,7 +366,7 @@ def run_call(product, persona, salesperson_fn, rng, call_id="call", max_turns=MA
                 "customer": {"visible": visible}, "turns": list(turns)}
         thought, reply = salesperson_fn(view)
         stage_before = manager.stage
-        intent, stage, labels = manager.judge(reply)
+        intent, stage, labels = manager.label_turn(reply)
         turns.append({"role": "sales", "text": reply, "stage": stage, "intent": intent, "thought": thought,
                       "labels": labels})
         if customer.accepted or customer.declined or len(turns) >= max_turns:

@@ -5,8 +5,7 @@ import json
 import pytest
 
 import corpus
-from corpus import (SALES_INTENTS, STAGE_TRANSITIONS, STAGES, CorpusError, load_corpus, render_call_text,
-                    split_calls, training_samples, write_corpus)
+from corpus import CorpusError, load_corpus, render_call_text, split_calls, training_samples, write_corpus
 from simulate import generate_corpus
 from tokenizer import split_thought
 
@@ -21,15 +20,6 @@ def corpus_file(tmp_path, calls):
     path = tmp_path / "calls.jsonl"
     write_corpus(path, calls)
     return path
-
-
-def test_the_shared_vocabulary():
-    assert STAGES == ("opening", "business_analysis", "product_introduction", "objection_handling",
-                      "operational_guidance", "closing")
-    assert set(STAGE_TRANSITIONS) == set(STAGES)
-    assert all(stage in nexts and set(nexts) <= set(STAGES) for stage, nexts in STAGE_TRANSITIONS.items())
-    assert set(SALES_INTENTS.values()) == set(STAGES)
-    assert corpus.OUTCOMES == ("converted", "declined", "hung_up")
 
 
 def test_round_trip(corpus_file, calls):

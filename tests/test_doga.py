@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from corpus import MISTAKE_INTENTS, SALES_INTENTS, STAGE_TRANSITIONS, STAGES
 from doga import (DogaAgent, DogaPlanner, IntentClassifier, PromptTooLong, ScriptLibrary, Slotter, StaticAgent,
                   assemble_messages, context_vector, evaluate_intents, fill_slots, legal_intents, salesperson_fn,
                   track_call)
 from model import Qwen2, Qwen2Config
-from simulate import load_world, make_persona, run_call, simulate_call, slot_values
+from sales import MISTAKE_INTENTS, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, load_world, slot_values
+from simulate import make_persona, run_call, simulate_call
 from tokenizer import ChatTokenizer, render_chat
 
 
@@ -42,7 +42,7 @@ def test_classifier_beats_majority_baseline_by_a_wide_margin(library, calls):
 
 
 def test_stage_machine_masks_illegal_intents(library, calls):
-    # Hand-checked against corpus.STAGE_TRANSITIONS: from the opening only opening or analysis intents.
+    # Hand-checked against sales.STAGE_TRANSITIONS: from the opening only opening or analysis intents.
     assert set(legal_intents("opening")) == {"greet_and_introduce", "state_purpose", "ask_business_situation",
                                             "diagnose_with_numbers"}
     classifier = IntentClassifier(library)

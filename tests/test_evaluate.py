@@ -16,12 +16,13 @@ import evaluate
 import grpo
 import pretrain
 from config import RewardConfig, load_config
-from corpus import STAGES, render_call_text, write_corpus
+from corpus import render_call_text, write_corpus
 from doga import ScriptLibrary
 from model import Qwen2, Qwen2Config, save_pretrained
 from retrieval import HashedTfidfEmbedder
 from reward import CompositeReward
-from simulate import Salesperson, load_world, run_call, simulate_call
+from sales import STAGES, load_world
+from simulate import Salesperson, run_call, simulate_call
 from tokenizer import ChatTokenizer, format_assistant
 
 

@@ -10,7 +10,8 @@ from corpus import render_call_text, training_samples
 from model import Qwen2, Qwen2Config
 from retrieval import HashedTfidfEmbedder
 from reward import CompositeReward, bayes_terms
-from simulate import faithfulness, simulate_call
+from sales import faithfulness
+from simulate import simulate_call
 from tokenizer import ChatTokenizer, format_assistant
 
 

@@ -1,4 +1,5 @@
-"""The three-agent simulation: determinism, legal stages, noise, outcomes that follow play, the claim checker."""
+"""The three-agent simulation: determinism, legal stages, noise, outcomes that follow play, labels that agree
+with the product sheets."""
 import json
 import math
 import random
@@ -7,9 +8,9 @@ import re
 import pytest
 
 import simulate
-from corpus import MISTAKE_INTENTS, OUTCOMES, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, load_corpus, validate_call
-from simulate import (check_claims, classify_sales_intent, faithfulness, fill, generate_corpus, load_world,
-                      make_persona, run_call, slot_values)
+from corpus import load_corpus, validate_call
+from sales import MISTAKE_INTENTS, OUTCOMES, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, check_claims, load_world
+from simulate import generate_corpus, make_persona, run_call
 
 
 @pytest.fixture(scope="module")
@@ -25,92 +26,6 @@ def clean_and_noisy():
 
 def sales_turns(calls):
     return [(call, turn) for call in calls for turn in call["turns"] if turn["role"] == "sales"]
-
-
-# ----------------------------------------------------------------------------------------------
-# The world
-
-def test_world_has_enough_domains_products_and_paraphrases():
-    world = load_world()
-    assert len(world.products) >= 3
-    for domain, products in world.products.items():
-        assert len(products) >= 4, domain
-        for product in products:
-            for field in ("price", "term_months", "features", "eligibility", "forbidden_promises"):
-                assert product[field], (product["id"], field)
-    for intent in SALES_INTENTS:
-        for domain in world.products:
-            assert len(simulate.domain_texts(world.sales_templates[intent]["texts"], domain)) >= 8, (intent, domain)
-
-
-def test_every_careless_promise_is_caught_and_no_good_template_promises_anything():
-    world = load_world()
-    for domain, products in world.products.items():
-        for product in products:
-            persona = make_persona(domain, product, random.Random(0))
-            slots = slot_values(product, persona["visible"])
-            for promise in product["forbidden_promises"]:
-                for sentence in world.promise_sentences[promise]:
-                    assert promise in check_claims(sentence, product, persona["visible"]).forbidden, sentence
-            for intent, entry in world.sales_templates.items():
-                for template in simulate.domain_texts(entry["texts"], domain):
-                    text = fill(template, slots)
-                    check = check_claims(text, product, persona["visible"])
-                    assert not check.forbidden and not check.unsupported, (text, check)
-
-
-def test_classifier_recovers_the_intent_of_every_filled_template():
-    world, rng = load_world(), random.Random(3)
-    for domain, products in world.products.items():
-        for _ in range(5):
-            product = rng.choice(products)
-            slots = slot_values(product, make_persona(domain, product, rng)["visible"])
-            for intent, entry in world.sales_templates.items():
-                for template in simulate.domain_texts(entry["texts"], domain):
-                    assert classify_sales_intent(fill(template, slots)) == intent, fill(template, slots)
-
-
-def test_classifier_reads_free_form_replies():
-    assert classify_sales_intent("Hey Ana, I'm calling from QuickBite Partners, got a minute?") == "greet_and_introduce"
-    assert classify_sales_intent("I hear you, the cost matters. It's $49 per month with nothing hidden.") == "handle_price_objection"
-    assert classify_sales_intent("Would you like to go ahead and sign up with Growth Boost?") == "ask_for_commitment"
-    assert classify_sales_intent("zebra quantum") == "generic_pitch"
-
-
-# ----------------------------------------------------------------------------------------------
-# The claim checker on hand-made sentences (Growth Boost: $99 per month, 6 months, 3 slots a week)
-
-@pytest.fixture
-def growth():
-    product = next(p for p in load_world().products["restaurant_marketing"] if p["id"] == "rm-growth")
-    visible = {"name": "Ana Silva", "restaurant": "Blue Wok", "monthly_orders": 320, "rating": 4.2,
-               "current_ad_spend": 120}
-    return product, visible
-
-
-@pytest.mark.parametrize("text, supported, total, forbidden", [
-    ("Growth Boost is $99 per month for 6 months.", 3, 3, []),          # name, price, term
-    ("Growth Boost is $89 per month.", 1, 2, []),                        # wrong price
-    ("With 320 orders a month and a 4.2 rating you can grow.", 2, 2, []),
-    ("With 350 orders a month you can grow.", 0, 1, []),                 # wrong profile number
-    ("You spend $120 on ads; $320 would be too much.", 1, 2, []),        # 320 is orders, not money
-    ("It runs half a year, that is 6 months.", 1, 1, []),
-    ("Premium Spotlight is better for you.", 0, 1, []),                  # another product
-    ("Hello, how are you today?", 0, 0, []),
-    ("I guarantee your orders will double.", 0, 0, ["guaranteed order growth"]),
-    ("And you can cancel anytime for free.", 0, 0, ["free cancellation at any time"]),
-])
-def test_check_claims_hand_made(growth, text, supported, total, forbidden):
-    product, visible = growth
-    check = check_claims(text, product, visible)
-    assert (check.supported, check.total, check.forbidden) == (supported, total, forbidden)
-
-
-def test_faithfulness_scores(growth):
-    product, visible = growth
-    assert faithfulness("Hello there.", product, visible) == 1.0
-    assert faithfulness("Growth Boost is $89 per month.", product, visible) == 0.5
-    assert faithfulness("Growth Boost is $99, and I guarantee more orders.", product, visible) == 0.0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,123 @@
+"""sales.py: the vocabulary, the stage machine, world/, the claim checker and the intent classifier."""
+import random
+
+import pytest
+
+from sales import (GOOD_INTENTS, MISTAKE_INTENTS, OUTCOMES, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, check_claims,
+                   classify_sales_intent, domain_texts, faithfulness, fill, is_good_turn, is_legal_move, load_world,
+                   slot_values, stage_move)
+from simulate import make_persona
+
+
+# ----------------------------------------------------------------------------------------------
+# The vocabulary and the stage machine
+
+def test_the_shared_vocabulary():
+    assert STAGES == ("opening", "business_analysis", "product_introduction", "objection_handling",
+                      "operational_guidance", "closing")
+    assert set(STAGE_TRANSITIONS) == set(STAGES)
+    assert all(stage in nexts and set(nexts) <= set(STAGES) for stage, nexts in STAGE_TRANSITIONS.items())
+    assert set(SALES_INTENTS.values()) == set(STAGES)
+    assert OUTCOMES == ("converted", "declined", "hung_up")
+
+
+def test_stage_machine_by_hand():
+    # From the opening a turn may stay or go on to the business analysis, nowhere else.
+    assert is_legal_move("state_purpose", "opening") and is_legal_move("ask_business_situation", "opening")
+    assert not is_legal_move("present_product", "opening")
+    assert is_legal_move("handle_price_objection", "closing")                    # closing may go back to objections
+    # The Manager's move: only an on-stage turn moves the call, and a mistake intent is never on-stage.
+    assert stage_move("ask_business_situation", "opening") == (True, "business_analysis")
+    assert stage_move("present_product", "opening") == (False, "opening")        # a skipped stage
+    assert is_legal_move("generic_pitch", "business_analysis")
+    assert stage_move("generic_pitch", "business_analysis") == (False, "business_analysis")
+    assert stage_move("pressure_close", "closing") == (False, "closing")
+    assert set(GOOD_INTENTS) == set(SALES_INTENTS) - set(MISTAKE_INTENTS)
+    assert is_good_turn({"on_stage": True, "faithful": True, "rule_broken": None})
+    assert not is_good_turn({"on_stage": True, "faithful": False, "rule_broken": "wrong_fact"})
+    assert not is_good_turn({"on_stage": False, "faithful": True, "rule_broken": "skipped_stage"})
+
+
+# ----------------------------------------------------------------------------------------------
+# The world
+
+def test_world_has_enough_domains_products_and_paraphrases():
+    world = load_world()
+    assert len(world.products) >= 3
+    for domain, products in world.products.items():
+        assert len(products) >= 4, domain
+        for product in products:
+            for field in ("price", "term_months", "features", "eligibility", "forbidden_promises"):
+                assert product[field], (product["id"], field)
+    for intent in SALES_INTENTS:
+        for domain in world.products:
+            assert len(domain_texts(world.sales_templates[intent]["texts"], domain)) >= 8, (intent, domain)
+
+
+def test_every_careless_promise_is_caught_and_no_good_template_promises_anything():
+    world = load_world()
+    for domain, products in world.products.items():
+        for product in products:
+            persona = make_persona(domain, product, random.Random(0))
+            slots = slot_values(product, persona["visible"])
+            for promise in product["forbidden_promises"]:
+                for sentence in world.promise_sentences[promise]:
+                    assert promise in check_claims(sentence, product, persona["visible"]).forbidden, sentence
+            for intent, entry in world.sales_templates.items():
+                for template in domain_texts(entry["texts"], domain):
+                    text = fill(template, slots)
+                    check = check_claims(text, product, persona["visible"])
+                    assert not check.forbidden and not check.unsupported, (text, check)
+
+
+def test_classifier_recovers_the_intent_of_every_filled_template():
+    world, rng = load_world(), random.Random(3)
+    for domain, products in world.products.items():
+        for _ in range(5):
+            product = rng.choice(products)
+            slots = slot_values(product, make_persona(domain, product, rng)["visible"])
+            for intent, entry in world.sales_templates.items():
+                for template in domain_texts(entry["texts"], domain):
+                    assert classify_sales_intent(fill(template, slots)) == intent, fill(template, slots)
+
+
+def test_classifier_reads_free_form_replies():
+    assert classify_sales_intent("Hey Ana, I'm calling from QuickBite Partners, got a minute?") == "greet_and_introduce"
+    assert classify_sales_intent("I hear you, the cost matters. It's $49 per month with nothing hidden.") == "handle_price_objection"
+    assert classify_sales_intent("Would you like to go ahead and sign up with Growth Boost?") == "ask_for_commitment"
+    assert classify_sales_intent("zebra quantum") == "generic_pitch"
+
+# ----------------------------------------------------------------------------------------------
+# The claim checker on hand-made sentences (Growth Boost: $99 per month, 6 months, 3 slots a week)
+
+@pytest.fixture
+def growth():
+    product = next(p for p in load_world().products["restaurant_marketing"] if p["id"] == "rm-growth")
+    visible = {"name": "Ana Silva", "restaurant": "Blue Wok", "monthly_orders": 320, "rating": 4.2,
+               "current_ad_spend": 120}
+    return product, visible
+
+
+@pytest.mark.parametrize("text, supported, total, forbidden", [
+    ("Growth Boost is $99 per month for 6 months.", 3, 3, []),          # name, price, term
+    ("Growth Boost is $89 per month.", 1, 2, []),                        # wrong price
+    ("With 320 orders a month and a 4.2 rating you can grow.", 2, 2, []),
+    ("With 350 orders a month you can grow.", 0, 1, []),                 # wrong profile number
+    ("You spend $120 on ads; $320 would be too much.", 1, 2, []),        # 320 is orders, not money
+    ("It runs half a year, that is 6 months.", 1, 1, []),
+    ("Premium Spotlight is better for you.", 0, 1, []),                  # another product
+    ("Hello, how are you today?", 0, 0, []),
+    ("I guarantee your orders will double.", 0, 0, ["guaranteed order growth"]),
+    ("And you can cancel anytime for free.", 0, 0, ["free cancellation at any time"]),
+])
+def test_check_claims_hand_made(growth, text, supported, total, forbidden):
+    product, visible = growth
+    check = check_claims(text, product, visible)
+    assert (check.supported, check.total, check.forbidden) == (supported, total, forbidden)
+
+
+def test_faithfulness_scores(growth):
+    product, visible = growth
+    assert faithfulness("Hello there.", product, visible) == 1.0
+    assert faithfulness("Growth Boost is $89 per month.", product, visible) == 0.5
+    assert faithfulness("Growth Boost is $99, and I guarantee more orders.", product, visible) == 0.0
