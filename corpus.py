@@ -19,12 +19,11 @@ CLI:
 
 import argparse
 import json
-import os
 import random
 import sys
-import tempfile
 from dataclasses import dataclass
 
+from files import write_jsonl
 from sales import CUSTOMER_INTENTS, OUTCOMES, ROLES, RULES, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, slot_values
 from tokenizer import THINK_CLOSE, THINK_OPEN, format_assistant, render_chat
 
@@ -162,21 +161,8 @@ def load_corpus(path, skip_invalid=False):
 
 
 def write_corpus(path, calls):
-    """Write calls as JSONL atomically (a temporary file in the same folder, then os.replace)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            for call in calls:
-                out.write(json.dumps(call, ensure_ascii=False) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
+    """Write calls as JSONL, atomically (files.write_jsonl): a failed write leaves the old file."""
+    write_jsonl(path, calls)
 
 
 def split_calls(calls, test_fraction=0.1, holdout_domain=None, seed=0):

@@ -49,6 +49,7 @@ import torch
 from tqdm import tqdm
 
 from corpus import CorpusError, load_corpus, system_prompt
+from files import write_json
 from model import generate, load_with_tokenizer
 from retrieval import CosineIndex, HashedTfidfEmbedder
 from sales import (GOOD_INTENTS, SALES_INTENTS, SLOT, STAGES, classify_sales_intent, is_good_turn, is_legal_move,
@@ -268,8 +269,7 @@ class ScriptLibrary:
         self.embedder.save(os.path.join(folder, "embedder.npz"))
         self.templates.save(os.path.join(folder, "templates"))
         self.contexts.save(os.path.join(folder, "contexts"))
-        with open(os.path.join(folder, "library.json"), "w", encoding="utf-8") as handle:
-            json.dump(self.summary, handle, indent=1)
+        write_json(os.path.join(folder, "library.json"), self.summary, indent=1)
 
     @classmethod
     def load(cls, folder):

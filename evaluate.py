@@ -47,6 +47,7 @@ CLI:
 """
 
 import argparse
+import io
 import json
 import math
 import os
@@ -63,6 +64,7 @@ from tqdm import tqdm
 from config import ConfigError, load_config
 from corpus import load_corpus, split_calls, training_samples, write_corpus
 from doga import STAGE_GOALS, DogaAgent, IntentClassifier, ScriptLibrary, StaticAgent, track_call
+from files import read_jsonl, write_bytes, write_json, write_jsonl, write_text
 from model import generate, load_with_tokenizer
 from pretrain import resolve_device
 from retrieval import HashedTfidfEmbedder
@@ -480,10 +482,8 @@ def evaluate_system(name, model_dir, library, prompting, bench, out_dir):
     calls = play_calls(speak, jobs, desc=f"{name} calls")
 
     folder = os.path.join(out_dir, "systems", name.replace("/", "__"))
-    os.makedirs(folder, exist_ok=True)
-    for file, rows in (("turns.jsonl", records), ("calls.jsonl", calls)):
-        with open(os.path.join(folder, file), "w") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
+    write_jsonl(os.path.join(folder, "turns.jsonl"), records)
+    write_jsonl(os.path.join(folder, "calls.jsonl"), calls)
     result = {**aggregate_turns(records), "closed_loop": closed_loop_metrics(calls), "model": model_dir,
               "prompting": prompting, "seconds": round(time.time() - started, 1)}
     overall, loop = result["overall"], result["closed_loop"]
@@ -546,13 +546,6 @@ def claims_table(systems):
 # ----------------------------------------------------------------------------------------------
 # The report: markdown, JSON and a plot.
 
-def read_jsonl(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def plot(path, curves, systems):
     """Three panels: GRPO reward per step, pretraining/SFT loss per step, capability score per system."""
     import matplotlib
@@ -578,8 +571,10 @@ def plot(path, curves, systems):
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
     plt.close(figure)
+    write_bytes(path, image.getvalue())
 
 
 def _percent(entry):
@@ -606,10 +601,8 @@ def capability_table(systems, cell):
 
 def write_report(out_dir, title, systems, curves, meta):
     """reports/<run>/report.md, report.json and training_and_capabilities.png."""
-    os.makedirs(out_dir, exist_ok=True)
     claims = claims_table(systems)
-    with open(os.path.join(out_dir, "report.json"), "w") as handle:
-        json.dump({"systems": systems, "claims": claims, "meta": meta}, handle, indent=1)
+    write_json(os.path.join(out_dir, "report.json"), {"systems": systems, "claims": claims, "meta": meta}, indent=1)
     plot(os.path.join(out_dir, "training_and_capabilities.png"), curves, systems)
 
     def mean(key, fmt=".3f"):
@@ -657,8 +650,7 @@ def write_report(out_dir, title, systems, curves, meta):
     lines += [f"| {c['claim']} | {c['systems']} | {c['measured']} | {c['verdict']} |" for c in claims]
     lines += ["", "## Training curves and capability scores", "", "![training curves and capability scores]"
               "(training_and_capabilities.png)", "", "## Provenance", "", "```", json.dumps(meta, indent=1), "```", ""]
-    with open(os.path.join(out_dir, "report.md"), "w") as handle:
-        handle.write("\n".join(lines))
+    write_text(os.path.join(out_dir, "report.md"), "\n".join(lines))
     print(f"\nwrote {out_dir}/report.md, report.json, training_and_capabilities.png")
 
 
@@ -723,9 +715,7 @@ def arm_config(plan, work_dir, name, extra=None):
         for section, values in overrides.items():
             raw[section] = {**raw.get(section, {}), **values}
     path = os.path.join(work_dir, "configs", f"{name}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as handle:
-        json.dump(raw, handle, indent=1)
+    write_json(path, raw, indent=1)
     return load_config(path)
 
 
@@ -739,8 +729,7 @@ def train_once(model_dir, recipe, train):
                 print(f"{model_dir}: already trained by this recipe, reused")
                 return model_dir
     train()
-    with open(stamp, "w") as handle:
-        json.dump(recipe, handle, indent=1)
+    write_json(stamp, recipe, indent=1)
     return model_dir
 
 
@@ -779,7 +768,6 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
     domain = plan["holdout_domain"]
     holdout_data = os.path.join(work_dir, "holdout", "data")
     holdout_train, _ = split_calls(train_calls, test_fraction=0.0, holdout_domain=domain)
-    os.makedirs(holdout_data, exist_ok=True)
     write_corpus(os.path.join(holdout_data, "train.jsonl"), holdout_train)
     write_corpus(os.path.join(holdout_data, "test.jsonl"), [c for c in test_calls if c["domain"] == domain])
     holdout_id = {"train": os.path.abspath(holdout_data), "calls": len(holdout_train), "without": domain}

@@ -34,7 +34,7 @@ Simplified, and why:
 import argparse
 import json
 import os
-import shutil
+import re
 import time
 from dataclasses import dataclass
 
@@ -45,8 +45,9 @@ from tqdm import tqdm
 
 from config import ConfigError, load_config
 from corpus import CorpusError, load_corpus, training_samples
+from files import MetricsLog, replace_folder, truncate_jsonl, write_json
 from model import CheckpointError, generate, load_pretrained, load_with_tokenizer, save_pretrained
-from pretrain import MetricsLog, learning_rate_at, make_optimizer, resolve_device, truncate_jsonl
+from pretrain import learning_rate_at, make_optimizer, resolve_device
 from retrieval import HashedTfidfEmbedder
 from reward import REWARD_KEYS, CompositeReward, pad_right, sequence_logprobs
 from sales import is_good_turn
@@ -237,21 +238,12 @@ def global_sum(value):
 
 
 def save_checkpoint(folder, policy, tokenizer, optimizer, step):
-    """HF-layout model + tokenizer + trainer state, written beside the target and renamed into place."""
-    tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(policy, tmp)
-    tokenizer.save(tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
-               os.path.join(tmp, "trainer_state.pt"))
-    for name in ("tokenizer.json", "trainer_state.pt"):  # save_pretrained already synced the weights
-        with open(os.path.join(tmp, name), "rb") as f:
-            os.fsync(f.fileno())
-    old = folder + ".old"
-    if os.path.exists(folder):
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    """HF-layout model + tokenizer + trainer state, swapped into place as one folder (files.replace_folder)."""
+    with replace_folder(folder) as staging:
+        save_pretrained(policy, staging)
+        tokenizer.save(staging)
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
+                   os.path.join(staging, "trainer_state.pt"))
 
 
 def latest_checkpoint(out_dir):
@@ -259,8 +251,7 @@ def latest_checkpoint(out_dir):
     if not os.path.isdir(root):
         return None
     done = sorted(d for d in os.listdir(root)
-                  if d.startswith("step-") and not d.endswith((".tmp", ".old"))
-                  and os.path.exists(os.path.join(root, d, "trainer_state.pt")))
+                  if re.fullmatch(r"step-\d+", d) and os.path.exists(os.path.join(root, d, "trainer_state.pt")))
     return os.path.join(root, done[-1]) if done else None
 
 
@@ -443,10 +434,8 @@ def summarize(config, policy, reference, reward_fn, tokenizer, data_dir, out_dir
     print(f"{'term':<18}{'base':>10}{'GRPO':>10}")
     for term in REWARD_KEYS:
         print(f"{term:<18}{before[term]:>10.3f}{after[term]:>10.3f}")
-    path = os.path.join(out_dir, "summary.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump({"prompts": len(samples), "base": before, "grpo": after}, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(out_dir, "summary.json"), {"prompts": len(samples), "base": before, "grpo": after},
+               indent=2)
 
 
 def main():

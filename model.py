@@ -19,9 +19,7 @@ release), and multi-file sharding on save (a single safetensors file holds a mod
 A config that asks for one of these is refused with a clear error instead of being run wrongly.
 """
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from files import replace_folder
 from tokenizer import ChatTokenizer, check_tokenizer_fits
 
 CONFIG_FILE = "config.json"
@@ -522,19 +521,6 @@ def load_with_tokenizer(path, dtype=None, device=None):
     check_tokenizer_fits(tokenizer, model.config.vocab_size, path)
     return model, tokenizer
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_folder(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _is_weights_or_config(name: str) -> bool:
     return name == CONFIG_FILE or name == WEIGHTS_INDEX_FILE or (name.startswith("model") and name.endswith(".safetensors"))
 
@@ -542,15 +528,14 @@ def _is_weights_or_config(name: str) -> bool:
 def save_pretrained(model: Qwen2, path) -> None:
     """Write config.json + model.safetensors to the folder `path`, atomically.
 
-    Everything is written to a temporary folder beside the target and flushed to disk; only then is the
-    old folder swapped out by rename. A crash leaves either the old checkpoint or the new one at `path`
-    (plus a stray hidden temporary folder), never a mixture. Other files already in the target folder
-    (tokenizer.json, ...) are carried over into the new one.
+    Everything is written to a staging folder beside the target, flushed to disk, and swapped in by
+    rename (files.replace_folder): a crash leaves either the old checkpoint or the new one at `path`,
+    never a mixture. Other files already in the target folder (tokenizer.json, ...) are carried over
+    into the new one.
     """
     target = Path(path).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
-    try:
+    with replace_folder(target) as staging:
+        staging = Path(staging)
         tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
         hf_config = model.config.to_hf_dict()
         hf_config["dtype"] = str(tensors["model.embed_tokens.weight"].dtype).removeprefix("torch.")
@@ -561,23 +546,3 @@ def save_pretrained(model: Qwen2, path) -> None:
                 if not _is_weights_or_config(entry.name):
                     copy = shutil.copytree if entry.is_dir() else shutil.copy2
                     copy(entry, staging / entry.name)
-        for file in staging.rglob("*"):
-            if file.is_file():
-                _fsync_file(file)
-        _fsync_folder(staging)
-
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.rename(target, retired / target.name)
-            try:
-                os.rename(staging, target)
-            except BaseException:
-                os.rename(retired / target.name, target)
-                raise
-            shutil.rmtree(retired)
-        else:
-            os.rename(staging, target)
-        _fsync_folder(target.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

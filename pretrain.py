@@ -7,8 +7,8 @@ the policy is prompted with), so that it knows the language of sales calls and t
 has never been optimised for any reward. With `--sft` it instead trains on the salesperson turns alone
 (prompt tokens masked out of the loss): the "SFT then GRPO" baseline of the paper's ablation.
 
-Also here, because GRPO reuses them: the learning-rate schedule, the optimizer set-up, the metrics log
-and the device choice.
+Also here, because GRPO reuses them: the learning-rate schedule, the optimizer set-up and the device
+choice.
 
 Left out: resuming a pretraining run (it takes minutes; GRPO, the long stage, resumes exactly), and
 document-aware attention masks in packed windows (the usual nanoGPT-style simplification: a window may
@@ -16,7 +16,6 @@ span two calls separated by <|endoftext|>).
 """
 
 import argparse
-import json
 import math
 import os
 import random
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from config import ConfigError, load_config
 from corpus import CorpusError, load_corpus, render_call_text, training_samples
+from files import MetricsLog
 from kernels import fused_linear_logprobs
 from model import CheckpointError, Qwen2, Qwen2Config, count_parameters, load_with_tokenizer, save_pretrained
 from tokenizer import ChatTokenizer, format_assistant
@@ -58,43 +58,6 @@ def make_optimizer(model, learning_rate, weight_decay):
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8)
-
-
-def truncate_jsonl(path, last_step):
-    """Keep the lines of a per-step JSONL log with step <= last_step, rewritten atomically. A line torn
-    by a crash mid-write cannot parse and is dropped with the steps after the checkpoint."""
-    if not os.path.exists(path):
-        return
-    kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                if json.loads(line)["step"] <= last_step:
-                    kept.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    with open(path + ".tmp", "w") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
-
-
-class MetricsLog:
-    """Appends one JSON object per step to `<out>/metrics.jsonl`.
-
-    On resume, lines after the resumed step are dropped first, so an interrupted-and-resumed run
-    leaves the same file as an uninterrupted one.
-    """
-
-    def __init__(self, path, resume_step=None):
-        self.path = path
-        if resume_step is None:
-            open(path, "w").close()
-        else:
-            truncate_jsonl(path, resume_step)
-
-    def write(self, record):
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ out: neural sentence embedders; the policy model's own hidden states could serve
 needs no GPU, is fitted in seconds on the training corpus, and is trivially reproducible.
 """
 
+import io
 import json
 import os
 import re
@@ -27,6 +28,8 @@ import zipfile
 import zlib
 
 import numpy as np
+
+from files import write_bytes, write_text
 
 # ----------------------------------------------------------------------------------------------
 # Stable hashing. All arithmetic is uint32 with wrap-around, identical on every machine and run.
@@ -195,7 +198,7 @@ class HashedTfidfEmbedder:
         """Write the fitted embedder to one .npz file (IDF + config), atomically."""
         if self.idf is None:
             raise RuntimeError(f"HashedTfidfEmbedder.save({path}): nothing to save, the embedder is not fitted")
-        _atomic_savez(path, idf=self.idf, config=np.array(json.dumps(self.config())))
+        _save_npz(path, idf=self.idf, config=np.array(json.dumps(self.config())))
 
     @classmethod
     def load(cls, path):
@@ -356,8 +359,8 @@ class CosineIndex:
             except (TypeError, ValueError) as error:
                 raise ValueError(f"CosineIndex.save({base}.jsonl): metadata row {row} is not JSON ({error})") from None
         vectors = self.vectors if self.dim is not None else np.zeros((0, 0), np.float32)
-        _atomic_savez(base + ".npz", vectors=vectors)
-        _atomic_write_text(base + ".jsonl", "".join(line + "\n" for line in lines))
+        _save_npz(base + ".npz", vectors=vectors)
+        write_text(base + ".jsonl", "".join(line + "\n" for line in lines))
 
     @classmethod
     def load(cls, path):
@@ -401,21 +404,11 @@ def _json_scalar(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _atomic_savez(path, **arrays):
-    """np.savez to exactly `path` (no extra suffix), written to a temporary file and renamed into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        np.savez_compressed(handle, **arrays)   # TF-IDF vectors are mostly zeros
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+def _save_npz(path, **arrays):
+    """A compressed .npz at exactly `path` (no extra suffix), written atomically (files.write_bytes)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)   # TF-IDF vectors are mostly zeros
+    write_bytes(path, buffer.getvalue())
 
 
 def _load_npz(path, fields):

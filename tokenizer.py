@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from files import write_text
+
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -136,12 +138,8 @@ class ChatTokenizer:
         return cls(tokenizer, source=file)
 
     def save(self, folder):
-        """Write `folder/tokenizer.json` atomically."""
-        os.makedirs(folder, exist_ok=True)
-        final = os.path.join(folder, "tokenizer.json")
-        tmp = final + ".tmp"
-        self.tokenizer.save(tmp)
-        os.replace(tmp, final)
+        """Write `folder/tokenizer.json` atomically (files.write_text)."""
+        write_text(os.path.join(folder, "tokenizer.json"), self.tokenizer.to_str(pretty=True))
 
     @property
     def vocab_size(self):
