@@ -66,12 +66,12 @@ from corpus import load_corpus, split_calls, training_samples, write_corpus
 from doga import STAGE_GOALS, DogaAgent, IntentClassifier, ScriptLibrary, StaticAgent, track_call
 from files import read_jsonl, write_bytes, write_json, write_jsonl, write_text
 from model import generate, load_with_tokenizer
-from pretrain import resolve_device
 from retrieval import HashedTfidfEmbedder
 from reward import REWARD_KEYS, CompositeReward
 from sales import STAGES, classify_sales_intent, is_good_turn, load_world
 from simulate import make_persona, run_call
 from tokenizer import split_thought
+from training import resolve_device
 
 PROMPTINGS = ("static", "doga", "doga_noisy")
 

@@ -47,10 +47,10 @@ from config import ConfigError, load_config
 from corpus import CorpusError, load_corpus, training_samples
 from files import MetricsLog, replace_folder, truncate_jsonl, write_json
 from model import CheckpointError, generate, load_pretrained, load_with_tokenizer, save_pretrained
-from pretrain import learning_rate_at, make_optimizer, resolve_device
 from retrieval import HashedTfidfEmbedder
 from reward import REWARD_KEYS, CompositeReward, pad_right, sequence_logprobs
 from sales import is_good_turn
+from training import learning_rate_at, make_optimizer, resolve_device
 
 
 # ----------------------------------------------------------------------------------------------

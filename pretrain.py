@@ -7,16 +7,12 @@ the policy is prompted with), so that it knows the language of sales calls and t
 has never been optimised for any reward. With `--sft` it instead trains on the salesperson turns alone
 (prompt tokens masked out of the loss): the "SFT then GRPO" baseline of the paper's ablation.
 
-Also here, because GRPO reuses them: the learning-rate schedule, the optimizer set-up and the device
-choice.
-
 Left out: resuming a pretraining run (it takes minutes; GRPO, the long stage, resumes exactly), and
 document-aware attention masks in packed windows (the usual nanoGPT-style simplification: a window may
 span two calls separated by <|endoftext|>).
 """
 
 import argparse
-import math
 import os
 import random
 import time
@@ -30,34 +26,7 @@ from files import MetricsLog
 from kernels import fused_linear_logprobs
 from model import CheckpointError, Qwen2, Qwen2Config, count_parameters, load_with_tokenizer, save_pretrained
 from tokenizer import ChatTokenizer, format_assistant
-
-
-# ----------------------------------------------------------------------------------------------
-# Pieces GRPO shares.
-
-def resolve_device(name):
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for, but torch sees no GPU")
-    return name
-
-
-def learning_rate_at(step, total_steps, peak, warmup_steps, min_ratio):
-    """Linear warmup to `peak`, then cosine decay to `min_ratio * peak` at `total_steps`."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def make_optimizer(model, learning_rate, weight_decay):
-    """AdamW; weight decay on matrices only (norm gains and biases are not decayed)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8)
+from training import learning_rate_at, make_optimizer
 
 
 # ----------------------------------------------------------------------------------------------
