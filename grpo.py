@@ -14,7 +14,7 @@ One step, for each of `prompts_per_step` training prompts (a salesperson turn of
      dr_grpo (sum over tokens / (sequences x max_completion_length)).
 
 Knob names follow TRL's GRPOConfig (config.GRPOConfig) so that results can be compared. Log-probs of
-completions come from the fused kernel on the final hidden states (reward.sequence_logprobs): the
+completions come from the fused kernel on the final hidden states (model.sequence_logprobs): the
 [tokens x vocabulary] logits are never materialised for the training pass.
 
 Several processes: `torchrun --nproc_per_node=K grpo.py ...` gives each rank its own prompts (a group
@@ -46,9 +46,10 @@ from tqdm import tqdm
 from config import ConfigError, load_config
 from corpus import CorpusError, load_corpus, training_samples
 from files import MetricsLog, replace_folder, truncate_jsonl, write_json
-from model import CheckpointError, generate, load_pretrained, load_with_tokenizer, save_pretrained
+from model import (CheckpointError, generate, load_pretrained, load_with_tokenizer, pad_right, save_pretrained,
+                   sequence_logprobs)
 from retrieval import HashedTfidfEmbedder
-from reward import REWARD_KEYS, CompositeReward, pad_right, sequence_logprobs
+from reward import REWARD_KEYS, CompositeReward
 from sales import is_good_turn
 from training import learning_rate_at, make_optimizer, resolve_device
 

@@ -8,6 +8,8 @@ module is that model, written out in plain PyTorch:
     grouped-query attention with bias on q/k/v only, SwiGLU MLP, tied or untied lm_head;
   * `Qwen2.hidden_states`: the final-normed hidden states without logits, for the fused log-prob kernel
     (kernels/), so the training pass never materialises full-vocabulary logits;
+  * `sequence_logprobs`: log p(token | tokens before it) at chosen positions of right-padded sequences
+    (`pad_right`), through that kernel: what the GRPO loss and the Bayesian reward are made of;
   * `generate`: KV-cached batched sampling of completions (greedy or temperature + top-p), used to draw
     the GRPO groups and to let DOGA speak;
   * `load_pretrained` / `save_pretrained`: the Hugging Face folder layout (config.json + safetensors),
@@ -30,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from files import replace_folder
+from kernels import fused_linear_logprobs
 from tokenizer import ChatTokenizer, check_tokenizer_fits
 
 CONFIG_FILE = "config.json"
@@ -354,6 +357,38 @@ class Qwen2(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct parameters (a tied embedding counts once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-token log-probabilities
+# ----------------------------------------------------------------------------------------------------------
+
+def pad_right(sequences, pad_id, device=None):
+    """List of token lists -> (ids [B, T], attention mask [B, T]) padded on the right."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def sequence_logprobs(model, input_ids, attention_mask, target_mask, temperature=1.0):
+    """log p(token_t | tokens_<t) for every position that `target_mask` marks, zeros elsewhere.
+
+    input_ids, attention_mask, target_mask: [B, T]. Returns float32 [B, T]; column 0 is always 0 (the
+    first token has no context). Only the marked positions go through the fused kernel, so the
+    [tokens x vocabulary] logits are never materialised.
+    """
+    hidden = model.hidden_states(input_ids, attention_mask)          # [B, T, H]
+    predicts = target_mask[:, 1:].bool()                              # [B, T-1]: position t predicts t+1
+    chosen_hidden = hidden[:, :-1][predicts]                          # [N, H]
+    chosen_targets = input_ids[:, 1:][predicts]                       # [N]
+    logprobs = fused_linear_logprobs(chosen_hidden, model.lm_head_weight, chosen_targets, temperature)
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    out[:, 1:][predicts] = logprobs
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

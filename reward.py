@@ -26,41 +26,13 @@ the customer's reaction (that is the closed-loop evaluation's job, not a per-tur
 
 import torch
 
-from kernels import fused_linear_logprobs
+from model import pad_right, sequence_logprobs
 from sales import faithfulness
 from tokenizer import THINK_OPEN, format_assistant, split_thought
 
 TERMS = ("format", "similarity", "faithfulness", "bayes")
 # Everything CompositeReward returns: the weighted total, the terms, and the two halves of `bayes`.
 REWARD_KEYS = ("total",) + TERMS + ("bayes_prior", "bayes_likelihood")
-
-
-def sequence_logprobs(model, input_ids, attention_mask, target_mask, temperature=1.0):
-    """log p(token_t | tokens_<t) for every position that `target_mask` marks, zeros elsewhere.
-
-    input_ids, attention_mask, target_mask: [B, T]. Returns float32 [B, T]; column 0 is always 0 (the
-    first token has no context). Only the marked positions go through the fused kernel, so the
-    [tokens x vocabulary] logits are never materialised.
-    """
-    hidden = model.hidden_states(input_ids, attention_mask)          # [B, T, H]
-    predicts = target_mask[:, 1:].bool()                              # [B, T-1]: position t predicts t+1
-    chosen_hidden = hidden[:, :-1][predicts]                          # [N, H]
-    chosen_targets = input_ids[:, 1:][predicts]                       # [N]
-    logprobs = fused_linear_logprobs(chosen_hidden, model.lm_head_weight, chosen_targets, temperature)
-    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    out[:, 1:][predicts] = logprobs
-    return out
-
-
-def pad_right(sequences, pad_id, device=None):
-    """List of token lists -> (ids [B, T], attention mask [B, T]) padded on the right."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, :len(seq)] = 1
-    return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()
