@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from corpus import CorpusError, load_corpus, system_prompt
 from files import write_json
-from model import generate, load_with_tokenizer
+from model import generate_completions, load_with_tokenizer
 from retrieval import CosineIndex, HashedTfidfEmbedder
 from sales import (GOOD_INTENTS, SALES_INTENTS, SLOT, STAGES, classify_sales_intent, is_good_turn, is_legal_move,
                    load_world, slot_values, stage_move)
@@ -543,12 +543,10 @@ class Agent:
     def respond(self, call):
         """The next salesperson turn for a call so far (call dict or Sample): (thought, reply, outline)."""
         prompt_ids, outline = self.prompt(call)
-        device = next(self.model.parameters()).device
-        prompt = torch.tensor([prompt_ids], device=device)                                  # [1, T]
-        output = generate(self.model, prompt, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                          top_p=self.top_p, eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id,
-                          generator=self.generator if self.temperature > 0 else None)
-        answer = split_thought(self.tokenizer.decode(output[0, prompt.shape[1]:].tolist(), skip_special_tokens=True))
+        [(completion, _)] = generate_completions(self.model, [prompt_ids], self.max_new_tokens, self.tokenizer.eos_id,
+                                                 self.tokenizer.pad_id, self.temperature, self.top_p,
+                                                 self.generator if self.temperature > 0 else None)
+        answer = split_thought(self.tokenizer.decode(completion, skip_special_tokens=True))
         self.last_outline = outline
         return answer.thought, answer.reply, outline
 

@@ -65,7 +65,7 @@ from config import ConfigError, load_config
 from corpus import load_corpus, split_calls, training_samples, write_corpus
 from doga import STAGE_GOALS, DogaAgent, IntentClassifier, ScriptLibrary, StaticAgent, track_call
 from files import read_jsonl, write_bytes, write_json, write_jsonl, write_text
-from model import generate, load_with_tokenizer
+from model import generate_completions, load_with_tokenizer
 from retrieval import HashedTfidfEmbedder
 from reward import REWARD_KEYS, CompositeReward
 from sales import STAGES, classify_sales_intent, is_good_turn, load_world
@@ -167,32 +167,18 @@ def make_agent(model, tokenizer, library, prompting, config, settings):
     raise ValueError(f"unknown prompting {prompting!r} (known: {', '.join(PROMPTINGS)})")
 
 
-@torch.no_grad()
 def generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size, temperature=0.0, generator=None):
-    """Continue token-id prompts, left-padded in batches of similar length -> [(text, truncated)].
-
-    text is the decoded completion up to its EOS (special tokens dropped); truncated means no EOS came
-    within max_new_tokens."""
-    device = model.lm_head_weight.device
+    """Continue token-id prompts in batches of similar length (model.generate_completions) -> [(text,
+    truncated)]: text is the decoded completion up to its EOS (special tokens dropped); truncated means
+    no EOS came within max_new_tokens."""
     results = [None] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in rows)
-        input_ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)          # [B, T]
-        attention_mask = torch.zeros_like(input_ids)
-        for row, i in enumerate(rows):
-            input_ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            attention_mask[row, width - len(prompts[i]):] = 1
-        output = generate(model, input_ids.to(device), attention_mask.to(device), max_new_tokens=max_new_tokens,
-                          temperature=temperature, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
-                          generator=generator)                                                 # [B, T + n]
-        for row, i in enumerate(rows):
-            completion = output[row, width:].tolist()
-            finished = tokenizer.eos_id in completion
-            if finished:
-                completion = completion[:completion.index(tokenizer.eos_id)]
-            results[i] = (tokenizer.decode(completion, skip_special_tokens=True), not finished)
+        completions = generate_completions(model, [prompts[i] for i in rows], max_new_tokens, tokenizer.eos_id,
+                                           tokenizer.pad_id, temperature, generator=generator)
+        for i, (completion, truncated) in zip(rows, completions):
+            results[i] = (tokenizer.decode(completion, skip_special_tokens=True), truncated)
     return results
 
 

@@ -46,8 +46,8 @@ from tqdm import tqdm
 from config import ConfigError, load_config
 from corpus import CorpusError, load_corpus, training_samples
 from files import MetricsLog, replace_folder, truncate_jsonl, write_json
-from model import (CheckpointError, generate, load_pretrained, load_with_tokenizer, pad_right, save_pretrained,
-                   sequence_logprobs)
+from model import (CheckpointError, generate_completions, load_pretrained, load_with_tokenizer, pad_right,
+                   save_pretrained, sequence_logprobs)
 from retrieval import HashedTfidfEmbedder
 from reward import REWARD_KEYS, CompositeReward
 from sales import is_good_turn
@@ -107,22 +107,13 @@ class Rollout:
 
 
 def generate_group(policy, prompt_ids, settings, eos_id, pad_id, seed):
-    """`num_generations` completions of one prompt. Returns token lists (EOS kept) and truncation flags."""
-    device = policy.lm_head_weight.device
-    prompt = torch.tensor([prompt_ids] * settings.num_generations, device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    output = generate(policy, prompt, max_new_tokens=settings.max_completion_length,
-                      temperature=settings.temperature, top_p=settings.top_p, eos_token_id=eos_id,
-                      pad_token_id=pad_id, generator=generator)
-    completions, truncated = [], []
-    for row in output[:, len(prompt_ids):].tolist():
-        if eos_id in row:
-            completions.append(row[: row.index(eos_id) + 1])
-            truncated.append(False)
-        else:
-            completions.append(row)
-            truncated.append(True)
-    return completions, truncated
+    """`num_generations` completions of one prompt, sampled with the group's own generator seeded by
+    `seed`. Returns token lists (EOS kept) and truncation flags."""
+    generator = torch.Generator(device=policy.lm_head_weight.device).manual_seed(seed)
+    completions = generate_completions(policy, [prompt_ids] * settings.num_generations,
+                                       settings.max_completion_length, eos_id, pad_id, settings.temperature,
+                                       settings.top_p, generator)
+    return [ids for ids, _ in completions], [truncated for _, truncated in completions]
 
 
 def compute_advantages(rewards, scale_rewards, batch_std=None):

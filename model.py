@@ -10,8 +10,9 @@ module is that model, written out in plain PyTorch:
     (kernels/), so the training pass never materialises full-vocabulary logits;
   * `sequence_logprobs`: log p(token | tokens before it) at chosen positions of right-padded sequences
     (`pad_right`), through that kernel: what the GRPO loss and the Bayesian reward are made of;
-  * `generate`: KV-cached batched sampling of completions (greedy or temperature + top-p), used to draw
-    the GRPO groups and to let DOGA speak;
+  * `generate`: KV-cached batched sampling of completions (greedy or temperature + top-p), and
+    `generate_completions`, the same for token-id prompts cut at their EOS: it draws the GRPO groups and
+    lets DOGA, the evaluation and the simulation's llm backend speak;
   * `load_pretrained` / `save_pretrained`: the Hugging Face folder layout (config.json + safetensors),
     so a real Qwen2.5 checkpoint loads and our checkpoints load in other tools.
 
@@ -470,6 +471,34 @@ def _generate_completion(model, input_ids, attention_mask, max_new_tokens, tempe
         hidden = model.model(tokens[:, None], next_position, step_mask, cache)[:, -1]
         next_position += 1
     return completion[:, :produced]
+
+
+def generate_completions(model: Qwen2, prompts, max_new_tokens: int, eos_token_id: int, pad_token_id: int,
+                         temperature: float = 0.0, top_p: float = 1.0, generator=None):
+    """Continue prompts given as token-id lists, together in one left-padded batch, each up to its EOS.
+
+    Returns one (completion ids, truncated) per prompt: the generated ids up to and including the first
+    EOS, or all max_new_tokens of them with truncated = True when no EOS came. The one place that cuts a
+    completion at its EOS: GRPO's groups, DOGA's agents, the evaluation's batches and the llm backend of
+    the simulation all generate through it (decoding with skip_special_tokens drops the EOS again).
+    """
+    width = max(len(prompt) for prompt in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)             # [B, T]
+    attention_mask = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        attention_mask[row, width - len(prompt):] = 1
+    device = model.lm_head_weight.device
+    output = generate(model, input_ids.to(device), attention_mask.to(device), max_new_tokens=max_new_tokens,
+                      temperature=temperature, top_p=top_p, eos_token_id=eos_token_id, generator=generator,
+                      pad_token_id=pad_token_id)                                              # [B, T + n]
+    completions = []
+    for row in output[:, width:].tolist():
+        if eos_token_id in row:
+            completions.append((row[:row.index(eos_token_id) + 1], False))
+        else:
+            completions.append((row, True))
+    return completions
 
 
 # ----------------------------------------------------------------------------------------------------------

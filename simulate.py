@@ -42,6 +42,7 @@ from tqdm import tqdm
 from corpus import CorpusError, chat_messages, load_corpus, write_corpus
 from sales import (OUTCOMES, SALES_INTENTS, SLOT, STAGES, check_claims, classify_sales_intent, domain_texts, fill,
                    is_legal_move, load_world, slot_values, speak_value, stage_move)
+from tokenizer import split_thought
 
 MAX_TURNS = 20        # the Manager ends a call that runs this long (outcome: declined)
 DEFAULT_NOISE = 0.2
@@ -401,13 +402,14 @@ def simulate_call(index, seed, noise=DEFAULT_NOISE, domains=None, backend=None):
 # The llm backend: a local instruct checkpoint writes the salesperson's and the customer's words.
 
 class LLMBackend:
-    """Agents voiced by model.generate. Output that does not parse is retried `retries` times, then
+    """Agents voiced by model.generate_completions. Output that does not parse is retried `retries` times, then
     replaced by the scripted text; `fallbacks` counts those per role."""
 
     def __init__(self, model_dir, seed=0, retries=2, max_new_tokens=64, temperature=0.7):
+        # torch and the model are imported only here: the scripted backend writes a corpus without them
+        # (importing them takes seconds), and nothing they import imports this module.
         import torch
-        from model import generate, load_with_tokenizer
-        self.torch, self.generate = torch, generate
+        from model import load_with_tokenizer
         self.model, self.tokenizer = load_with_tokenizer(model_dir)
         self.model.eval()
         self.generator = torch.Generator().manual_seed(seed)
@@ -415,19 +417,15 @@ class LLMBackend:
         self.fallbacks, self.attempts = Counter(), Counter()
 
     def complete(self, messages):
+        """(decoded reply, truncated) of the checkpoint to a chat."""
+        from model import generate_completions
         ids = self.tokenizer.encode_chat(messages, add_generation_prompt=True)
-        input_ids = self.torch.tensor([ids])  # [1, T]
-        with self.torch.no_grad():
-            output = self.generate(self.model, input_ids, max_new_tokens=self.max_new_tokens,
-                                   temperature=self.temperature, top_p=0.95, eos_token_id=self.tokenizer.eos_id,
-                                   generator=self.generator)  # [1, T + n]
-        new = output[0, len(ids):].tolist()
-        truncated = self.tokenizer.eos_id not in new
-        return self.tokenizer.decode(new, skip_special_tokens=True), truncated
+        [(completion, truncated)] = generate_completions(self.model, [ids], self.max_new_tokens, self.tokenizer.eos_id,
+                                                         self.tokenizer.pad_id, self.temperature, top_p=0.95,
+                                                         generator=self.generator)
+        return self.tokenizer.decode(completion, skip_special_tokens=True), truncated
 
     def salesperson(self, scripted):
-        from tokenizer import split_thought
-
         def speak(call_so_far):
             messages = chat_messages(call_so_far["product"], call_so_far["customer"]["visible"], call_so_far["turns"])
             for _ in range(1 + self.retries):
