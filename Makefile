@@ -60,12 +60,12 @@ chat: install
 
 # Base vs GRPO, each with a static prompt and with DOGA: reports/default/report.md (needs `make train`).
 eval: install data
-	$(PY) evaluate.py run --config $(CONFIG) --run $(RUN) --data $(DATA) --out reports/$(notdir $(RUN)) \
+	$(PY) evaluate.py --config $(CONFIG) --run $(RUN) --data $(DATA) --out reports/$(notdir $(RUN)) \
 		$(if $(MODEL),--base $(MODEL))
 
 # Every arm of the paper's comparisons, trained and evaluated: reports/ablations/report.md.
 ablations: install data
-	$(PY) evaluate.py ablations --plan configs/ablations.json --data $(DATA) --default-run runs/default \
+	$(PY) ablations.py --plan configs/ablations.json --data $(DATA) --default-run runs/default \
 		--work runs/ablations --out reports/ablations
 
 clean:

@@ -1,11 +1,11 @@
-"""Evaluation of AI-Salesman (arXiv 2511.12133): capabilities turn by turn, whole calls against simulated
-customers, the paper's ablations, and a report.
+"""Evaluation of AI-Salesman (arXiv 2511.12133): capabilities turn by turn and whole calls against simulated
+customers, for each system of `make eval`.
 
 A *system* is a model with a prompting: `static` (doga.StaticAgent, one few-shot block), `doga`
 (doga.DogaAgent, a fresh outline every turn) or `doga_noisy` (DOGA whose intent classifier's predictions
 are flipped to another legal intent at rate `label_noise`, 20%). Every system is measured the same way:
 
-* **Turn level** (`evaluate_turns`). On held-out test calls, the salesperson turns the Manager judged good
+* **Turn level** (`select_turns`, `score_turns`). On held-out test calls, the salesperson turns the Manager judged good
   (on-stage and faithful: a deliberate mistake of the noisy corpus is no reference to aim at), the same
   number per capability (the six stages of sales.STAGES, drawn with a seed). The system answers the call
   so far, greedily; the answer is scored with every term of the training reward (reward.CompositeReward,
@@ -23,17 +23,15 @@ are flipped to another legal intent at rate `label_noise`, 20%). Every system is
 * **Judge** (optional, `--judge DIR`). A local instruct checkpoint grades each turn-level reply from 1 to
   10 on the rubric of its capability (doga.STAGE_GOALS, plus faithfulness). Unparsable output is retried
   (sampled), then counted as missing, never guessed.
-* **Ablations** (`run_ablations`, plan in configs/ablations.json): base, SFT, SFT then GRPO, direct GRPO,
-  GRPO without the Bayesian reward, each with static and DOGA prompting; DOGA with flipped intent labels;
-  and a domain held out of training (base and GRPO trained on the other domains, both it and the
-  all-domain GRPO model evaluated on that domain's test calls and products).
-* **Report** (`write_report`): report.md (tables, the paper's claims beside what we measured, a plot of
-  the training curves and capability scores), report.json ({"systems": {"<model>/<prompting>":
-  {"capabilities", "overall", "closed_loop"}}, ...}) and, per system, every scored turn and played call.
 
-For speed, replies are generated in batches (model.generate with left padding): the agent's own prompt
-assembly (`Agent.prompt`, what Agent.respond prompts with), then
-one batched generation, ~10x faster on a CPU than one reply at a time. In the closed loop each call runs
+`make eval` (`evaluate_run`) measures one trained run: the base model and the GRPO policy, each with
+static and DOGA prompting. Per system it writes every scored turn and played call under
+<out>/systems/; report.py writes the report (tables, the paper's claims beside what we measured, a plot);
+ablations.py trains and measures every arm of the paper's comparisons the same way.
+
+For speed, replies are generated in batches (model.generate_completions, left-padded): the agent's own
+prompt assembly (`Agent.prompt`, what Agent.respond prompts with), then one batched generation, ~10x
+faster on a CPU than one reply at a time. In the closed loop each call runs
 in its own thread so that the replies of all live calls are generated as one batch (see `play_calls`).
 
 Left out, and why: the paper's human evaluation and API-model judge (no network; the local judge is the
@@ -42,13 +40,10 @@ the intervals say how far one run can be trusted); sampling-based evaluation (gr
 systems comparable turn by turn).
 
 CLI:
-    python evaluate.py run --config configs/tiny.json --run runs/default --data data --out reports/default
-    python evaluate.py ablations --plan configs/ablations.json --data data --out reports/ablations
+    python evaluate.py --config configs/tiny.json --run runs/default --data data --out reports/default [--judge DIR]
 """
 
 import argparse
-import io
-import json
 import math
 import os
 import random
@@ -62,11 +57,12 @@ import torch
 from tqdm import tqdm
 
 from config import ConfigError, load_config
-from corpus import load_corpus, split_calls, training_samples, write_corpus
+from corpus import load_corpus, training_samples
 from doga import STAGE_GOALS, DogaAgent, IntentClassifier, ScriptLibrary, StaticAgent, track_call
-from files import read_jsonl, write_bytes, write_json, write_jsonl, write_text
+from files import read_jsonl, write_jsonl
 from model import generate_completions, load_with_tokenizer
 from retrieval import HashedTfidfEmbedder
+from report import write_report
 from reward import REWARD_KEYS, CompositeReward
 from sales import STAGES, classify_sales_intent, is_good_turn, load_world
 from simulate import make_persona, run_call
@@ -479,168 +475,6 @@ def evaluate_system(name, model_dir, library, prompting, bench, out_dir):
 
 
 # ----------------------------------------------------------------------------------------------
-# The paper's claims, and what we measured for each.
-
-def paper_claims(systems):
-    """(claim, the system it is about, the system it is compared with, the direction the paper reports):
-    "higher": the first should score higher; "close": the first should not fall clearly below the second."""
-    models = sorted({name.split("/")[0] for name in systems})
-    claims = [("DOGA beats static prompting", f"{m}/doga", f"{m}/static", "higher") for m in models]
-    claims += [("GRPO improves on the base model (implied by the paper's main result)", "grpo/doga", "base/doga",
-                "higher"),
-               ("Direct GRPO beats SFT then GRPO", "grpo/doga", "sft_grpo/doga", "higher"),
-               ("Direct GRPO beats SFT alone (implied by the paper's main result)", "grpo/doga", "sft/doga", "higher"),
-               ("Removing the Bayesian reward hurts", "grpo/doga", "grpo_no_bayes/doga", "higher"),
-               ("Intent-label noise degrades DOGA", "grpo/doga", "grpo/doga_noisy", "higher")]
-    claims += [("Transfers to a domain held out of training", name, name.replace("holdout_grpo", "grpo"), "close")
-               for name in systems if name.startswith("holdout_grpo")]
-    return claims
-
-
-def judge_claim(first, second, direction):
-    """Measured difference of the capability score (intent appropriateness) and of conversion, and a
-    verdict: the sign against the paper's direction, 'within noise' when the 95% intervals overlap."""
-    a, b = first["overall"]["intent_appropriateness"], second["overall"]["intent_appropriateness"]
-    ca, cb = first["closed_loop"]["conversion"], second["closed_loop"]["conversion"]
-    difference = a["value"] - b["value"]
-    overlap = a["low"] <= b["high"] and b["low"] <= a["high"]
-    if direction == "close":
-        verdict = "agrees" if overlap or difference >= 0 else "disagrees"
-    elif difference == 0:
-        verdict = "no difference"
-    elif difference > 0:
-        verdict = "agrees in direction, within noise" if overlap else "agrees"
-    else:
-        verdict = "disagrees in direction, within noise" if overlap else "disagrees"
-    measured = (f"capability {a['value']:.0%} vs {b['value']:.0%} ({difference:+.0%}); total reward "
-                f"{first['overall']['total']:.3f} vs {second['overall']['total']:.3f}; conversion "
-                f"{ca['value']:.0%} vs {cb['value']:.0%}")
-    return measured, verdict
-
-
-def claims_table(systems):
-    rows = []
-    for claim, first, second, direction in paper_claims(systems):
-        if first in systems and second in systems:
-            measured, verdict = judge_claim(systems[first], systems[second], direction)
-        else:
-            measured, verdict = "not run here (make ablations runs it)", "not measured"
-        rows.append({"claim": claim, "systems": f"{first} vs {second}", "measured": measured, "verdict": verdict})
-    return rows
-
-
-# ----------------------------------------------------------------------------------------------
-# The report: markdown, JSON and a plot.
-
-def plot(path, curves, systems):
-    """Three panels: GRPO reward per step, pretraining/SFT loss per step, capability score per system."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (rewards, losses, scores) = plt.subplots(1, 3, figsize=(18, 5))
-    for label, rows in curves.get("grpo", {}).items():
-        rewards.plot([r["step"] for r in rows], [r["reward_mean"] for r in rows], label=label)
-    rewards.set(title="GRPO: mean reward per step (each run's own weights)", xlabel="step", ylabel="reward")
-    for label, rows in curves.get("pretrain", {}).items():
-        losses.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label)
-    losses.set(title="Pretraining / SFT loss", xlabel="step", ylabel="cross-entropy")
-    columns = list(STAGES) + ["overall"]
-    width = 0.8 / max(1, len(systems))
-    for k, (name, result) in enumerate(systems.items()):
-        values = [result["capabilities"][s].get("intent_appropriateness", {}).get("value") or 0.0 for s in STAGES]
-        values.append(result["overall"]["intent_appropriateness"]["value"])
-        scores.bar(np.arange(len(columns)) + k * width, values, width, label=name)
-    scores.set_xticks(np.arange(len(columns)) + 0.4 - width / 2, [c.replace("_", "\n") for c in columns], fontsize=7)
-    scores.set(title="Capability score (intent appropriateness)", ylim=(0, 1))
-    for axes in (rewards, losses, scores):
-        if axes.get_legend_handles_labels()[0]:
-            axes.legend(fontsize=7)
-    figure.tight_layout()
-    image = io.BytesIO()
-    figure.savefig(image, format="png", dpi=100)
-    plt.close(figure)
-    write_bytes(path, image.getvalue())
-
-
-def _percent(entry):
-    return "-" if not entry or entry.get("value") is None else f"{entry['value']:.0%}"
-
-
-def _interval(entry, fmt):
-    if entry.get("value") is None:
-        return "-"
-    if entry.get("low") is None:
-        return format(entry["value"], fmt)
-    return f"{format(entry['value'], fmt)} [{format(entry['low'], fmt)}, {format(entry['high'], fmt)}]"
-
-
-def capability_table(systems, cell):
-    header = ["system"] + list(STAGES) + ["overall", "conversion"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, result in systems.items():
-        cells = [cell(result["capabilities"][s]) for s in STAGES] + [cell(result["overall"])]
-        cells.append(_percent(result["closed_loop"]["conversion"]))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def write_report(out_dir, title, systems, curves, meta):
-    """reports/<run>/report.md, report.json and training_and_capabilities.png."""
-    claims = claims_table(systems)
-    write_json(os.path.join(out_dir, "report.json"), {"systems": systems, "claims": claims, "meta": meta}, indent=1)
-    plot(os.path.join(out_dir, "training_and_capabilities.png"), curves, systems)
-
-    def mean(key, fmt=".3f"):
-        return lambda summary: "-" if summary.get("n", 0) == 0 else format(summary[key], fmt)
-
-    some = next(iter(systems.values()))
-    lines = [f"# {title}", "",
-             f"{meta['turns']} held-out turns ({meta['turns_per_stage']} per capability at most, good reference "
-             f"turns only); closed loop: {meta['calls_per_product']} calls per product ({some['closed_loop']['calls']} "
-             f"per system on all domains). Greedy decoding; one seed ({meta['seed']}). "
-             "Bayesian reward terms are under the frozen base model for every system.", "",
-             "## Capability score: intent appropriateness",
-             "Share of held-out turns where the reply does what the reference salesperson did "
-             "(sales.classify_sales_intent of the reply = the reference intent). Conversion: closed loop.", ""]
-    lines += capability_table(systems, lambda s: _percent(s.get("intent_appropriateness")))
-    lines += ["", "## Mean total reward (the training reward's weights)", ""]
-    lines += capability_table(systems, mean("total"))
-    if any("judge" in result["overall"] for result in systems.values()):
-        lines += ["", "## Judge score (1-10, missing = unparsable after retries)", ""]
-        lines += capability_table(systems, lambda s: "-" if "judge_missing" not in s else
-                                  f"{'-' if s['judge'] is None else format(s['judge'], '.1f')} "
-                                  f"({s['judge_missing']} missing)")
-    lines += ["", "## Turn level, overall", "",
-              "| system | intent appropriateness | total reward | format | similarity | faithfulness | bayes "
-              "(prior + likelihood) | words (reference) | truncated |", "|" + "---|" * 9]
-    for name, result in systems.items():
-        o = result["overall"]
-        lines.append(f"| {name} | {_interval(o['intent_appropriateness'], '.2f')} | {_interval(o['total_reward'], '.3f')} "
-                     f"| {o['format']:.2f} | {o['similarity']:.3f} | {o['faithfulness']:.3f} | {o['bayes']:.2f} "
-                     f"({o['bayes_prior']:.2f} + {o['bayes_likelihood']:.2f}) | {o['reply_words']:.1f} ({o['reference_words']:.1f}) | "
-                     f"{o['truncated']:.0%} |")
-    lines += ["", "## Closed loop against simulated customers",
-              "Rates with Wilson 95% intervals; per-call means with Student-t 95% intervals.", "",
-              "| system | calls | conversion | hang-up | turns per call | faithfulness violations per call | "
-              "off-stage turns per call |", "|" + "---|" * 7]
-    for name, result in systems.items():
-        c = result["closed_loop"]
-        lines.append(f"| {name} | {c['calls']} | {_interval(c['conversion'], '.2f')} | {_interval(c['hang_up'], '.2f')} "
-                     f"| {_interval(c['turns'], '.1f')} | {_interval(c['violations_per_call'], '.2f')} | "
-                     f"{_interval(c['off_stage_per_call'], '.2f')} |")
-    lines += ["", "## The paper's claims beside what we measured",
-              "The paper's findings are stated qualitatively (no numbers copied). Verdict: the sign of the "
-              "capability-score difference against the paper's direction; 'within noise' when the two 95% "
-              "intervals overlap.", "", "| claim (paper) | systems | measured | verdict |", "|---|---|---|---|"]
-    lines += [f"| {c['claim']} | {c['systems']} | {c['measured']} | {c['verdict']} |" for c in claims]
-    lines += ["", "## Training curves and capability scores", "", "![training curves and capability scores]"
-              "(training_and_capabilities.png)", "", "## Provenance", "", "```", json.dumps(meta, indent=1), "```", ""]
-    write_text(os.path.join(out_dir, "report.md"), "\n".join(lines))
-    print(f"\nwrote {out_dir}/report.md, report.json, training_and_capabilities.png")
-
-
-# ----------------------------------------------------------------------------------------------
 # `make eval`: one trained run, base vs GRPO, each static and DOGA.
 
 def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=None, judge_dir=None,
@@ -667,193 +501,23 @@ def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=Non
     write_report(out_dir, f"AI-Salesman evaluation of {run_dir}", systems, curves, meta)
     return systems
 
-
-# ----------------------------------------------------------------------------------------------
-# `make ablations`: train every arm of the paper's comparisons, then evaluate them all.
-
-def load_plan(path):
-    """configs/ablations.json: base_config, overrides (config sections for every trained arm), sft
-    (pretrain overrides of the SFT stage), holdout_domain, eval (EvalSettings fields)."""
-    try:
-        with open(path) as handle:
-            plan = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path}: unreadable ablation plan ({error})") from None
-    known = {"comment", "base_config", "overrides", "sft", "holdout_domain", "eval"}
-    if set(plan) - known:
-        raise ConfigError(f"{path}: unknown key(s) {sorted(set(plan) - known)} (known: {sorted(known)})")
-    for key in ("base_config", "holdout_domain"):
-        if not isinstance(plan.get(key), str):
-            raise ConfigError(f"{path}: '{key}' must be a string")
-    fields = set(EvalSettings.__dataclass_fields__)
-    if set(plan.get("eval", {})) - fields:
-        raise ConfigError(f"{path}: eval.{sorted(set(plan['eval']) - fields)[0]} is not a known key "
-                          f"(known: {sorted(fields)})")
-    return plan
-
-
-def arm_config(plan, work_dir, name, extra=None):
-    """The base config with the plan's overrides and this arm's `extra` sections, written to
-    <work>/configs/<name>.json and validated by config.load_config (which names a bad key)."""
-    with open(plan["base_config"]) as handle:
-        raw = json.load(handle)
-    for overrides in (plan.get("overrides", {}), extra or {}):
-        for section, values in overrides.items():
-            raw[section] = {**raw.get(section, {}), **values}
-    path = os.path.join(work_dir, "configs", f"{name}.json")
-    write_json(path, raw, indent=1)
-    return load_config(path)
-
-
-def train_once(model_dir, recipe, train):
-    """Run train() unless model_dir already holds a model made by the same recipe (a JSON dict of
-    config sections, starting model and data), so that a rerun of make ablations resumes by arm."""
-    stamp = os.path.join(model_dir, "recipe.json")
-    if os.path.exists(stamp) and os.path.exists(os.path.join(model_dir, "config.json")):
-        with open(stamp) as handle:
-            if json.load(handle) == recipe:
-                print(f"{model_dir}: already trained by this recipe, reused")
-                return model_dir
-    train()
-    write_json(stamp, recipe, indent=1)
-    return model_dir
-
-
-def default_base_matches(base_dir, config):
-    """runs/default/base is reused when it was pretrained as this config says: the same architecture and a
-    pretraining log of the same number of steps (its data is the same DATA folder, as the Makefile passes)."""
-    try:
-        with open(os.path.join(base_dir, "config.json")) as handle:
-            saved = json.load(handle)
-    except (OSError, json.JSONDecodeError):
-        return False
-    return (all(saved.get(key) == value for key, value in config.model.items())
-            and len(read_jsonl(os.path.join(base_dir, "metrics.jsonl"))) == config.pretrain.steps)
-
-
-def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir=None):
-    import grpo
-    import pretrain
-
-    started = time.time()
-    plan = load_plan(plan_path)
-    settings = EvalSettings(**plan.get("eval", {}))
-    config = arm_config(plan, work_dir, "common")
-    sft_config = arm_config(plan, work_dir, "sft", {"pretrain": plan.get("sft", {})})
-    no_bayes_config = arm_config(plan, work_dir, "grpo_no_bayes", {"reward": {"bayes": 0.0}})
-    train_file = os.path.join(data_dir, "train.jsonl")
-    train_calls = load_corpus(train_file)
-    test_calls = load_corpus(os.path.join(data_dir, "test.jsonl"))
-    data_id = {"train": os.path.abspath(train_file), "bytes": os.path.getsize(train_file)}
-
-    def recipe(cfg, init, *sections, data=data_id):
-        return {"init": init, "data": data, **{s: asdict(getattr(cfg, s)) if s != "model" else cfg.model
-                                                for s in sections}}
-
-    # The held-out domain: its calls leave the training split (split_calls puts them all in "test").
-    domain = plan["holdout_domain"]
-    holdout_data = os.path.join(work_dir, "holdout", "data")
-    holdout_train, _ = split_calls(train_calls, test_fraction=0.0, holdout_domain=domain)
-    write_corpus(os.path.join(holdout_data, "train.jsonl"), holdout_train)
-    write_corpus(os.path.join(holdout_data, "test.jsonl"), [c for c in test_calls if c["domain"] == domain])
-    holdout_id = {"train": os.path.abspath(holdout_data), "calls": len(holdout_train), "without": domain}
-
-    # Script libraries (DOGA) from the training calls each model saw.
-    library_dir = os.path.join(default_run, "scripts")
-    if not os.path.isdir(library_dir):
-        library_dir = os.path.join(work_dir, "scripts")
-        ScriptLibrary.build(train_calls).save(library_dir)
-    holdout_library_dir = os.path.join(work_dir, "holdout", "scripts")
-    ScriptLibrary.build(holdout_train).save(holdout_library_dir)
-
-    # Models. Every trained arm's checkpoints live under work_dir (gitignored runs/).
-    pretrain_sections = ("tokenizer", "model", "pretrain")
-    if default_base_matches(os.path.join(default_run, "base"), config):
-        base = os.path.join(default_run, "base")
-        print(f"base: reusing {base}")
-    else:
-        base = os.path.join(work_dir, "base")
-        train_once(base, recipe(config, None, *pretrain_sections),
-                   lambda: pretrain.train(config, data_dir, base))
-    models = {"base": base}
-    models["sft"] = train_once(os.path.join(work_dir, "sft"), recipe(sft_config, base, "pretrain"),
-                               lambda: pretrain.train(sft_config, data_dir, os.path.join(work_dir, "sft"),
-                                                      sft=True, init=base))
-    for name, cfg, init in (("grpo", config, base), ("sft_grpo", config, models["sft"]),
-                            ("grpo_no_bayes", no_bayes_config, base)):
-        out = os.path.join(work_dir, name)
-        models[name] = train_once(os.path.join(out, "final"), recipe(cfg, init, "grpo", "reward"),
-                                  lambda cfg=cfg, init=init, out=out: grpo.train(cfg, init, data_dir, out))
-    holdout_base = os.path.join(work_dir, "holdout", "base")
-    train_once(holdout_base, recipe(config, None, *pretrain_sections, data=holdout_id),
-               lambda: pretrain.train(config, holdout_data, holdout_base))
-    holdout_out = os.path.join(work_dir, "holdout", "grpo")
-    models["holdout_grpo"] = train_once(os.path.join(holdout_out, "final"),
-                                        recipe(config, holdout_base, "grpo", "reward", data=holdout_id),
-                                        lambda: grpo.train(config, holdout_base, holdout_data, holdout_out))
-    trained_at = time.time()
-
-    # Evaluation: every system under the same reward (the common config's weights, bayes included).
-    library, holdout_library = ScriptLibrary.load(library_dir), ScriptLibrary.load(holdout_library_dir)
-    bench = make_bench(config, settings, train_calls, test_calls, base, judge_dir=judge_dir)
-    systems = {}
-    for model_name in ("base", "sft", "sft_grpo", "grpo", "grpo_no_bayes"):
-        for prompting in ("static", "doga"):
-            name = f"{model_name}/{prompting}"
-            systems[name] = evaluate_system(name, models[model_name], library, prompting, bench, out_dir)
-    systems["grpo/doga_noisy"] = evaluate_system("grpo/doga_noisy", models["grpo"], library, "doga_noisy",
-                                                 bench, out_dir)
-    domain_bench = make_bench(config, settings, train_calls, test_calls, base, domain=domain, judge_dir=judge_dir)
-    for model_name, model_library in (("grpo", library), ("holdout_grpo", holdout_library)):
-        for prompting in ("static", "doga"):
-            name = f"{model_name}@{domain}/{prompting}"
-            systems[name] = evaluate_system(name, models[model_name], model_library, prompting, domain_bench, out_dir)
-            systems[name]["eval_domain"] = domain
-
-    curves = {"grpo": {name: read_jsonl(os.path.join(work_dir, *path, "metrics.jsonl"))
-                       for name, path in (("grpo", ("grpo",)), ("sft_grpo", ("sft_grpo",)),
-                                          ("grpo_no_bayes", ("grpo_no_bayes",)), ("holdout_grpo", ("holdout", "grpo")))},
-              "pretrain": {"base": read_jsonl(os.path.join(base, "metrics.jsonl")),
-                           "sft": read_jsonl(os.path.join(models["sft"], "metrics.jsonl")),
-                           "holdout base": read_jsonl(os.path.join(holdout_base, "metrics.jsonl"))}}
-    meta = {"plan": plan_path, "plan_contents": plan, "data": data_dir, "work": work_dir, "models": models,
-            **asdict(settings), "turns": len(bench.turns), "holdout_turns": len(domain_bench.turns),
-            "judge": judge_dir, "training_seconds": round(trained_at - started, 1),
-            "wall_seconds": round(time.time() - started, 1)}
-    write_report(out_dir, "AI-Salesman ablations", systems, curves, meta)
-    return systems
-
-
 # ----------------------------------------------------------------------------------------------
 # CLI
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="evaluate one trained run: base vs GRPO, each static and DOGA")
-    run.add_argument("--config", default="configs/tiny.json")
-    run.add_argument("--run", default="runs/default", help="run folder with base/, final/ and scripts/")
-    run.add_argument("--base", default=None, help="base model folder (default: <run>/base)")
-    run.add_argument("--data", default="data", help="folder with train.jsonl and test.jsonl")
-    run.add_argument("--out", default="reports/default")
-    ablations = commands.add_parser("ablations", help="train and evaluate every arm of the paper's ablations")
-    ablations.add_argument("--plan", default="configs/ablations.json")
-    ablations.add_argument("--data", default="data")
-    ablations.add_argument("--default-run", default="runs/default", help="its base/ and scripts/ are reused "
-                                                                          "when they match the plan")
-    ablations.add_argument("--work", default="runs/ablations", help="trained arms (checkpoints) go here")
-    ablations.add_argument("--out", default="reports/ablations")
-    for command in (run, ablations):
-        command.add_argument("--judge", default=None, help="local instruct checkpoint folder grading replies 1-10")
+    parser = argparse.ArgumentParser(description="Evaluate one trained run: base vs GRPO, each static and DOGA.")
+    parser.add_argument("--config", default="configs/tiny.json")
+    parser.add_argument("--run", default="runs/default", help="run folder with base/, final/ and scripts/")
+    parser.add_argument("--base", default=None, help="base model folder (default: <run>/base)")
+    parser.add_argument("--data", default="data", help="folder with train.jsonl and test.jsonl")
+    parser.add_argument("--out", default="reports/default")
+    parser.add_argument("--judge", default=None, help="local instruct checkpoint folder grading replies 1-10")
     for field in EvalSettings.__dataclass_fields__.values():
-        run.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
     args = parser.parse_args(argv)
     try:
-        if args.command == "run":
-            settings = EvalSettings(**{f: getattr(args, f) for f in EvalSettings.__dataclass_fields__})
-            evaluate_run(args.config, args.run, args.data, args.out, settings, args.base, args.judge)
-        else:
-            run_ablations(args.plan, args.data, args.default_run, args.work, args.out, args.judge)
+        settings = EvalSettings(**{f: getattr(args, f) for f in EvalSettings.__dataclass_fields__})
+        evaluate_run(args.config, args.run, args.data, args.out, settings, args.base, args.judge)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}")
 

@@ -1,6 +1,6 @@
 """Evaluation: intervals against hand-computed and table values, each metric on hand-made cases, the
 batched closed loop against plain sequential calls, the judge's unparsable path, and a whole report
-from a tiny smoke-config run built here.
+(report.py) from a tiny smoke-config run built here.
 
 Log-probs run on the kernels' PyTorch engine here (KERNELS_BACKEND=torch): interpreting the Triton kernels
 would make the small training run of the report test several times slower, and tests/test_kernels.py
@@ -204,30 +204,6 @@ def test_judge_retries_then_counts_missing(tmp_path, scorer, monkeypatch):
                 **{k: 0.0 for k in evaluate.REWARD_KEYS}} for s, j in zip(samples, scores)]
     overall = evaluate.aggregate_turns(records)["overall"]
     assert overall["judge"] == 7.0 and overall["judge_missing"] == 1
-
-
-# ----------------------------------------------------------------------------------------------
-# Ablation plan.
-
-def test_ablation_plan_and_arm_configs(tmp_path):
-    plan_path = tmp_path / "plan.json"
-    plan_path.write_text(json.dumps({"base_config": "configs/smoke.json", "holdout_domain": "home_broadband",
-                                     "overrides": {"grpo": {"steps": 3}}, "sft": {"steps": 5},
-                                     "eval": {"turns_per_stage": 2}}))
-    plan = evaluate.load_plan(str(plan_path))
-    no_bayes = evaluate.arm_config(plan, str(tmp_path), "no_bayes", {"reward": {"bayes": 0.0}})
-    sft = evaluate.arm_config(plan, str(tmp_path), "sft", {"pretrain": plan["sft"]})
-    smoke = load_config("configs/smoke.json")
-    assert no_bayes.reward.bayes == 0.0 and no_bayes.grpo.steps == 3
-    assert no_bayes.grpo.num_generations == smoke.grpo.num_generations and no_bayes.model == smoke.model
-    assert sft.pretrain.steps == 5 and sft.reward.bayes == smoke.reward.bayes
-    assert evaluate.EvalSettings(**plan["eval"]).turns_per_stage == 2
-    assert json.load(open(evaluate.load_plan("configs/ablations.json")["base_config"]))   # the shipped plan loads
-
-    plan_path.write_text(json.dumps({"base_config": "configs/smoke.json", "holdout_domain": "x",
-                                     "eval": {"turns_per_stag": 2}}))
-    with pytest.raises(evaluate.ConfigError, match="turns_per_stag"):
-        evaluate.load_plan(str(plan_path))
 
 
 # ----------------------------------------------------------------------------------------------

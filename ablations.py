@@ -1,0 +1,213 @@
+"""The paper's ablations, trained and evaluated: `make ablations` (AI-Salesman, arXiv 2511.12133).
+
+The plan (configs/ablations.json, `load_plan`) names a base config, overrides for every trained arm, the
+SFT stage's pretraining overrides, a domain to hold out and the evaluation settings. The arms:
+
+* base (pretrain.py), SFT (pretrain.py --sft on the base), SFT then GRPO, direct GRPO, and GRPO without
+  the Bayesian reward (reward.bayes = 0), each measured with static and with DOGA prompting;
+* direct GRPO with DOGA whose predicted intents are flipped at 20% (`doga_noisy`);
+* a domain held out of training: base and GRPO trained on the other domains, and both it and the
+  all-domain GRPO model measured on that domain's test calls and products.
+
+Every system is measured by evaluate.evaluate_system on the same turns and customers, under the same
+reward (the common config's weights, the frozen base as the Bayesian reference), and report.py writes
+the report. Each arm is trained once per recipe (`train_once`: config sections, starting model and
+data), so a rerun of `make ablations` resumes arm by arm.
+
+Left out, and why: several seeds per arm and paired significance tests (a CPU budget of about one hour
+for all arms; the report's 95% intervals say how far one run can be trusted).
+
+CLI:
+    python ablations.py --plan configs/ablations.json --data data --default-run runs/default \
+        --work runs/ablations --out reports/ablations [--judge DIR]
+"""
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict
+
+import grpo
+import pretrain
+from config import ConfigError, load_config
+from corpus import load_corpus, split_calls, write_corpus
+from doga import ScriptLibrary
+from evaluate import EvalSettings, evaluate_system, make_bench
+from files import read_jsonl, write_json
+from report import write_report
+
+
+# ----------------------------------------------------------------------------------------------
+# `make ablations`: train every arm of the paper's comparisons, then evaluate them all.
+
+def load_plan(path):
+    """configs/ablations.json: base_config, overrides (config sections for every trained arm), sft
+    (pretrain overrides of the SFT stage), holdout_domain, eval (EvalSettings fields)."""
+    try:
+        with open(path) as handle:
+            plan = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: unreadable ablation plan ({error})") from None
+    known = {"comment", "base_config", "overrides", "sft", "holdout_domain", "eval"}
+    if set(plan) - known:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(set(plan) - known)} (known: {sorted(known)})")
+    for key in ("base_config", "holdout_domain"):
+        if not isinstance(plan.get(key), str):
+            raise ConfigError(f"{path}: '{key}' must be a string")
+    fields = set(EvalSettings.__dataclass_fields__)
+    if set(plan.get("eval", {})) - fields:
+        raise ConfigError(f"{path}: eval.{sorted(set(plan['eval']) - fields)[0]} is not a known key "
+                          f"(known: {sorted(fields)})")
+    return plan
+
+
+def arm_config(plan, work_dir, name, extra=None):
+    """The base config with the plan's overrides and this arm's `extra` sections, written to
+    <work>/configs/<name>.json and validated by config.load_config (which names a bad key)."""
+    with open(plan["base_config"]) as handle:
+        raw = json.load(handle)
+    for overrides in (plan.get("overrides", {}), extra or {}):
+        for section, values in overrides.items():
+            raw[section] = {**raw.get(section, {}), **values}
+    path = os.path.join(work_dir, "configs", f"{name}.json")
+    write_json(path, raw, indent=1)
+    return load_config(path)
+
+
+def train_once(model_dir, recipe, train):
+    """Run train() unless model_dir already holds a model made by the same recipe (a JSON dict of
+    config sections, starting model and data), so that a rerun of make ablations resumes by arm."""
+    stamp = os.path.join(model_dir, "recipe.json")
+    if os.path.exists(stamp) and os.path.exists(os.path.join(model_dir, "config.json")):
+        with open(stamp) as handle:
+            if json.load(handle) == recipe:
+                print(f"{model_dir}: already trained by this recipe, reused")
+                return model_dir
+    train()
+    write_json(stamp, recipe, indent=1)
+    return model_dir
+
+
+def default_base_matches(base_dir, config):
+    """runs/default/base is reused when it was pretrained as this config says: the same architecture and a
+    pretraining log of the same number of steps (its data is the same DATA folder, as the Makefile passes)."""
+    try:
+        with open(os.path.join(base_dir, "config.json")) as handle:
+            saved = json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (all(saved.get(key) == value for key, value in config.model.items())
+            and len(read_jsonl(os.path.join(base_dir, "metrics.jsonl"))) == config.pretrain.steps)
+
+
+def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir=None):
+    started = time.time()
+    plan = load_plan(plan_path)
+    settings = EvalSettings(**plan.get("eval", {}))
+    config = arm_config(plan, work_dir, "common")
+    sft_config = arm_config(plan, work_dir, "sft", {"pretrain": plan.get("sft", {})})
+    no_bayes_config = arm_config(plan, work_dir, "grpo_no_bayes", {"reward": {"bayes": 0.0}})
+    train_file = os.path.join(data_dir, "train.jsonl")
+    train_calls = load_corpus(train_file)
+    test_calls = load_corpus(os.path.join(data_dir, "test.jsonl"))
+    data_id = {"train": os.path.abspath(train_file), "bytes": os.path.getsize(train_file)}
+
+    def recipe(cfg, init, *sections, data=data_id):
+        return {"init": init, "data": data, **{s: asdict(getattr(cfg, s)) if s != "model" else cfg.model
+                                                for s in sections}}
+
+    # The held-out domain: its calls leave the training split (split_calls puts them all in "test").
+    domain = plan["holdout_domain"]
+    holdout_data = os.path.join(work_dir, "holdout", "data")
+    holdout_train, _ = split_calls(train_calls, test_fraction=0.0, holdout_domain=domain)
+    write_corpus(os.path.join(holdout_data, "train.jsonl"), holdout_train)
+    write_corpus(os.path.join(holdout_data, "test.jsonl"), [c for c in test_calls if c["domain"] == domain])
+    holdout_id = {"train": os.path.abspath(holdout_data), "calls": len(holdout_train), "without": domain}
+
+    # Script libraries (DOGA) from the training calls each model saw.
+    library_dir = os.path.join(default_run, "scripts")
+    if not os.path.isdir(library_dir):
+        library_dir = os.path.join(work_dir, "scripts")
+        ScriptLibrary.build(train_calls).save(library_dir)
+    holdout_library_dir = os.path.join(work_dir, "holdout", "scripts")
+    ScriptLibrary.build(holdout_train).save(holdout_library_dir)
+
+    # Models. Every trained arm's checkpoints live under work_dir (gitignored runs/).
+    pretrain_sections = ("tokenizer", "model", "pretrain")
+    if default_base_matches(os.path.join(default_run, "base"), config):
+        base = os.path.join(default_run, "base")
+        print(f"base: reusing {base}")
+    else:
+        base = os.path.join(work_dir, "base")
+        train_once(base, recipe(config, None, *pretrain_sections),
+                   lambda: pretrain.train(config, data_dir, base))
+    models = {"base": base}
+    models["sft"] = train_once(os.path.join(work_dir, "sft"), recipe(sft_config, base, "pretrain"),
+                               lambda: pretrain.train(sft_config, data_dir, os.path.join(work_dir, "sft"),
+                                                      sft=True, init=base))
+    for name, cfg, init in (("grpo", config, base), ("sft_grpo", config, models["sft"]),
+                            ("grpo_no_bayes", no_bayes_config, base)):
+        out = os.path.join(work_dir, name)
+        models[name] = train_once(os.path.join(out, "final"), recipe(cfg, init, "grpo", "reward"),
+                                  lambda cfg=cfg, init=init, out=out: grpo.train(cfg, init, data_dir, out))
+    holdout_base = os.path.join(work_dir, "holdout", "base")
+    train_once(holdout_base, recipe(config, None, *pretrain_sections, data=holdout_id),
+               lambda: pretrain.train(config, holdout_data, holdout_base))
+    holdout_out = os.path.join(work_dir, "holdout", "grpo")
+    models["holdout_grpo"] = train_once(os.path.join(holdout_out, "final"),
+                                        recipe(config, holdout_base, "grpo", "reward", data=holdout_id),
+                                        lambda: grpo.train(config, holdout_base, holdout_data, holdout_out))
+    trained_at = time.time()
+
+    # Evaluation: every system under the same reward (the common config's weights, bayes included).
+    library, holdout_library = ScriptLibrary.load(library_dir), ScriptLibrary.load(holdout_library_dir)
+    bench = make_bench(config, settings, train_calls, test_calls, base, judge_dir=judge_dir)
+    systems = {}
+    for model_name in ("base", "sft", "sft_grpo", "grpo", "grpo_no_bayes"):
+        for prompting in ("static", "doga"):
+            name = f"{model_name}/{prompting}"
+            systems[name] = evaluate_system(name, models[model_name], library, prompting, bench, out_dir)
+    systems["grpo/doga_noisy"] = evaluate_system("grpo/doga_noisy", models["grpo"], library, "doga_noisy",
+                                                 bench, out_dir)
+    domain_bench = make_bench(config, settings, train_calls, test_calls, base, domain=domain, judge_dir=judge_dir)
+    for model_name, model_library in (("grpo", library), ("holdout_grpo", holdout_library)):
+        for prompting in ("static", "doga"):
+            name = f"{model_name}@{domain}/{prompting}"
+            systems[name] = evaluate_system(name, models[model_name], model_library, prompting, domain_bench, out_dir)
+            systems[name]["eval_domain"] = domain
+
+    curves = {"grpo": {name: read_jsonl(os.path.join(work_dir, *path, "metrics.jsonl"))
+                       for name, path in (("grpo", ("grpo",)), ("sft_grpo", ("sft_grpo",)),
+                                          ("grpo_no_bayes", ("grpo_no_bayes",)), ("holdout_grpo", ("holdout", "grpo")))},
+              "pretrain": {"base": read_jsonl(os.path.join(base, "metrics.jsonl")),
+                           "sft": read_jsonl(os.path.join(models["sft"], "metrics.jsonl")),
+                           "holdout base": read_jsonl(os.path.join(holdout_base, "metrics.jsonl"))}}
+    meta = {"plan": plan_path, "plan_contents": plan, "data": data_dir, "work": work_dir, "models": models,
+            **asdict(settings), "turns": len(bench.turns), "holdout_turns": len(domain_bench.turns),
+            "judge": judge_dir, "training_seconds": round(trained_at - started, 1),
+            "wall_seconds": round(time.time() - started, 1)}
+    write_report(out_dir, "AI-Salesman ablations", systems, curves, meta)
+    return systems
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Train and evaluate every arm of the paper's ablations.")
+    parser.add_argument("--plan", default="configs/ablations.json")
+    parser.add_argument("--data", default="data")
+    parser.add_argument("--default-run", default="runs/default", help="its base/ and scripts/ are reused "
+                                                                      "when they match the plan")
+    parser.add_argument("--work", default="runs/ablations", help="trained arms (checkpoints) go here")
+    parser.add_argument("--out", default="reports/ablations")
+    parser.add_argument("--judge", default=None, help="local instruct checkpoint folder grading replies 1-10")
+    args = parser.parse_args(argv)
+    try:
+        run_ablations(args.plan, args.data, args.default_run, args.work, args.out, args.judge)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

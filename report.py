@@ -1,0 +1,191 @@
+"""The evaluation report of AI-Salesman (arXiv 2511.12133): the paper's claims beside what we measured.
+
+evaluate.py (`make eval`) and ablations.py (`make ablations`) measure systems; this module writes what
+they measured to <out>/:
+
+* report.md: the capability score (intent appropriateness) and the mean total reward per capability,
+  the judge's scores when one ran, the turn-level terms, the closed loop with its 95% intervals, the
+  paper's claims beside what we measured, the plot, and the provenance of the run;
+* report.json: {"systems": {"<model>/<prompting>": {"capabilities", "overall", "closed_loop", ...}},
+  "claims": [...], "meta": {...}}, the numbers behind every table;
+* training_and_capabilities.png: GRPO reward and pretraining loss per step, capability score per system.
+
+The claims (`paper_claims`): each comparison the paper reports, stated qualitatively (no number is
+copied), with its direction; the verdict is the sign of the capability-score difference against that
+direction, "within noise" when the two 95% intervals overlap.
+
+Left out on purpose: significance tests between systems (one seed per arm; the intervals say how far a
+run can be trusted) and interactive plots (a PNG reads anywhere). matplotlib, a dependency of the
+evaluation only, is imported where the plot is drawn.
+"""
+
+import io
+import json
+import os
+
+import numpy as np
+
+from files import write_bytes, write_json, write_text
+from sales import STAGES
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's claims, and what we measured for each.
+
+def paper_claims(systems):
+    """(claim, the system it is about, the system it is compared with, the direction the paper reports):
+    "higher": the first should score higher; "close": the first should not fall clearly below the second."""
+    models = sorted({name.split("/")[0] for name in systems})
+    claims = [("DOGA beats static prompting", f"{m}/doga", f"{m}/static", "higher") for m in models]
+    claims += [("GRPO improves on the base model (implied by the paper's main result)", "grpo/doga", "base/doga",
+                "higher"),
+               ("Direct GRPO beats SFT then GRPO", "grpo/doga", "sft_grpo/doga", "higher"),
+               ("Direct GRPO beats SFT alone (implied by the paper's main result)", "grpo/doga", "sft/doga", "higher"),
+               ("Removing the Bayesian reward hurts", "grpo/doga", "grpo_no_bayes/doga", "higher"),
+               ("Intent-label noise degrades DOGA", "grpo/doga", "grpo/doga_noisy", "higher")]
+    claims += [("Transfers to a domain held out of training", name, name.replace("holdout_grpo", "grpo"), "close")
+               for name in systems if name.startswith("holdout_grpo")]
+    return claims
+
+
+def judge_claim(first, second, direction):
+    """Measured difference of the capability score (intent appropriateness) and of conversion, and a
+    verdict: the sign against the paper's direction, 'within noise' when the 95% intervals overlap."""
+    a, b = first["overall"]["intent_appropriateness"], second["overall"]["intent_appropriateness"]
+    ca, cb = first["closed_loop"]["conversion"], second["closed_loop"]["conversion"]
+    difference = a["value"] - b["value"]
+    overlap = a["low"] <= b["high"] and b["low"] <= a["high"]
+    if direction == "close":
+        verdict = "agrees" if overlap or difference >= 0 else "disagrees"
+    elif difference == 0:
+        verdict = "no difference"
+    elif difference > 0:
+        verdict = "agrees in direction, within noise" if overlap else "agrees"
+    else:
+        verdict = "disagrees in direction, within noise" if overlap else "disagrees"
+    measured = (f"capability {a['value']:.0%} vs {b['value']:.0%} ({difference:+.0%}); total reward "
+                f"{first['overall']['total']:.3f} vs {second['overall']['total']:.3f}; conversion "
+                f"{ca['value']:.0%} vs {cb['value']:.0%}")
+    return measured, verdict
+
+
+def claims_table(systems):
+    rows = []
+    for claim, first, second, direction in paper_claims(systems):
+        if first in systems and second in systems:
+            measured, verdict = judge_claim(systems[first], systems[second], direction)
+        else:
+            measured, verdict = "not run here (make ablations runs it)", "not measured"
+        rows.append({"claim": claim, "systems": f"{first} vs {second}", "measured": measured, "verdict": verdict})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# The report: markdown, JSON and a plot.
+
+def plot(path, curves, systems):
+    """Three panels: GRPO reward per step, pretraining/SFT loss per step, capability score per system."""
+    import matplotlib  # an evaluation dependency only (requirements-test.txt), so imported here
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (rewards, losses, scores) = plt.subplots(1, 3, figsize=(18, 5))
+    for label, rows in curves.get("grpo", {}).items():
+        rewards.plot([r["step"] for r in rows], [r["reward_mean"] for r in rows], label=label)
+    rewards.set(title="GRPO: mean reward per step (each run's own weights)", xlabel="step", ylabel="reward")
+    for label, rows in curves.get("pretrain", {}).items():
+        losses.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label)
+    losses.set(title="Pretraining / SFT loss", xlabel="step", ylabel="cross-entropy")
+    columns = list(STAGES) + ["overall"]
+    width = 0.8 / max(1, len(systems))
+    for k, (name, result) in enumerate(systems.items()):
+        values = [result["capabilities"][s].get("intent_appropriateness", {}).get("value") or 0.0 for s in STAGES]
+        values.append(result["overall"]["intent_appropriateness"]["value"])
+        scores.bar(np.arange(len(columns)) + k * width, values, width, label=name)
+    scores.set_xticks(np.arange(len(columns)) + 0.4 - width / 2, [c.replace("_", "\n") for c in columns], fontsize=7)
+    scores.set(title="Capability score (intent appropriateness)", ylim=(0, 1))
+    for axes in (rewards, losses, scores):
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize=7)
+    figure.tight_layout()
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
+    plt.close(figure)
+    write_bytes(path, image.getvalue())
+
+
+def _percent(entry):
+    return "-" if not entry or entry.get("value") is None else f"{entry['value']:.0%}"
+
+
+def _interval(entry, fmt):
+    if entry.get("value") is None:
+        return "-"
+    if entry.get("low") is None:
+        return format(entry["value"], fmt)
+    return f"{format(entry['value'], fmt)} [{format(entry['low'], fmt)}, {format(entry['high'], fmt)}]"
+
+
+def capability_table(systems, cell):
+    header = ["system"] + list(STAGES) + ["overall", "conversion"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, result in systems.items():
+        cells = [cell(result["capabilities"][s]) for s in STAGES] + [cell(result["overall"])]
+        cells.append(_percent(result["closed_loop"]["conversion"]))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(out_dir, title, systems, curves, meta):
+    """reports/<run>/report.md, report.json and training_and_capabilities.png."""
+    claims = claims_table(systems)
+    write_json(os.path.join(out_dir, "report.json"), {"systems": systems, "claims": claims, "meta": meta}, indent=1)
+    plot(os.path.join(out_dir, "training_and_capabilities.png"), curves, systems)
+
+    def mean(key, fmt=".3f"):
+        return lambda summary: "-" if summary.get("n", 0) == 0 else format(summary[key], fmt)
+
+    some = next(iter(systems.values()))
+    lines = [f"# {title}", "",
+             f"{meta['turns']} held-out turns ({meta['turns_per_stage']} per capability at most, good reference "
+             f"turns only); closed loop: {meta['calls_per_product']} calls per product ({some['closed_loop']['calls']} "
+             f"per system on all domains). Greedy decoding; one seed ({meta['seed']}). "
+             "Bayesian reward terms are under the frozen base model for every system.", "",
+             "## Capability score: intent appropriateness",
+             "Share of held-out turns where the reply does what the reference salesperson did "
+             "(sales.classify_sales_intent of the reply = the reference intent). Conversion: closed loop.", ""]
+    lines += capability_table(systems, lambda s: _percent(s.get("intent_appropriateness")))
+    lines += ["", "## Mean total reward (the training reward's weights)", ""]
+    lines += capability_table(systems, mean("total"))
+    if any("judge" in result["overall"] for result in systems.values()):
+        lines += ["", "## Judge score (1-10, missing = unparsable after retries)", ""]
+        lines += capability_table(systems, lambda s: "-" if "judge_missing" not in s else
+                                  f"{'-' if s['judge'] is None else format(s['judge'], '.1f')} "
+                                  f"({s['judge_missing']} missing)")
+    lines += ["", "## Turn level, overall", "",
+              "| system | intent appropriateness | total reward | format | similarity | faithfulness | bayes "
+              "(prior + likelihood) | words (reference) | truncated |", "|" + "---|" * 9]
+    for name, result in systems.items():
+        o = result["overall"]
+        lines.append(f"| {name} | {_interval(o['intent_appropriateness'], '.2f')} | {_interval(o['total_reward'], '.3f')} "
+                     f"| {o['format']:.2f} | {o['similarity']:.3f} | {o['faithfulness']:.3f} | {o['bayes']:.2f} "
+                     f"({o['bayes_prior']:.2f} + {o['bayes_likelihood']:.2f}) | {o['reply_words']:.1f} ({o['reference_words']:.1f}) | "
+                     f"{o['truncated']:.0%} |")
+    lines += ["", "## Closed loop against simulated customers",
+              "Rates with Wilson 95% intervals; per-call means with Student-t 95% intervals.", "",
+              "| system | calls | conversion | hang-up | turns per call | faithfulness violations per call | "
+              "off-stage turns per call |", "|" + "---|" * 7]
+    for name, result in systems.items():
+        c = result["closed_loop"]
+        lines.append(f"| {name} | {c['calls']} | {_interval(c['conversion'], '.2f')} | {_interval(c['hang_up'], '.2f')} "
+                     f"| {_interval(c['turns'], '.1f')} | {_interval(c['violations_per_call'], '.2f')} | "
+                     f"{_interval(c['off_stage_per_call'], '.2f')} |")
+    lines += ["", "## The paper's claims beside what we measured",
+              "The paper's findings are stated qualitatively (no numbers copied). Verdict: the sign of the "
+              "capability-score difference against the paper's direction; 'within noise' when the two 95% "
+              "intervals overlap.", "", "| claim (paper) | systems | measured | verdict |", "|---|---|---|---|"]
+    lines += [f"| {c['claim']} | {c['systems']} | {c['measured']} | {c['verdict']} |" for c in claims]
+    lines += ["", "## Training curves and capability scores", "", "![training curves and capability scores]"
+              "(training_and_capabilities.png)", "", "## Provenance", "", "```", json.dumps(meta, indent=1), "```", ""]
+    write_text(os.path.join(out_dir, "report.md"), "\n".join(lines))
+    print(f"\nwrote {out_dir}/report.md, report.json, training_and_capabilities.png")

@@ -1,0 +1,30 @@
+"""ablations.py: the plan is validated (a misspelt key is named) and every arm's config is the base config
+with the plan's overrides. The arms themselves train with the code tests/test_grpo_train.py and
+tests/test_evaluate.py cover."""
+import json
+
+import pytest
+
+import ablations
+from config import ConfigError, load_config
+
+
+def test_ablation_plan_and_arm_configs(tmp_path):
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps({"base_config": "configs/smoke.json", "holdout_domain": "home_broadband",
+                                     "overrides": {"grpo": {"steps": 3}}, "sft": {"steps": 5},
+                                     "eval": {"turns_per_stage": 2}}))
+    plan = ablations.load_plan(str(plan_path))
+    no_bayes = ablations.arm_config(plan, str(tmp_path), "no_bayes", {"reward": {"bayes": 0.0}})
+    sft = ablations.arm_config(plan, str(tmp_path), "sft", {"pretrain": plan["sft"]})
+    smoke = load_config("configs/smoke.json")
+    assert no_bayes.reward.bayes == 0.0 and no_bayes.grpo.steps == 3
+    assert no_bayes.grpo.num_generations == smoke.grpo.num_generations and no_bayes.model == smoke.model
+    assert sft.pretrain.steps == 5 and sft.reward.bayes == smoke.reward.bayes
+    assert ablations.EvalSettings(**plan["eval"]).turns_per_stage == 2
+    assert json.load(open(ablations.load_plan("configs/ablations.json")["base_config"]))   # the shipped plan loads
+
+    plan_path.write_text(json.dumps({"base_config": "configs/smoke.json", "holdout_domain": "x",
+                                     "eval": {"turns_per_stag": 2}}))
+    with pytest.raises(ConfigError, match="turns_per_stag"):
+        ablations.load_plan(str(plan_path))
