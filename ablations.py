@@ -33,7 +33,7 @@ import pretrain
 from config import ConfigError, load_config
 from corpus import load_corpus, split_calls, write_corpus
 from doga import ScriptLibrary
-from evaluate import EvalSettings, evaluate_system, make_bench
+from evaluate import EvalSettings, evaluate_system, make_eval_setup
 from files import read_jsonl, write_json
 from report import write_report
 
@@ -162,19 +162,19 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
 
     # Evaluation: every system under the same reward (the common config's weights, bayes included).
     library, holdout_library = ScriptLibrary.load(library_dir), ScriptLibrary.load(holdout_library_dir)
-    bench = make_bench(config, settings, train_calls, test_calls, base, judge_dir=judge_dir)
+    setup = make_eval_setup(config, settings, train_calls, test_calls, base, judge_dir=judge_dir)
     systems = {}
     for model_name in ("base", "sft", "sft_grpo", "grpo", "grpo_no_bayes"):
         for prompting in ("static", "doga"):
             name = f"{model_name}/{prompting}"
-            systems[name] = evaluate_system(name, models[model_name], library, prompting, bench, out_dir)
+            systems[name] = evaluate_system(name, models[model_name], library, prompting, setup, out_dir)
     systems["grpo/doga_noisy"] = evaluate_system("grpo/doga_noisy", models["grpo"], library, "doga_noisy",
-                                                 bench, out_dir)
-    domain_bench = make_bench(config, settings, train_calls, test_calls, base, domain=domain, judge_dir=judge_dir)
+                                                 setup, out_dir)
+    domain_setup = make_eval_setup(config, settings, train_calls, test_calls, base, domain=domain, judge_dir=judge_dir)
     for model_name, model_library in (("grpo", library), ("holdout_grpo", holdout_library)):
         for prompting in ("static", "doga"):
             name = f"{model_name}@{domain}/{prompting}"
-            systems[name] = evaluate_system(name, models[model_name], model_library, prompting, domain_bench, out_dir)
+            systems[name] = evaluate_system(name, models[model_name], model_library, prompting, domain_setup, out_dir)
             systems[name]["eval_domain"] = domain
 
     curves = {"grpo": {name: read_jsonl(os.path.join(work_dir, *path, "metrics.jsonl"))
@@ -184,7 +184,7 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
                            "sft": read_jsonl(os.path.join(models["sft"], "metrics.jsonl")),
                            "holdout base": read_jsonl(os.path.join(holdout_base, "metrics.jsonl"))}}
     meta = {"plan": plan_path, "plan_contents": plan, "data": data_dir, "work": work_dir, "models": models,
-            **asdict(settings), "turns": len(bench.turns), "holdout_turns": len(domain_bench.turns),
+            **asdict(settings), "turns": len(setup.turns), "holdout_turns": len(domain_setup.turns),
             "judge": judge_dir, "training_seconds": round(trained_at - started, 1),
             "wall_seconds": round(time.time() - started, 1)}
     write_report(out_dir, "AI-Salesman ablations", systems, curves, meta)

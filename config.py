@@ -49,7 +49,7 @@ class PretrainConfig:
 class RewardConfig:
     """Weights of the composite reward (DESIGN.md, "Rewards"). Defaults and their reasons:
 
-    format 1.0       the answer must be parseable before anything else can be judged;
+    format 1.0       the answer must be parseable before anything else can be scored;
     similarity 1.0   cosine in [0, 1] to the reference reply: the main "say the right thing" signal;
     faithfulness 1.0 share of supported claims in [0, 1]; a forbidden promise scores 0. Equal to
                      similarity because a fluent but false reply is worse than a clumsy true one;
@@ -85,7 +85,7 @@ class GRPOConfig:
     # --- the loop ---
     steps: int = 60
     prompts_per_step: int = 4      # groups per step, over all processes together
-    reference_filter: str = "good"  # good: train on turns the Manager judged on-stage and faithful | all
+    reference_filter: str = "good"  # good: train on turns the Manager labelled on-stage and faithful | all
     save_steps: int = 20           # checkpoint every N steps (0: only the final model)
     log_completion_steps: int = 10  # print a sample completion every N steps
     eval_prompts: int = 32         # held-out prompts for the before/after summary

@@ -4,7 +4,7 @@ Before the model speaks, DOGA decides *what* the call needs next and shows the m
 say it. Offline and per turn:
 
 1. **Script library** (`ScriptLibrary.build`, CLI `build`). From the training calls, keep the salesperson
-   turns the Manager judged on-stage and faithful; replace product and customer values by slots
+   turns the Manager labelled on-stage and faithful; replace product and customer values by slots
    (`{price}`, `{monthly_orders}`, `{product}`: the slot names of `sales.slot_values`, the one place
    values are spoken); merge near-duplicates per intent (cosine of TF-IDF vectors, retrieval.py); keep
    the templates said in converted calls, each with its support (uses in converted calls), its uses in

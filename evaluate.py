@@ -5,7 +5,7 @@ A *system* is a model with a prompting: `static` (doga.StaticAgent, one few-shot
 (doga.DogaAgent, a fresh outline every turn) or `doga_noisy` (DOGA whose intent classifier's predictions
 are flipped to another legal intent at rate `label_noise`, 20%). Every system is measured the same way:
 
-* **Turn level** (`select_turns`, `score_turns`). On held-out test calls, the salesperson turns the Manager judged good
+* **Turn level** (`select_turns`, `score_turns`). On held-out test calls, the salesperson turns the Manager labelled good
   (on-stage and faithful: a deliberate mistake of the noisy corpus is no reference to aim at), the same
   number per capability (the six stages of sales.STAGES, drawn with a seed). The system answers the call
   so far, greedily; the answer is scored with every term of the training reward (reward.CompositeReward,
@@ -404,7 +404,7 @@ class Judge:
 # One system, measured both ways.
 
 @dataclass
-class Bench:
+class EvalSetup:
     """What every system of one evaluation is measured on, built once."""
     config: object             # config.Config: reward weights, prompt and answer lengths
     settings: EvalSettings
@@ -414,7 +414,7 @@ class Bench:
     judge: object = None       # Judge or None
 
 
-def make_bench(config, settings, train_calls, test_calls, base_dir, domain=None, judge_dir=None):
+def make_eval_setup(config, settings, train_calls, test_calls, base_dir, domain=None, judge_dir=None):
     """Turns, products, reward and judge for one evaluation; `domain` restricts turns and products to it.
 
     The similarity embedder is fitted on the good reference replies of the training calls (as GRPO's is);
@@ -432,27 +432,27 @@ def make_bench(config, settings, train_calls, test_calls, base_dir, domain=None,
                          f"test calls{'' if domain is None else ' of domain ' + repr(domain)}")
     products = [p for d, ps in sorted(load_world().products.items()) if domain in (None, d) for p in ps]
     judge = Judge(judge_dir, settings.judge_retries, seed=settings.seed) if judge_dir else None
-    return Bench(config, settings, turns, products, reward_fn, judge)
+    return EvalSetup(config, settings, turns, products, reward_fn, judge)
 
 
-def evaluate_system(name, model_dir, library, prompting, bench, out_dir):
+def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
     """Turn level, judge and closed loop of one system; writes out_dir/systems/<name>/{turns,calls}.jsonl.
     Returns its report.json entry."""
     started = time.time()
-    device = resolve_device(bench.config.grpo.device)
+    device = resolve_device(setup.config.grpo.device)
     model, tokenizer = load_with_tokenizer(model_dir, device=device)
-    agent = make_agent(model.eval(), tokenizer, library, prompting, bench.config, bench.settings)
-    batch_size = bench.settings.batch_size
-    print(f"\n== {name}: {len(bench.turns)} turns, {len(bench.products)} products x "
-          f"{bench.settings.calls_per_product} calls")
+    agent = make_agent(model.eval(), tokenizer, library, prompting, setup.config, setup.settings)
+    batch_size = setup.settings.batch_size
+    print(f"\n== {name}: {len(setup.turns)} turns, {len(setup.products)} products x "
+          f"{setup.settings.calls_per_product} calls")
 
-    views = [call_so_far(call, sample.turn_index) for call, sample in bench.turns]
+    views = [call_so_far(call, sample.turn_index) for call, sample in setup.turns]
     answers = []
     for start in tqdm(range(0, len(views), batch_size), desc=f"{name} turns", unit="batch"):
         answers += agent_answers(agent, views[start:start + batch_size], batch_size)
-    records = score_turns(bench.turns, answers, bench.reward_fn)
-    if bench.judge:
-        scores, attempts = bench.judge.score([s for _, s in bench.turns], [r["reply"] for r in records])
+    records = score_turns(setup.turns, answers, setup.reward_fn)
+    if setup.judge:
+        scores, attempts = setup.judge.score([s for _, s in setup.turns], [r["reply"] for r in records])
         for record, score, tries in zip(records, scores, attempts):
             record["judge"], record["judge_attempts"] = score, tries
 
@@ -460,7 +460,7 @@ def evaluate_system(name, model_dir, library, prompting, bench, out_dir):
         return [(a.thought, a.reply) for a in
                 (split_thought(text) for text, _ in agent_answers(agent, call_views, batch_size))]
 
-    jobs = closed_loop_jobs(bench.products, bench.settings.calls_per_product, bench.settings.seed)
+    jobs = closed_loop_jobs(setup.products, setup.settings.calls_per_product, setup.settings.seed)
     calls = play_calls(speak, jobs, desc=f"{name} calls")
 
     folder = os.path.join(out_dir, "systems", name.replace("/", "__"))
@@ -487,17 +487,17 @@ def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=Non
             raise FileNotFoundError(f"{folder}: missing (run `make train` first)")
     train_calls = load_corpus(os.path.join(data_dir, "train.jsonl"))
     test_calls = load_corpus(os.path.join(data_dir, "test.jsonl"))
-    bench = make_bench(config, settings, train_calls, test_calls, base_dir, judge_dir=judge_dir)
+    setup = make_eval_setup(config, settings, train_calls, test_calls, base_dir, judge_dir=judge_dir)
     library = ScriptLibrary.load(os.path.join(run_dir, "scripts"))
     systems = {}
     for model_name, model_dir in (("base", base_dir), ("grpo", os.path.join(run_dir, "final"))):
         for prompting in promptings:
             systems[f"{model_name}/{prompting}"] = evaluate_system(f"{model_name}/{prompting}", model_dir, library,
-                                                                   prompting, bench, out_dir)
+                                                                   prompting, setup, out_dir)
     curves = {"grpo": {"grpo": read_jsonl(os.path.join(run_dir, "metrics.jsonl"))},
               "pretrain": {"base": read_jsonl(os.path.join(base_dir, "metrics.jsonl"))}}
     meta = {"run": run_dir, "config": config_path, "data": data_dir, **asdict(settings),
-            "turns": len(bench.turns), "judge": judge_dir, "wall_seconds": round(time.time() - started, 1)}
+            "turns": len(setup.turns), "judge": judge_dir, "wall_seconds": round(time.time() - started, 1)}
     write_report(out_dir, f"AI-Salesman evaluation of {run_dir}", systems, curves, meta)
     return systems
 

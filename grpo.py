@@ -60,7 +60,7 @@ from training import learning_rate_at, make_optimizer, resolve_device
 def load_prompt_pool(path, tokenizer, settings):
     """Training samples from a corpus file, with their prompt token ids.
 
-    `reference_filter = "good"` keeps turns the Manager judged on-stage and faithful: the Bayesian
+    `reference_filter = "good"` keeps turns the Manager labelled on-stage and faithful: the Bayesian
     likelihood should reward thoughts that explain *good* replies, not the corpus's deliberate mistakes.
     Prompts longer than max_prompt_length are left out (cutting one would cut its system prompt).
     """
@@ -204,7 +204,7 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, settings, 
 # ----------------------------------------------------------------------------------------------
 # Processes, checkpoints, evaluation.
 
-def world():
+def init_processes():
     """(rank, world_size), starting torch.distributed when torchrun launched us.
 
     On GPUs each process first binds to its own card (LOCAL_RANK), so that NCCL's collectives and
@@ -267,13 +267,13 @@ def held_out_reward(model, reward_fn, tokenizer, samples, prompt_ids, settings):
 
 def train(config, model_dir, data_dir, out_dir, resume=False, audit=False):
     settings = config.grpo
-    rank, world_size = world()
+    rank, world_size = init_processes()
     if settings.prompts_per_step % world_size:
         raise ConfigError(f"{config.source}: grpo.prompts_per_step ({settings.prompts_per_step}) must be "
                           f"divisible by the number of processes ({world_size})")
     device = resolve_device(settings.device)
     if device == "cuda" and world_size > 1:
-        device = f"cuda:{torch.cuda.current_device()}"   # bound to LOCAL_RANK by world()
+        device = f"cuda:{torch.cuda.current_device()}"   # bound to LOCAL_RANK by init_processes()
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[settings.dtype]
     torch.manual_seed(settings.seed)
     main_process = rank == 0

@@ -48,7 +48,7 @@ def paper_claims(systems):
     return claims
 
 
-def judge_claim(first, second, direction):
+def claim_verdict(first, second, direction):
     """Measured difference of the capability score (intent appropriateness) and of conversion, and a
     verdict: the sign against the paper's direction, 'within noise' when the 95% intervals overlap."""
     a, b = first["overall"]["intent_appropriateness"], second["overall"]["intent_appropriateness"]
@@ -73,7 +73,7 @@ def claims_table(systems):
     rows = []
     for claim, first, second, direction in paper_claims(systems):
         if first in systems and second in systems:
-            measured, verdict = judge_claim(systems[first], systems[second], direction)
+            measured, verdict = claim_verdict(systems[first], systems[second], direction)
         else:
             measured, verdict = "not run here (make ablations runs it)", "not measured"
         rows.append({"claim": claim, "systems": f"{first} vs {second}", "measured": measured, "verdict": verdict})

@@ -1,6 +1,6 @@
 """The rules of the sales world: what every part of AI-Salesman (arXiv 2511.12133) agrees a sales call is.
 
-The paper's data engine, reward and inference engine all judge salesperson turns by the same rules; this
+The paper's data engine, reward and inference engine all assess salesperson turns by the same rules; this
 module is the one place those rules live, so that the corpus, the reward of training and DOGA cannot drift
 apart:
 
@@ -17,7 +17,7 @@ apart:
 * the salesperson intent classifier (`classify_sales_intent`): what an utterance does, read from its words.
 
 Left out on purpose: any learned component. The rules are tables and regular expressions over world/, so
-every label can be traced to the line that caused it; simulate.py plays the agents, this module only judges.
+every label can be traced to the line that caused it; simulate.py plays the agents, this module only holds the rules.
 """
 
 import json

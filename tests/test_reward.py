@@ -16,7 +16,7 @@ from tokenizer import ChatTokenizer, format_assistant
 
 
 @pytest.fixture(scope="module")
-def world():
+def tiny():
     calls = [simulate_call(i, seed=3, noise=0.0) for i in range(12)]
     tokenizer = ChatTokenizer.train([render_call_text(c) for c in calls], vocab_size=400)
     torch.manual_seed(0)
@@ -48,8 +48,8 @@ def direct_bayes(model, tokenizer, prompt, thought, reference):
             mean_over([s >= reference_start for s in starts]))
 
 
-def test_bayes_matches_float64_direct_computation(world):
-    _, tokenizer, model, samples, _ = world
+def test_bayes_matches_float64_direct_computation(tiny):
+    _, tokenizer, model, samples, _ = tiny
     chosen = samples[:5]
     thoughts = ["Ask about their orders first.", "Price worries them.", "x", "Close now.", "Explain the steps."]
     prior, likelihood = bayes_terms(model, tokenizer, [tokenizer.encode(s.prompt) for s in chosen], thoughts,
@@ -61,8 +61,8 @@ def test_bayes_matches_float64_direct_computation(world):
         assert likelihood[i].item() == pytest.approx(expected_likelihood, abs=1e-4)
 
 
-def test_terms_and_weighted_total(world):
-    _, tokenizer, model, samples, embedder = world
+def test_terms_and_weighted_total(tiny):
+    _, tokenizer, model, samples, embedder = tiny
     config = RewardConfig(format=1.0, similarity=2.0, faithfulness=0.5, bayes=0.1)
     reward = CompositeReward(config, model, tokenizer, embedder)
     sample = next(s for s in samples if "$" in s.reference)      # a reply that states a price
@@ -97,8 +97,8 @@ def test_terms_and_weighted_total(world):
     torch.testing.assert_close(terms["total"], expected_total)
 
 
-def test_all_malformed_batch_never_calls_the_model(world):
-    _, tokenizer, _, samples, embedder = world
+def test_all_malformed_batch_never_calls_the_model(tiny):
+    _, tokenizer, _, samples, embedder = tiny
     reward = CompositeReward(RewardConfig(), reference_model=None, tokenizer=tokenizer, embedder=embedder)
     terms = reward(samples[:2], [[1, 2], [3]], ["", "<think>a</think>"], [False, False])
     assert terms["total"].tolist() == [pytest.approx(0.1 * 2 * -10.0)] * 2
