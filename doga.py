@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from config import GRPOConfig
 from corpus import CorpusError, load_corpus, system_prompt
 from files import write_json
 from model import generate_completions, load_with_tokenizer
@@ -71,13 +72,7 @@ if set(STAGE_GOALS) != set(STAGES):
 
 
 # ----------------------------------------------------------------------------------------------
-# The finite-state machine of stages: which intents may come next.
-
-def legal_intents(stage):
-    """Intents the next salesperson turn may have in `stage`: their stage follows `stage` in
-    sales.STAGE_TRANSITIONS, and they are not mistakes (generic pitch, pressure close)."""
-    return tuple(intent for intent in GOOD_INTENTS if is_legal_move(intent, stage))
-
+# The stage machine: where a call is now, by the Manager's own rule (sales.stage_move).
 
 def track_call(turns):
     """Replay the call so far through the stage machine. Returns (stage now, intents achieved).
@@ -514,17 +509,17 @@ def as_call_view(call):
 # The agents: DOGA and the static few-shot baseline share everything but the guidance block.
 
 class Agent:
-    """A salesperson around a causal LM: prompt -> model.generate -> `<think>` parsing."""
+    """A salesperson around a causal LM: prompt -> model.generate_completions -> `<think>` parsing. Prompt
+    and answer lengths default to the policy's training lengths (config.GRPOConfig)."""
 
     title = ""
 
-    def __init__(self, model, tokenizer, library, max_prompt_length=768, max_new_tokens=64, temperature=0.0,
-                 top_p=1.0, seed=0):
+    def __init__(self, model, tokenizer, library, max_prompt_length=GRPOConfig.max_prompt_length,
+                 max_new_tokens=GRPOConfig.max_completion_length, temperature=0.0, top_p=1.0, seed=0):
         self.model, self.tokenizer, self.library = model, tokenizer, library
         self.max_prompt_length, self.max_new_tokens = max_prompt_length, max_new_tokens
         self.temperature, self.top_p = temperature, top_p
         self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-        self.last_outline = None
 
     def guidance(self, product, visible, turns):
         """(notes for the system prompt, Outline or None). Subclasses differ only here."""
@@ -547,7 +542,6 @@ class Agent:
                                                  self.tokenizer.pad_id, self.temperature, self.top_p,
                                                  self.generator if self.temperature > 0 else None)
         answer = split_thought(self.tokenizer.decode(completion, skip_special_tokens=True))
-        self.last_outline = outline
         return answer.thought, answer.reply, outline
 
 
@@ -581,15 +575,6 @@ class StaticAgent(Agent):
             if filled:
                 notes.append(f"{stage.replace('_', ' ')}: {filled}")
         return notes, None
-
-
-def salesperson_fn(agent):
-    """Adapt an agent to simulate.run_call: call_so_far -> (thought, reply). The outline of the latest
-    turn stays in agent.last_outline."""
-    def speak(call_so_far):
-        thought, reply, _ = agent.respond(call_so_far)
-        return thought, reply
-    return speak
 
 
 # ----------------------------------------------------------------------------------------------

@@ -154,9 +154,6 @@ class Qwen2Config:
             raise CheckpointError(f"{path}: expected a JSON object")
         return cls.from_hf_dict(hf, source=str(path))
 
-    def save_json(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_hf_dict(), indent=2) + "\n")
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Building blocks

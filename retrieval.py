@@ -222,10 +222,9 @@ class HashedTfidfEmbedder:
 class CosineIndex:
     """Exact top-k cosine search over unit vectors, each row carrying a metadata dict.
 
-    Filters: `where={"intent": "price_objection", "support": lambda s: s >= 2}` keeps the rows whose
-    field equals the value (looked up in an inverted index built on first use) and for which each
-    callable returns True (evaluated only on rows that survive the equality tests). A row that lacks a
-    filtered field never matches. When the surviving rows form one contiguous block (doga.py stores the
+    Filters: `where={"intent": "price_objection", "stage": "objection_handling"}` keeps the rows whose
+    fields equal the values (looked up in an inverted index built on first use; a value that cannot be
+    indexed, such as a list, is compared row by row). A row that lacks a filtered field never matches. When the surviving rows form one contiguous block (doga.py stores the
     library grouped by intent), they are scored through a view, without copying vectors.
     """
 
@@ -279,7 +278,7 @@ class CosineIndex:
                 if field in meta:
                     try:
                         table.setdefault(meta[field], []).append(row)
-                    except TypeError:                # unhashable field value (a list): only callables see it
+                    except TypeError:                # unhashable field value (a list): compared row by row
                         pass
             self._postings[field] = {v: np.array(rows, dtype=np.int64) for v, rows in table.items()}
         return self._postings[field].get(value, np.zeros(0, dtype=np.int64))
@@ -289,9 +288,7 @@ class CosineIndex:
         if not where:
             return None
         rows = None
-        equalities = {f: v for f, v in where.items() if not callable(v)}
-        predicates = {f: v for f, v in where.items() if callable(v)}
-        for field, value in equalities.items():
+        for field, value in where.items():
             try:
                 matches = self._posting(field, value)
             except TypeError:                        # an unhashable value to compare with: scan the rows
@@ -300,11 +297,6 @@ class CosineIndex:
                                     if field in self.metadata[r] and self.metadata[r][field] == value],
                                    dtype=np.int64)
             rows = matches if rows is None else np.intersect1d(rows, matches, assume_unique=True)
-        for field, predicate in predicates.items():
-            candidates = range(len(self.metadata)) if rows is None else rows
-            rows = np.array([r for r in candidates
-                             if field in self.metadata[r] and predicate(self.metadata[r][field])],
-                            dtype=np.int64)
         return rows
 
     # -- search --------------------------------------------------------------------------------

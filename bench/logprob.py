@@ -2,7 +2,7 @@
 
 The GRPO loss and the Bayesian reward of AI-Salesman (arXiv 2511.12133) need log p(target) for every completion
 token. Naive:  logits = hidden @ W.T  ->  log_softmax  ->  gather, which stores N x V floats (V = 151,936).
-Ours:  kernels.fused_linear_logprobs (chunked, never more than chunk_size x V logits) and kernels.token_logprobs.
+Ours:  kernels.fused_linear_logprobs (chunked, never more than chunk_size x V logits).
 Every case runs forward + backward (gradients for hidden and W) with a random upstream gradient.
 
 CPU (the default PyTorch path of kernels/, not the Triton interpreter): each case runs in a fresh subprocess with
@@ -16,15 +16,13 @@ method's fastest wall-clock run (after a small warm-up call in the child) and al
 of the child's threads), which other work on a shared machine disturbs less than wall time.
 
 GPU (when CUDA is available): in-process, torch.cuda.max_memory_allocated above the inputs, CUDA-synchronised
-timings (median of --gpu-repeats after one warm-up), bfloat16 and float32, the fused path at N >= 65,536 rows, and
-token_logprobs alone against log_softmax + gather and against the time to read the logits once at the memory
-bandwidth measured here (a device-to-device copy). A case that runs out of GPU memory is reported as OOM.
+timings (median of --gpu-repeats after one warm-up), bfloat16 and float32, and the fused path at N >= 65,536 rows.
+A case that runs out of GPU memory is reported as OOM.
 
     .venv/bin/python bench/logprob.py                          # CPU, N = 1024, 2048, 4096; GPU too if present
     .venv/bin/python bench/logprob.py --rows 4096 --repeats 2  # one N
     .venv/bin/python bench/logprob.py --device cuda            # GPU tables only
-Targets (issue 3): CPU at N = 4096: fused peak memory <= 1/8 of naive, time <= 1.25x naive. GPU: token_logprobs
->= 2x faster than log_softmax + gather, and within 2x of reading the logits once.
+Targets (issue 3): CPU at N = 4096: fused peak memory <= 1/8 of naive, time <= 1.25x naive.
 """
 import argparse
 import json
@@ -39,7 +37,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from kernels import backend_for, fused_linear_logprobs, token_logprobs  # noqa: E402
+from kernels import backend_for, fused_linear_logprobs  # noqa: E402
 
 HIDDEN_SIZE = 896  # Qwen2.5-0.5B
 VOCAB_SIZE = 151_936
@@ -47,10 +45,6 @@ VOCAB_SIZE = 151_936
 
 def naive_linear_logprobs(hidden, weight, targets):
     logits = hidden @ weight.t()  # [N, V]
-    return torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None])[:, 0]
-
-
-def naive_token_logprobs(logits, targets):
     return torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None])[:, 0]
 
 
@@ -197,35 +191,7 @@ def gpu_linear_table(args):
             naive, ours = measures["naive"], measures["fused"]
             print(f"{str(dtype).removeprefix('torch.'):>8} {rows:>6} | {format_measure(naive)} | {format_measure(ours)}"
                   f" | {ratio(ours, naive, 0):>10} {ratio(ours, naive, 1):>9}", flush=True)
-            del hidden, weight, targets, upstream
-            torch.cuda.empty_cache()
-
-
-def gpu_bandwidth_bytes_per_s():
-    source = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    destination = torch.empty_like(source)
-    seconds, _ = gpu_measure(lambda: destination.copy_(source), 10)
-    return 2 * source.numel() / seconds  # a copy reads and writes every byte
-
-
-def gpu_token_table(args):
-    bandwidth = gpu_bandwidth_bytes_per_s()
-    print(f"\nGPU token_logprobs forward vs log_softmax + gather (float32 math), V = {args.vocab}; measured copy "
-          f"bandwidth {bandwidth / 1e9:.0f} GB/s")
-    print(f"{'dtype':>8} {'N':>6} | {'naive':>9} {'peak':>9} | {'ours':>9} {'peak':>9} | {'read once':>9} | "
-          f"speed-up  ours/read-once")
-    for dtype in (torch.bfloat16, torch.float32):
-        for rows in (max(args.rows), args.gpu_big_rows):
-            logits = torch.empty(rows, args.vocab, dtype=dtype, device="cuda").normal_(0, 3)
-            targets = torch.randint(0, args.vocab, (rows,), device="cuda")
-            naive = gpu_measure(lambda: naive_token_logprobs(logits, targets), args.gpu_repeats)
-            ours = gpu_measure(lambda: token_logprobs(logits, targets), args.gpu_repeats)
-            read_once = logits.numel() * logits.element_size() / bandwidth
-            speed_up = f"{naive[0] / ours[0]:>7.2f}x" if naive and ours else f"{'-':>8}"
-            versus_read = f"{ours[0] / read_once:>6.2f}x" if ours else "-"
-            print(f"{str(dtype).removeprefix('torch.'):>8} {rows:>6} | {format_measure(naive)} | "
-                  f"{format_measure(ours)} | {read_once * 1e3:>7.2f}ms | {speed_up}  {versus_read}", flush=True)
-            del logits, targets
+            hidden = weight = targets = upstream = None  # free this case's inputs before the next one
             torch.cuda.empty_cache()
 
 
@@ -261,7 +227,6 @@ def main():
         if not torch.cuda.is_available():
             raise SystemExit("bench/logprob.py: --device cuda but CUDA is not available")
         gpu_linear_table(args)
-        gpu_token_table(args)
 
 
 if __name__ == "__main__":

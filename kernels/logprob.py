@@ -1,24 +1,25 @@
-"""Per-token log-probabilities without an N x V log-softmax: the two functions the rest of AI-Salesman calls.
+"""Per-token log-probabilities without an N x V log-softmax: the function the rest of AI-Salesman calls.
 
 In AI-Salesman (arXiv 2511.12133) every learning signal is a sum of per-token log-probabilities:
 the GRPO ratio rho = exp(log pi(y_t) - log pi_old(y_t)), the k3 KL to the reference model, and the Bayesian
 reasoning reward R_bayes = log P(Th | c) + log P(A* | c, Th). This module computes them.
 
-  token_logprobs(logits [N, V], targets [N])                 log p(target) from logits you already have.
   fused_linear_logprobs(hidden [N, H], weight [V, H], targets) log p(target) under hidden @ weight.T, computed
       chunk_size rows at a time, so at most chunk_size x V logits exist at once, in the forward and the backward.
       The forward keeps only hidden, weight, targets and each row's float32 log-sum-exp (as m and log s, see
       kernels/triton_logprob.py); the backward recomputes each chunk's logits, turns them into
       dlogits = g * (onehot - softmax) / temperature in place, and accumulates grad_hidden and grad_weight.
+      On request it also returns each row's entropy (GRPO logs the policy's, to see it collapse).
 
-Both are torch.autograd.Functions returning float32 [N]; a target equal to ignore_index gives 0 and no gradient.
+It is a torch.autograd.Function returning float32 [N]; a target equal to ignore_index gives 0 and no gradient.
 Which engine does the per-row math (see backend_for):
   'triton' the kernels of kernels/triton_logprob.py: compiled for CUDA tensors, or interpreted on CPU tensors
            when TRITON_INTERPRET=1 was set before triton was imported (how the tests run them);
   'torch'  the identical math of kernels/torch_logprob.py: CPU tensors otherwise, or when forced with
            backend='torch' or the environment variable KERNELS_BACKEND=torch; also wherever triton is not installed.
 Left out: a matmul fused into the kernel (torch's matmul is already fast; the saving is in never storing logits),
-and gradients of the entropy (it is returned for logging only).
+gradients of the entropy (it is returned for logging only), and a log-prob function for logits one already has
+(every caller here has hidden states, and the fused path never stores the logits).
 """
 import os
 
@@ -68,10 +69,11 @@ def default_chunk_rows(vocab_size: int, dtype: torch.dtype, device: torch.device
 # One engine interface over both backends: the forward and backward of a block of rows.
 
 
-def rows_forward(engine, logits, targets, temperature, ignore_index, with_entropy, may_overwrite):
-    """(logprobs, row_max, log_sum, entropy or None), float32 [C], for logits [C, V] (unit stride along V)."""
+def rows_forward(engine, logits, targets, temperature, ignore_index, with_entropy):
+    """(logprobs, row_max, log_sum, entropy or None), float32 [C], for logits [C, V] (unit stride along V), a
+    chunk buffer the caller owns: the torch engine overwrites it."""
     if engine == "torch":
-        return torch_logprob.forward_rows(logits, targets, temperature, ignore_index, with_entropy, may_overwrite)
+        return torch_logprob.forward_rows(logits, targets, temperature, ignore_index, with_entropy)
     rows = logits.shape[0]
     logprobs, row_max, log_sum = (torch.empty(rows, dtype=torch.float32, device=logits.device) for _ in range(3))
     entropy = torch.empty_like(logprobs) if with_entropy else None
@@ -80,16 +82,16 @@ def rows_forward(engine, logits, targets, temperature, ignore_index, with_entrop
     return logprobs, row_max, log_sum, entropy
 
 
-def rows_grad_logits(engine, logits, targets, row_max, log_sum, grad_logprobs, temperature, ignore_index, out):
-    """dlogits [C, V] in logits' dtype, written into `out` (which may be logits itself, when the caller owns it)."""
+def rows_grad_logits(engine, logits, targets, row_max, log_sum, grad_logprobs, temperature, ignore_index):
+    """dlogits [C, V] in logits' dtype, written over logits (a chunk buffer the caller owns)."""
     if engine == "torch":
         grad = torch_logprob.grad_logits_rows(logits, targets, row_max, log_sum, grad_logprobs, temperature,
-                                              ignore_index, may_overwrite=out is logits)
-        return grad if grad.data_ptr() == out.data_ptr() else out.copy_(grad)
+                                              ignore_index)
+        return grad if grad.data_ptr() == logits.data_ptr() else logits.copy_(grad)
     if logits.shape[0] > 0:
         triton_logprob.launch_backward(logits, targets, row_max, log_sum, grad_logprobs, temperature, ignore_index,
-                                       out)
-    return out
+                                       logits)
+    return logits
 
 
 def concatenate_rows(chunk_results):
@@ -105,53 +107,6 @@ def row_chunks(rows: int, chunk_rows: int):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# token_logprobs
-
-
-class TokenLogprobs(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, targets, temperature, ignore_index, with_entropy, engine, chunk_rows):
-        logprobs, row_max, log_sum, entropy = concatenate_rows(
-            rows_forward(engine, logits[start:end], targets[start:end], temperature, ignore_index, with_entropy,
-                         may_overwrite=False)
-            for start, end in row_chunks(logits.shape[0], chunk_rows)
-        )  # [N] float32 each
-        ctx.save_for_backward(logits, targets, row_max, log_sum)
-        ctx.settings = (temperature, ignore_index, engine, chunk_rows)
-        if not with_entropy:
-            return logprobs
-        ctx.mark_non_differentiable(entropy)
-        return logprobs, entropy
-
-    @staticmethod
-    def backward(ctx, grad_logprobs, *unused_grad_entropy):
-        logits, targets, row_max, log_sum = ctx.saved_tensors
-        temperature, ignore_index, engine, chunk_rows = ctx.settings
-        grad_logprobs = grad_logprobs.to(torch.float32).contiguous()  # autograd may hand over an expanded view
-        grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)  # [N, V]
-        for start, end in row_chunks(logits.shape[0], chunk_rows):
-            rows_grad_logits(engine, logits[start:end], targets[start:end], row_max[start:end], log_sum[start:end],
-                             grad_logprobs[start:end], temperature, ignore_index, out=grad_logits[start:end])
-        return grad_logits, None, None, None, None, None, None
-
-
-def token_logprobs(logits, targets, temperature=1.0, ignore_index=-100, return_entropy=False, backend=None):
-    """log softmax(logits / temperature)[target] per row: float32 [N] (and entropy [N] if return_entropy).
-
-    logits [N, V] float (any strides), targets [N] integer in [0, V) or ignore_index. Differentiable in logits.
-    """
-    check_targets("token_logprobs", "logits", logits, targets, ignore_index, vocab_size=logits.shape[-1])
-    check_temperature("token_logprobs", temperature)
-    if logits.stride(1) != 1:  # the kernels walk the vocabulary with unit stride
-        logits = logits.contiguous()
-    engine = backend_for(logits, backend)
-    # The Triton kernel streams each row, so it takes all rows at once; the torch path bounds its temporaries.
-    chunk_rows = max(1, logits.shape[0]) if engine == "triton" else CPU_CHUNK_ROWS
-    return TokenLogprobs.apply(logits, targets.long().contiguous(), float(temperature), ignore_index,
-                               return_entropy, engine, chunk_rows)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # fused_linear_logprobs
 
 
@@ -163,8 +118,7 @@ class FusedLinearLogprobs(torch.autograd.Function):
 
         def chunk_forward(start, end):
             logits = torch.mm(hidden[start:end], weight.t(), out=logits_buffer[: end - start])  # [C, V]
-            return rows_forward(engine, logits, targets[start:end], temperature, ignore_index, with_entropy,
-                                may_overwrite=True)
+            return rows_forward(engine, logits, targets[start:end], temperature, ignore_index, with_entropy)
 
         logprobs, row_max, log_sum, entropy = concatenate_rows(
             chunk_forward(start, end) for start, end in row_chunks(rows, chunk_rows)
@@ -191,8 +145,7 @@ class FusedLinearLogprobs(torch.autograd.Function):
             hidden_chunk = hidden[start:end]  # [C, H]
             logits = torch.mm(hidden_chunk, weight.t(), out=logits_buffer[: end - start])  # [C, V], recomputed
             grad_logits = rows_grad_logits(engine, logits, targets[start:end], row_max[start:end],
-                                           log_sum[start:end], grad_logprobs[start:end], temperature, ignore_index,
-                                           out=logits)
+                                           log_sum[start:end], grad_logprobs[start:end], temperature, ignore_index)
             if wants_hidden:
                 torch.mm(grad_logits, weight, out=grad_hidden[start:end])  # [C, H]
             if wants_weight:
@@ -219,7 +172,7 @@ def fused_linear_logprobs(hidden, weight, targets, temperature=1.0, chunk_size=N
     if hidden.dtype != weight.dtype or hidden.device != weight.device:
         raise ValueError(f"kernels.{name}: hidden ({hidden.dtype}, {hidden.device}) and weight ({weight.dtype}, "
                          f"{weight.device}) must share dtype and device")
-    check_targets(name, "hidden", hidden, targets, ignore_index, vocab_size=weight.shape[0])
+    check_targets(name, hidden, targets, ignore_index, vocab_size=weight.shape[0])
     check_temperature(name, temperature)
     if chunk_size is None:
         chunk_size = default_chunk_rows(weight.shape[0], weight.dtype, weight.device)
@@ -240,21 +193,16 @@ def describe(value) -> str:
     return type(value).__name__
 
 
-def check_targets(name, rows_field, rows_tensor, targets, ignore_index, vocab_size):
-    if rows_field == "logits" and (not isinstance(rows_tensor, torch.Tensor) or rows_tensor.dim() != 2
-                                   or not rows_tensor.is_floating_point()):
-        raise ValueError(f"kernels.{name}: logits must be a 2-D [N, V] floating-point tensor, got "
-                         f"{describe(rows_tensor)}")
+def check_targets(name, hidden, targets, ignore_index, vocab_size):
     if vocab_size < 1:
         raise ValueError(f"kernels.{name}: the vocabulary is empty (V = 0)")
     if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or targets.is_floating_point() \
             or targets.is_complex() or targets.dtype == torch.bool:
         raise ValueError(f"kernels.{name}: targets must be a 1-D integer tensor, got {describe(targets)}")
-    if targets.shape[0] != rows_tensor.shape[0]:
-        raise ValueError(f"kernels.{name}: {rows_field} has N = {rows_tensor.shape[0]} rows but targets has "
-                         f"{targets.shape[0]}")
-    if targets.device != rows_tensor.device:
-        raise ValueError(f"kernels.{name}: targets is on {targets.device} but {rows_field} on {rows_tensor.device}")
+    if targets.shape[0] != hidden.shape[0]:
+        raise ValueError(f"kernels.{name}: hidden has N = {hidden.shape[0]} rows but targets has {targets.shape[0]}")
+    if targets.device != hidden.device:
+        raise ValueError(f"kernels.{name}: targets is on {targets.device} but hidden on {hidden.device}")
     out_of_range = ((targets < 0) | (targets >= vocab_size)) & (targets != ignore_index)
     if out_of_range.any():
         row = int(out_of_range.nonzero()[0, 0])

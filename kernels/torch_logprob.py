@@ -10,23 +10,23 @@ two Triton kernels do for one row at a time, with the same per-row statistics (m
   backward  dlogits = g * (onehot - exp((z - m) - log s)) / temperature, from the saved m and log s.
 
 The caller (kernels/logprob.py) keeps chunks small, so every float32 temporary here is chunk-sized, and the work
-is done in place on one chunk buffer: `may_overwrite=True` says the caller owns `logits` (the fused path
-recomputes it per chunk); otherwise the chunk is copied once first.
+is done in place on the caller's chunk buffer of logits (the fused path recomputes it per chunk); logits of
+another dtype are copied to float32 once first.
 Left out: a row-at-a-time streaming loop like the kernel's; on a CPU whole-chunk vector ops are faster.
 """
 import torch
 
 
-def scaled_logits(logits: torch.Tensor, temperature: float, may_overwrite: bool) -> torch.Tensor:
-    """z = logits / temperature as a float32 [C, V] buffer the caller may modify (logits' own, when allowed)."""
-    if may_overwrite and logits.dtype == torch.float32:
+def scaled_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """z = logits / temperature as a float32 [C, V] buffer: logits' own when they are float32, else a copy."""
+    if logits.dtype == torch.float32:
         return logits.div_(temperature) if temperature != 1.0 else logits
     return logits.to(torch.float32, copy=True).div_(temperature)
 
 
-def forward_rows(logits, targets, temperature, ignore_index, with_entropy, may_overwrite=False):
+def forward_rows(logits, targets, temperature, ignore_index, with_entropy):
     """(logprobs, row_max, log_sum, entropy or None), each float32 [C], for logits [C, V], int64 targets [C]."""
-    shifted = scaled_logits(logits, temperature, may_overwrite)  # [C, V], becomes z - m below
+    shifted = scaled_logits(logits, temperature)  # [C, V], becomes z - m below
     row_max = shifted.amax(dim=1)  # [C]
     shifted.sub_(row_max[:, None])  # <= 0; -inf stays -inf (a masked column)
     ignored = targets == ignore_index
@@ -44,9 +44,9 @@ def forward_rows(logits, targets, temperature, ignore_index, with_entropy, may_o
     return logprobs, row_max, log_sum, entropy
 
 
-def grad_logits_rows(logits, targets, row_max, log_sum, grad_logprobs, temperature, ignore_index, may_overwrite=False):
+def grad_logits_rows(logits, targets, row_max, log_sum, grad_logprobs, temperature, ignore_index):
     """float32 [C, V]: grad_logprobs * dlogprob/dlogits for logits [C, V], from the forward's row_max, log_sum."""
-    shifted = scaled_logits(logits, temperature, may_overwrite).sub_(row_max[:, None])
+    shifted = scaled_logits(logits, temperature).sub_(row_max[:, None])
     probabilities = shifted.sub_(log_sum[:, None]).exp_()  # [C, V] softmax, recomputed
     ignored = targets == ignore_index
     scale = torch.where(ignored, 0.0, grad_logprobs) / temperature  # [C]

@@ -1,4 +1,4 @@
-"""The Triton kernels behind kernels.token_logprobs and kernels.fused_linear_logprobs.
+"""The Triton kernels behind kernels.fused_linear_logprobs.
 
 AI-Salesman (arXiv 2511.12133) needs per-token log-probabilities log p(y_t | context) twice per GRPO step: for the
 policy's clipped objective and for the Bayesian reward R_bayes = log P(Th | c) + log P(A* | c, Th) under the frozen

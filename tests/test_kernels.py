@@ -1,4 +1,4 @@
-"""kernels/: token_logprobs and fused_linear_logprobs against float64 PyTorch math, on both engines.
+"""kernels/: fused_linear_logprobs against float64 PyTorch math, on both engines.
 
 The Triton engine runs compiled on CUDA tensors when a GPU is present, otherwise interpreted on CPU tensors, which
 needs TRITON_INTERPRET=1 in the environment (`TRITON_INTERPRET=1 pytest tests/test_kernels.py`); without either,
@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import kernels
-from kernels import backend_for, fused_linear_logprobs, token_logprobs
+from kernels import backend_for, fused_linear_logprobs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ENGINES = ["triton", "torch"]
@@ -99,172 +99,12 @@ def naive_entropy(logits, temperature=1.0):
     return -(log_probs.exp() * log_probs.masked_fill(log_probs == float("-inf"), 0.0)).sum(dim=1)
 
 
-def naive_token_case(logits64, targets, temperature, upstream, dtype=torch.float32):
+def naive_logits_case(logits64, targets, temperature, upstream, dtype=torch.float32):
     """(log-probs, logits gradient) of the plain path on logits64 rounded to `dtype`."""
     logits = logits64.to(dtype).requires_grad_()
     logprobs = naive_logprobs(logits, targets, temperature)
     (logprobs.double() * upstream).sum().backward()
     return logprobs.detach(), logits.grad
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# token_logprobs
-
-
-@pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize(
-    "rows, vocab_size, temperature",
-    [(7, 5000, 1.0), (1, 1000, 1.0), (6, 9000, 0.7), (5, 300, 1.5)],  # 5000, 9000: not multiples of BLOCK_V
-)
-def test_token_logprobs_float32_matches_float64(engine, rows, vocab_size, temperature):
-    generator = torch.Generator().manual_seed(rows * vocab_size)
-    logits64 = float32_exact(torch.randn(rows, vocab_size, generator=generator, dtype=torch.float64) * 3)
-    targets = make_targets(rows, vocab_size, generator, ignored_rows=[1] if rows > 2 else [])
-    logits = logits64.float().requires_grad_()
-    logprobs = token_logprobs(logits, targets, temperature=temperature, backend=engine)
-    assert logprobs.dtype == torch.float32 and logprobs.shape == (rows,)
-    assert backend_for(logits, engine) == engine
-
-    reference_input = logits64.clone().requires_grad_()
-    reference = reference_logprobs(reference_input, targets, temperature)
-    assert (logprobs <= 0).all()
-
-    upstream = torch.randn(rows, generator=generator, dtype=torch.float64).to(DEVICE)
-    (logprobs.double() * upstream).sum().backward()
-    (reference * upstream).sum().backward()
-    assert logits.grad.dtype == torch.float32
-    naive, naive_grad = naive_token_case(logits64, targets, temperature, upstream)
-    assert_within_bound(logprobs, naive, reference.detach(), relative_error)
-    assert_within_bound(logits.grad, naive_grad, reference_input.grad, normalised_error)
-
-
-@pytest.mark.parametrize("engine", ENGINES)
-def test_token_logprobs_bfloat16(engine):
-    generator = torch.Generator().manual_seed(1)
-    logits = (torch.randn(6, 5000, generator=generator) * 4).to(DEVICE, torch.bfloat16).requires_grad_()
-    targets = make_targets(6, 5000, generator, ignored_rows=[2])
-    logprobs = token_logprobs(logits, targets, backend=engine)
-    logits64 = logits.detach().double().requires_grad_()
-    reference = reference_logprobs(logits64, targets)
-    assert logprobs.dtype == torch.float32
-    assert (logprobs <= 0).all()
-    logprobs.sum().backward()
-    reference.sum().backward()
-    assert logits.grad.dtype == torch.bfloat16
-    # The plain path on the same bfloat16 logits: its gradient, like ours, is rounded to bfloat16.
-    naive, naive_grad = naive_token_case(logits64.detach(), targets, 1.0, torch.ones(6, dtype=torch.float64,
-                                         device=DEVICE), dtype=torch.bfloat16)
-    assert_within_bound(logprobs, naive, reference.detach(), relative_error)
-    assert_within_bound(logits.grad, naive_grad, logits64.grad, normalised_error)
-
-
-@pytest.mark.parametrize("engine", ENGINES)
-def test_token_logprobs_extreme_logits(engine):
-    """Logits of +-1e4 overflow a naive exp in any precision; the running max keeps them finite."""
-    vocab_size = 5000
-    logits64 = torch.full((4, vocab_size), -1e4, dtype=torch.float64)
-    logits64[0, 17] = 1e4  # one huge winner: its log-prob is 0, the others' -2e4
-    logits64[1, ::2] = 1e4  # many tied winners
-    logits64[2] = torch.linspace(-1e4, 1e4, vocab_size, dtype=torch.float64)
-    logits64 = float32_exact(logits64)
-    targets = torch.tensor([17, 0, vocab_size - 1, 3], device=DEVICE)
-    logits = logits64.float().requires_grad_()
-    logprobs = token_logprobs(logits, targets, backend=engine)
-    reference_input = logits64.clone().requires_grad_()
-    reference = reference_logprobs(reference_input, targets)
-    assert torch.isfinite(logprobs).all()
-    assert (logprobs <= 0).all()
-    logprobs.sum().backward()
-    reference.sum().backward()
-    assert torch.isfinite(logits.grad).all()
-    naive, naive_grad = naive_token_case(logits64, targets, 1.0, torch.ones(4, dtype=torch.float64, device=DEVICE))
-    assert_within_bound(logprobs, naive, reference.detach(), relative_error)
-    assert_within_bound(logits.grad, naive_grad, reference_input.grad, normalised_error)
-
-
-@pytest.mark.parametrize("engine", ENGINES)
-def test_token_logprobs_masked_vocabulary(engine):
-    """-inf logits (a masked vocabulary, here the whole first block of 4096) get probability 0, not NaN."""
-    generator = torch.Generator().manual_seed(2)
-    logits64 = torch.randn(3, 5000, generator=generator, dtype=torch.float64)
-    logits64[:, :4096] = float("-inf")
-    logits64 = float32_exact(logits64)
-    targets = torch.tensor([4096, 4999, 4500], device=DEVICE)
-    logits = logits64.float().requires_grad_()
-    logprobs, entropy = token_logprobs(logits, targets, return_entropy=True, backend=engine)
-    reference_input = logits64.clone().requires_grad_()
-    reference = reference_logprobs(reference_input, targets)
-    assert_within_bound(entropy, naive_entropy(logits64), reference_entropy(logits64[:, 4096:]), relative_error)
-    logprobs.sum().backward()
-    reference.sum().backward()
-    assert torch.isfinite(logits.grad).all() and (logits.grad[:, :4096] == 0).all()
-    naive, naive_grad = naive_token_case(logits64, targets, 1.0, torch.ones(3, dtype=torch.float64, device=DEVICE))
-    assert_within_bound(logprobs, naive, reference.detach(), relative_error)
-    assert_within_bound(logits.grad, naive_grad, reference_input.grad, normalised_error)
-
-
-@pytest.mark.parametrize("engine", ENGINES)
-def test_token_logprobs_ignored_targets_give_zero_and_no_gradient(engine):
-    generator = torch.Generator().manual_seed(3)
-    logits = torch.randn(5, 700, generator=generator).to(DEVICE).requires_grad_()
-    targets = torch.tensor([IGNORE, 5, IGNORE, 0, 699], device=DEVICE)
-    logprobs = token_logprobs(logits, targets, backend=engine)
-    assert logprobs[0] == 0 and logprobs[2] == 0 and (logprobs[[1, 3, 4]] < 0).all()
-    logprobs.sum().backward()
-    assert (logits.grad[[0, 2]] == 0).all() and (logits.grad[[1, 3, 4]] != 0).any(dim=1).all()
-
-    custom = token_logprobs(logits.detach(), torch.tensor([7, 5, 7, 0, 699], device=DEVICE), ignore_index=7,
-                            backend=engine)
-    assert custom[0] == 0 and custom[2] == 0 and torch.equal(custom[[1, 3, 4]], logprobs[[1, 3, 4]].detach())
-
-
-@pytest.mark.parametrize("engine", ENGINES)
-def test_token_logprobs_non_contiguous_inputs(engine):
-    generator = torch.Generator().manual_seed(4)
-    wide = float32_exact(torch.randn(6, 1300, generator=generator, dtype=torch.float64))
-    transposed = float32_exact(torch.randn(1200, 6, generator=generator, dtype=torch.float64))
-    targets = make_targets(12, 1200, generator)[::2]  # a strided view
-    for logits64 in (wide[:, 50:1250], transposed.t()):  # row stride 1300; column stride 6
-        logits = logits64.float().requires_grad_()
-        logprobs = token_logprobs(logits, targets, temperature=0.9, backend=engine)
-        reference_input = logits64.clone().requires_grad_()
-        reference = reference_logprobs(reference_input, targets, 0.9)
-        logprobs.sum().backward()
-        reference.sum().backward()
-        naive, naive_grad = naive_token_case(logits64, targets, 0.9, torch.ones(6, dtype=torch.float64,
-                                                                                 device=DEVICE))
-        assert_within_bound(logprobs, naive, reference.detach(), relative_error)
-        assert_within_bound(logits.grad, naive_grad, reference_input.grad, normalised_error)
-
-
-@pytest.mark.parametrize("engine", ENGINES)
-def test_token_logprobs_entropy(engine):
-    generator = torch.Generator().manual_seed(5)
-    logits64 = float32_exact(torch.randn(4, 5000, generator=generator, dtype=torch.float64) * 2)
-    targets = make_targets(4, 5000, generator)
-    logprobs, entropy = token_logprobs(logits64.float(), targets, temperature=0.8, return_entropy=True,
-                                       backend=engine)
-    assert_within_bound(entropy, naive_entropy(logits64, 0.8), reference_entropy(logits64, 0.8), relative_error)
-    assert torch.equal(logprobs, token_logprobs(logits64.float(), targets, temperature=0.8, backend=engine))
-
-
-def test_token_logprobs_qwen_vocabulary():
-    """V = 151,936 (Qwen2.5): 38 blocks of 4096, the last one partial; both engines against float64."""
-    vocab_size = 151_936
-    generator = torch.Generator().manual_seed(6)
-    logits64 = float32_exact(torch.randn(3, vocab_size, generator=generator, dtype=torch.float64) * 5)
-    targets = torch.tensor([0, vocab_size - 1, 98_765], device=DEVICE)
-    reference_input = logits64.clone().requires_grad_()
-    reference = reference_logprobs(reference_input, targets)
-    reference.sum().backward()
-    naive, naive_grad = naive_token_case(logits64, targets, 1.0, torch.ones(3, dtype=torch.float64, device=DEVICE))
-    for engine in ENGINES:
-        logits = logits64.float().requires_grad_()
-        logprobs = token_logprobs(logits, targets, backend=engine)
-        logprobs.sum().backward()
-        # Within the bound of float64 each, so the two engines agree within twice the bound.
-        assert_within_bound(logprobs, naive, reference.detach(), relative_error)
-        assert_within_bound(logits.grad, naive_grad, reference_input.grad, normalised_error)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -390,16 +230,43 @@ def test_fused_linear_logprobs_qwen_vocabulary_and_engines_agree():
         assert_within_bound(entropy, naive_entropy(hidden @ weight.t(), 1.2), expected_entropy, relative_error)
 
 
-def test_fused_matches_token_logprobs_on_materialised_logits():
-    hidden, weight, generator = fused_case(5, 24, 2000, seed=11)
-    targets = make_targets(5, 2000, generator, ignored_rows=[3])
-    fused = fused_linear_logprobs(hidden, weight, targets, temperature=0.5, chunk_size=2)
-    direct = token_logprobs(hidden @ weight.t(), targets, temperature=0.5)
-    reference = reference_logprobs(hidden.double() @ weight.double().t(), targets, 0.5)
-    # Two float32 paths, each within the bound of float64, differ by at most twice the bound.
-    naive_error = relative_error(naive_logprobs(hidden @ weight.t(), targets, 0.5), reference)
-    assert relative_error(fused, direct.double()) <= 2 * bound(naive_error)
-    assert_within_bound(fused, naive_logprobs(hidden @ weight.t(), targets, 0.5), reference, relative_error)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fused_linear_logprobs_extreme_logits(engine):
+    """Logits of +-1e4 overflow a naive exp in any precision; the running max keeps them finite. With an identity
+    weight the hidden states are the logits, so the gradient of hidden is the gradient of the logits."""
+    vocab_size = 5000
+    logits64 = torch.full((4, vocab_size), -1e4, dtype=torch.float64)
+    logits64[0, 17] = 1e4  # one huge winner: its log-prob is 0, the others' -2e4
+    logits64[1, ::2] = 1e4  # many tied winners
+    logits64[2] = torch.linspace(-1e4, 1e4, vocab_size, dtype=torch.float64)
+    logits64 = float32_exact(logits64)
+    targets = torch.tensor([17, 0, vocab_size - 1, 3], device=DEVICE)
+    hidden = logits64.float().requires_grad_()
+    logprobs = fused_linear_logprobs(hidden, torch.eye(vocab_size, device=DEVICE), targets, chunk_size=3,
+                                     backend=engine)
+    reference_input = logits64.clone().requires_grad_()
+    reference = reference_logprobs(reference_input, targets)
+    assert torch.isfinite(logprobs).all()
+    assert (logprobs <= 0).all()
+    logprobs.sum().backward()
+    reference.sum().backward()
+    assert torch.isfinite(hidden.grad).all()
+    naive, naive_grad = naive_logits_case(logits64, targets, 1.0, torch.ones(4, dtype=torch.float64, device=DEVICE))
+    assert_within_bound(logprobs, naive, reference.detach(), relative_error)
+    assert_within_bound(hidden.grad, naive_grad, reference_input.grad, normalised_error)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fused_linear_logprobs_entropy(engine):
+    """The entropy of each row's distribution, on request; asking for it leaves the log-probs bit for bit."""
+    hidden, weight, generator = fused_case(5, 32, 5000, seed=5)
+    targets = make_targets(5, 5000, generator, ignored_rows=[3])
+    logprobs, entropy = fused_linear_logprobs(hidden, weight, targets, temperature=0.8, chunk_size=2,
+                                              return_entropy=True, backend=engine)
+    expected = reference_entropy(hidden.double() @ weight.double().t(), 0.8)
+    assert_within_bound(entropy, naive_entropy(hidden @ weight.t(), 0.8), expected, relative_error)
+    assert torch.equal(logprobs, fused_linear_logprobs(hidden, weight, targets, temperature=0.8, chunk_size=2,
+                                                       backend=engine))
 
 
 def test_fused_linear_logprobs_without_gradients_needs_no_backward_state():
@@ -442,20 +309,20 @@ def test_cpu_without_interpreter_uses_the_torch_path():
 
 
 def test_clear_errors_for_bad_inputs():
-    logits = torch.zeros(3, 10, device=DEVICE)
+    hidden, weight = torch.zeros(3, 4, device=DEVICE), torch.zeros(10, 4, device=DEVICE)
     with pytest.raises(ValueError, match=r"targets\[1\] = 10 is outside \[0, 10\)"):
-        token_logprobs(logits, torch.tensor([0, 10, 2], device=DEVICE))
+        fused_linear_logprobs(hidden, weight, torch.tensor([0, 10, 2], device=DEVICE))
     with pytest.raises(ValueError, match=r"targets\[0\] = -1"):
-        token_logprobs(logits, torch.tensor([-1, 1, 2], device=DEVICE))
-    with pytest.raises(ValueError, match="logits has N = 3 rows but targets has 2"):
-        token_logprobs(logits, torch.tensor([0, 1], device=DEVICE))
+        fused_linear_logprobs(hidden, weight, torch.tensor([-1, 1, 2], device=DEVICE))
+    with pytest.raises(ValueError, match="hidden has N = 3 rows but targets has 2"):
+        fused_linear_logprobs(hidden, weight, torch.tensor([0, 1], device=DEVICE))
     with pytest.raises(ValueError, match="targets must be a 1-D integer tensor"):
-        token_logprobs(logits, torch.zeros(3, device=DEVICE))
-    with pytest.raises(ValueError, match="logits must be a 2-D"):
-        token_logprobs(logits[0], torch.tensor([1], device=DEVICE))
+        fused_linear_logprobs(hidden, weight, torch.zeros(3, device=DEVICE))
+    with pytest.raises(ValueError, match="hidden must be a 2-D"):
+        fused_linear_logprobs(hidden[0], weight, torch.tensor([1], device=DEVICE))
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
-        token_logprobs(logits, torch.tensor([0, 1, 2], device=DEVICE), temperature=0.0)
-    hidden, weight = torch.zeros(3, 4, device=DEVICE), torch.zeros(10, 5, device=DEVICE)
+        fused_linear_logprobs(hidden, weight, torch.tensor([0, 1, 2], device=DEVICE), temperature=0.0)
+    weight = torch.zeros(10, 5, device=DEVICE)
     with pytest.raises(ValueError, match="their H must agree"):
         fused_linear_logprobs(hidden, weight, torch.tensor([0, 1, 2], device=DEVICE))
     with pytest.raises(ValueError, match="must share dtype and device"):
@@ -473,4 +340,3 @@ def test_empty_batch(engine):
     assert logprobs.shape == (0,)
     logprobs.sum().backward()
     assert (weight.grad == 0).all()
-    assert token_logprobs(torch.zeros(0, 50, device=DEVICE), targets, backend=engine).shape == (0,)

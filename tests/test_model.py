@@ -221,7 +221,7 @@ def test_generate_rejects_right_padding_and_bad_sampling_knobs():
 def test_config_round_trips_and_reads_both_transformers_layouts(tmp_path):
     config = Qwen2Config(vocab_size=11, hidden_size=16, intermediate_size=20, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, rope_theta=12345.0, eos_token_id=[3, 4])
-    config.save_json(tmp_path / "config.json")
+    (tmp_path / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
     assert Qwen2Config.from_json(tmp_path / "config.json") == config
     hf = transformers.Qwen2Config.from_pretrained(tmp_path)
     assert hf.rope_parameters["rope_theta"] == 12345.0 and hf.num_key_value_heads == 2

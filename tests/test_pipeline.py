@@ -5,6 +5,7 @@ import subprocess
 
 from config import load_config
 from model import load_pretrained
+from reward import REWARD_KEYS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,5 +30,5 @@ def test_make_train_smoke(tmp_path):
     assert steps == list(range(config.grpo.steps))
     summary = json.load(open(run / "summary.json"))
     assert summary["prompts"] == config.grpo.eval_prompts
-    assert {"total", "format", "similarity", "faithfulness", "bayes"} <= set(summary["base"]) == set(summary["grpo"])
+    assert set(summary["base"]) == set(summary["grpo"]) == set(REWARD_KEYS)
     assert "held-out reward" in result.stdout
