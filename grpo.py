@@ -328,11 +328,12 @@ def train(config, model_dir, data_dir, out_dir, resume=False, audit=False):
 
         policy.train()
         for _ in range(settings.num_iterations):
-            logprobs = sequence_logprobs(policy, batch.input_ids, batch.attention_mask, batch.loss_mask,
-                                         settings.temperature)
+            logprobs, entropy = sequence_logprobs(policy, batch.input_ids, batch.attention_mask, batch.loss_mask,
+                                                  settings.temperature, return_entropy=True)
             old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
             loss, stats = grpo_loss(logprobs, old, batch.ref_logprobs, batch.advantages.to(logprobs.device),
                                     batch.loss_mask, settings, num_sequences, num_tokens)
+            stats["entropy"] = entropy
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if world_size > 1:  # each rank holds its share of the global loss: gradients add up
@@ -367,7 +368,9 @@ def train(config, model_dir, data_dir, out_dir, resume=False, audit=False):
 
 def step_metrics(step, batch, stats, loss, grad_norm, lr, settings, started):
     """The per-step record of metrics.jsonl. With several processes it describes rank 0's rollouts
-    (its share of the groups, and its share of the global loss); grad_norm is the global one."""
+    (its share of the groups, and its share of the global loss); grad_norm is the global one. `entropy` is
+    the policy's mean per-token entropy over the completion tokens of the training pass, as TRL logs it:
+    a fall towards 0 shows the policy collapsing onto a few answers."""
     G = settings.num_generations
     total = batch.rewards["total"]
     mask = batch.loss_mask.bool()
@@ -380,6 +383,7 @@ def step_metrics(step, batch, stats, loss, grad_norm, lr, settings, started):
         "truncated_fraction": batch.truncated.float().mean().item(),
         "kl": (stats["kl"][mask].mean().item() if mask.any() else 0.0),
         "clip_fraction": (stats["clipped"][mask].mean().item() if mask.any() else 0.0),
+        "entropy": (stats["entropy"][mask].mean().item() if mask.any() else 0.0),
         "loss": loss.item(),
         "grad_norm": grad_norm.item(),
         "lr": lr,

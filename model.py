@@ -372,21 +372,30 @@ def pad_right(sequences, pad_id, device=None):
     return ids.to(device), mask.to(device)
 
 
-def sequence_logprobs(model, input_ids, attention_mask, target_mask, temperature=1.0):
+def sequence_logprobs(model, input_ids, attention_mask, target_mask, temperature=1.0, return_entropy=False):
     """log p(token_t | tokens_<t) for every position that `target_mask` marks, zeros elsewhere.
 
     input_ids, attention_mask, target_mask: [B, T]. Returns float32 [B, T]; column 0 is always 0 (the
     first token has no context). Only the marked positions go through the fused kernel, so the
-    [tokens x vocabulary] logits are never materialised.
+    [tokens x vocabulary] logits are never materialised. With return_entropy, also the entropy of the
+    distribution each marked token was drawn from (at `temperature`), float32 [B, T], for logging.
     """
     hidden = model.hidden_states(input_ids, attention_mask)          # [B, T, H]
     predicts = target_mask[:, 1:].bool()                              # [B, T-1]: position t predicts t+1
     chosen_hidden = hidden[:, :-1][predicts]                          # [N, H]
     chosen_targets = input_ids[:, 1:][predicts]                       # [N]
-    logprobs = fused_linear_logprobs(chosen_hidden, model.lm_head_weight, chosen_targets, temperature)
-    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    out[:, 1:][predicts] = logprobs
-    return out
+
+    def at_marked_positions(values):                                  # [N] -> [B, T]
+        out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+        out[:, 1:][predicts] = values
+        return out
+
+    if not return_entropy:
+        return at_marked_positions(fused_linear_logprobs(chosen_hidden, model.lm_head_weight, chosen_targets,
+                                                         temperature))
+    logprobs, entropy = fused_linear_logprobs(chosen_hidden, model.lm_head_weight, chosen_targets, temperature,
+                                              return_entropy=True)
+    return at_marked_positions(logprobs), at_marked_positions(entropy)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ equality do not depend on which reward is used, and reward.py has its own tests.
 """
 import dataclasses
 import json
+import math
 import os
 import socket
 
@@ -75,8 +76,10 @@ def test_metrics_audit_and_checkpoints(setup, tmp_path, monkeypatch):
     records = metrics(out)
     assert [r["step"] for r in records] == [0, 1, 2, 3]
     for key in ["reward_mean", "reward_std", "zero_std_groups", "completion_len_mean", "truncated_fraction",
-                "kl", "clip_fraction", "loss", "grad_norm", "lr"] + [f"reward_{t}" for t in TERMS]:
+                "kl", "clip_fraction", "entropy", "loss", "grad_norm", "lr"] + [f"reward_{t}" for t in TERMS]:
         assert key in records[0]
+    vocab_size = load_pretrained(os.path.join(setup[0], "base")).config.vocab_size
+    assert all(0 < r["entropy"] <= math.log(vocab_size) for r in records)   # nats, at most uniform
     assert records[0]["kl"] == 0.0 and records[-1]["kl"] > 0        # the policy moved away from the reference
     with open(out / "audit.jsonl") as f:
         audit = [json.loads(line) for line in f]
