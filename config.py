@@ -47,7 +47,7 @@ class PretrainConfig:
 
 @dataclass
 class RewardConfig:
-    """Weights of the composite reward (DESIGN.md, "Rewards"). Defaults and their reasons:
+    """Weights of the composite reward (docs/design.md, "Rewards"). Defaults and their reasons:
 
     format 1.0       the answer must be parseable before anything else can be scored;
     similarity 1.0   cosine in [0, 1] to the reference reply: the main "say the right thing" signal;

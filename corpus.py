@@ -10,7 +10,7 @@ the base model in exactly the chat format the policy is later prompted with.
 
 Left out on purpose: the paper's Chinese corpus and its human annotation (we simulate our own, see
 simulate.py), and any JSON-schema library: the schema is small enough to check by hand, with better
-messages.
+messages. The format is described in docs/design.md, "The corpus format".
 
 CLI:
     python corpus.py split IN --train OUT1 --test OUT2 [--test-fraction 0.1] [--holdout-domain D] [--seed 0]

@@ -27,6 +27,7 @@ say it. Offline and per turn:
 Left out on purpose: the paper's LLM-based intent recogniser and its learned script ranker. A k-NN
 vote over TF-IDF contexts is transparent (every prediction can be traced to the training turns that
 caused it), trains in seconds and is fast enough to run per turn on a CPU (bench/retrieval.py).
+See docs/design.md, "DOGA".
 
 CLI:
     python doga.py build --corpus data/train.jsonl --out DIR

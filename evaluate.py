@@ -37,7 +37,7 @@ in its own thread so that the replies of all live calls are generated as one bat
 Left out, and why: the paper's human evaluation and API-model judge (no network; the local judge is the
 stand-in); paired significance tests and several seeds per arm (a CPU budget of one hour for all arms;
 the intervals say how far one run can be trusted); sampling-based evaluation (greedy decoding makes
-systems comparable turn by turn).
+systems comparable turn by turn). See docs/design.md, "Evaluation".
 
 CLI:
     python evaluate.py --config configs/tiny.json --run runs/default --data data --out reports/default [--judge DIR]

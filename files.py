@@ -1,7 +1,7 @@
 """Files a run writes: never half-written, whatever happens mid-write.
 
 Every file AI-Salesman's pipeline writes (the corpus, tokenizers, checkpoints, script libraries,
-metrics, summaries and reports) goes through this module, so that a crash, a full disk or an
+metrics, summaries and reports) goes through this module (docs/design.md, "Cross-cutting rules"), so that a crash, a full disk or an
 interrupted run leaves either the old file or the new one, never a torn one:
 
 * `write_bytes` / `write_text` / `write_json` / `write_jsonl`: the content goes to a temporary file in

@@ -1,4 +1,4 @@
-"""GRPO applied directly to a base model: AI-Salesman's training engine (DESIGN.md, "GRPO").
+"""GRPO applied directly to a base model: AI-Salesman's training engine (docs/design.md, "GRPO").
 
 One step, for each of `prompts_per_step` training prompts (a salesperson turn of a simulated call):
 

@@ -1,4 +1,4 @@
-"""The composite reward of AI-Salesman's training engine (DESIGN.md, "Rewards").
+"""The composite reward of AI-Salesman's training engine (docs/design.md, "Rewards").
 
 For a prompt (the call so far) with reference reply A*, a completion `<think>Th</think> reply` earns
 

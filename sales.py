@@ -18,6 +18,7 @@ apart:
 
 Left out on purpose: any learned component. The rules are tables and regular expressions over world/, so
 every label can be traced to the line that caused it; simulate.py plays the agents, this module only holds the rules.
+See docs/design.md, "The sales world".
 """
 
 import json

@@ -24,7 +24,8 @@ Manager is rule-based in both backends on purpose: its labels must come from the
 reward uses, not from another model's opinion.
 
 Left out on purpose: the paper's LLM-written persona pool and human review; our personas come from a
-generator with ranges (world/personas.json), which keeps every number checkable.
+generator with ranges (world/personas.json), which keeps every number checkable. See docs/design.md,
+"Data engine".
 
 CLI:
     python simulate.py --dialogues N --seed S --out PATH [--noise P] [--domains A,B] [--backend scripted|llm --model DIR]
