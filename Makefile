@@ -28,7 +28,9 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	touch $@
 
+# The linter (ruff.toml) first, then the whole suite.
 test: install
+	$(PY) -m ruff check .
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
 
 bench: install

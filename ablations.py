@@ -177,9 +177,9 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
             systems[name] = evaluate_system(name, models[model_name], model_library, prompting, domain_setup, out_dir)
             systems[name]["eval_domain"] = domain
 
-    curves = {"grpo": {name: read_jsonl(os.path.join(work_dir, *path, "metrics.jsonl"))
-                       for name, path in (("grpo", ("grpo",)), ("sft_grpo", ("sft_grpo",)),
-                                          ("grpo_no_bayes", ("grpo_no_bayes",)), ("holdout_grpo", ("holdout", "grpo")))},
+    grpo_runs = (("grpo", ("grpo",)), ("sft_grpo", ("sft_grpo",)), ("grpo_no_bayes", ("grpo_no_bayes",)),
+                 ("holdout_grpo", ("holdout", "grpo")))
+    curves = {"grpo": {name: read_jsonl(os.path.join(work_dir, *path, "metrics.jsonl")) for name, path in grpo_runs},
               "pretrain": {"base": read_jsonl(os.path.join(base, "metrics.jsonl")),
                            "sft": read_jsonl(os.path.join(models["sft"], "metrics.jsonl")),
                            "holdout base": read_jsonl(os.path.join(holdout_base, "metrics.jsonl"))}}
@@ -192,6 +192,7 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
 
 # ----------------------------------------------------------------------------------------------
 # CLI
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Train and evaluate every arm of the paper's ablations.")

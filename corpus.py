@@ -27,6 +27,7 @@ from files import write_jsonl
 from sales import CUSTOMER_INTENTS, OUTCOMES, ROLES, RULES, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, slot_values
 from tokenizer import THINK_CLOSE, THINK_OPEN, format_assistant, render_chat
 
+
 # ----------------------------------------------------------------------------------------------
 # The fields of a call (their values' vocabulary, stages, intents, outcomes and rules, is sales.py's).
 

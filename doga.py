@@ -54,17 +54,29 @@ from corpus import CorpusError, load_corpus, system_prompt
 from files import write_json
 from model import generate_completions, load_with_tokenizer
 from retrieval import CosineIndex, HashedTfidfEmbedder
-from sales import (GOOD_INTENTS, SALES_INTENTS, SLOT, STAGES, classify_sales_intent, is_good_turn, is_legal_move,
-                   load_world, slot_values, stage_move)
+from sales import (
+    GOOD_INTENTS,
+    SALES_INTENTS,
+    SLOT,
+    STAGES,
+    classify_sales_intent,
+    is_good_turn,
+    is_legal_move,
+    load_world,
+    slot_values,
+    stage_move,
+)
 from simulate import make_persona
 from tokenizer import split_thought
+
 
 # What each stage is for: the first line of every outline.
 STAGE_GOALS = {
     "opening": "Greet the customer by name, say who you are and why you call, and check they have a minute.",
     "business_analysis": "Ask about their situation and diagnose it with their own numbers.",
     "product_introduction": "Present the product that fits, with its exact facts from the sheet.",
-    "objection_handling": "Acknowledge the concern, then answer it with true facts; never promise what the sheet forbids.",
+    "objection_handling": ("Acknowledge the concern, then answer it with true facts; "
+                           "never promise what the sheet forbids."),
     "operational_guidance": "Explain concretely how to sign up and how soon it is active.",
     "closing": "Ask for the commitment, or confirm the next steps, or say goodbye politely.",
 }
@@ -197,8 +209,8 @@ class ScriptLibrary:
     """Templates keyed by context (rows grouped by intent) and training contexts (rows grouped by
     stage, metadata holds the counts of the next intent), sharing one fitted embedder."""
     embedder: HashedTfidfEmbedder
-    templates: CosineIndex       # metadata: id, intent, stage, text, slots, support, uses, conversion_rate,
-                                 # variants, domains
+    # templates' metadata: id, intent, stage, text, slots, support, uses, conversion_rate, variants, domains
+    templates: CosineIndex
     contexts: CosineIndex        # metadata: stage, counts {intent: n}
     summary: dict = field(default_factory=dict)
 
@@ -336,8 +348,9 @@ class IntentClassifier:
     label_noise > 0 flips that share of the *predicted* intents to another legal intent, drawn uniformly:
     the ablation "DOGA with 20% of intent labels flipped" is IntentClassifier(library, label_noise=0.2).
     Each flip is decided by `seed` and the call so far (`situation`: product, profile and turns; not
-    the call order), so it is reproducible however calls are batched. Flipping 20% of the *training* labels instead was measured to change
-    nothing (held-out accuracy 0.98 both ways): a k-NN vote over similar contexts absorbs random flips.
+    the call order), so it is reproducible however calls are batched. Flipping 20% of the *training*
+    labels instead was measured to change nothing (held-out accuracy 0.98 both ways): a k-NN vote over
+    similar contexts absorbs random flips.
     """
 
     def __init__(self, library, k=10, label_noise=0.0, seed=0):

@@ -5,16 +5,16 @@ A *system* is a model with a prompting: `static` (doga.StaticAgent, one few-shot
 (doga.DogaAgent, a fresh outline every turn) or `doga_noisy` (DOGA whose intent classifier's predictions
 are flipped to another legal intent at rate `label_noise`, 20%). Every system is measured the same way:
 
-* **Turn level** (`select_turns`, `score_turns`). On held-out test calls, the salesperson turns the Manager labelled good
-  (on-stage and faithful: a deliberate mistake of the noisy corpus is no reference to aim at), the same
-  number per capability (the six stages of sales.STAGES, drawn with a seed). The system answers the call
-  so far, greedily; the answer is scored with every term of the training reward (reward.CompositeReward,
-  with the *frozen base model* as the Bayesian reference for every system, so that numbers compare), with
-  **intent appropriateness** (sales.classify_sales_intent(reply) equals the reference turn's intent)
-  and with its length in words. Aggregated per capability (the reference turn's stage) and overall.
-  *The capability score* of the report's first table is intent appropriateness: the share of turns where
-  the reply does what a good salesperson did at that moment. It is bounded, needs no weights and reads
-  the same for every system; the mean total reward is the second table.
+* **Turn level** (`select_turns`, `score_turns`). On held-out test calls, the salesperson turns the
+  Manager labelled good (on-stage and faithful: a deliberate mistake of the noisy corpus is no reference
+  to aim at), the same number per capability (the six stages of sales.STAGES, drawn with a seed). The
+  system answers the call so far, greedily; the answer is scored with every term of the training reward
+  (reward.CompositeReward, with the *frozen base model* as the Bayesian reference for every system, so
+  that numbers compare), with **intent appropriateness** (sales.classify_sales_intent(reply) equals the
+  reference turn's intent) and with its length in words. Aggregated per capability (the reference turn's
+  stage) and overall. *The capability score* of the report's first table is intent appropriateness: the
+  share of turns where the reply does what a good salesperson did at that moment. It is bounded, needs no
+  weights and reads the same for every system; the mean total reward is the second table.
 * **Closed loop** (`play_calls`). The system plays the salesperson in simulate.run_call against the
   simulated Customer, `calls_per_product` calls for every product, the same personas for every system:
   conversion and hang-up rates with Wilson 95% intervals; mean turns per call, faithfulness violations
@@ -61,13 +61,14 @@ from corpus import load_corpus, training_samples
 from doga import STAGE_GOALS, DogaAgent, IntentClassifier, ScriptLibrary, StaticAgent, track_call
 from files import read_jsonl, write_jsonl
 from model import generate_completions, load_with_tokenizer
-from retrieval import HashedTfidfEmbedder
 from report import write_report
+from retrieval import HashedTfidfEmbedder
 from reward import REWARD_KEYS, CompositeReward
 from sales import STAGES, classify_sales_intent, is_good_turn, load_world
 from simulate import make_persona, run_call
 from tokenizer import split_thought
 from training import resolve_device
+
 
 PROMPTINGS = ("static", "doga", "doga_noisy")
 
@@ -503,6 +504,7 @@ def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=Non
 
 # ----------------------------------------------------------------------------------------------
 # CLI
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate one trained run: base vs GRPO, each static and DOGA.")

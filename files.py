@@ -1,8 +1,9 @@
 """Files a run writes: never half-written, whatever happens mid-write.
 
 Every file AI-Salesman's pipeline writes (the corpus, tokenizers, checkpoints, script libraries,
-metrics, summaries and reports) goes through this module (docs/design.md, "Cross-cutting rules"), so that a crash, a full disk or an
-interrupted run leaves either the old file or the new one, never a torn one:
+metrics, summaries and reports) goes through this module (docs/design.md, "Cross-cutting rules"), so
+that a crash, a full disk or an interrupted run leaves either the old file or the new one, never a
+torn one:
 
 * `write_bytes` / `write_text` / `write_json` / `write_jsonl`: the content goes to a temporary file in
   the same folder, is flushed to disk (fsync), and is renamed over the target (os.replace, atomic on

@@ -46,8 +46,15 @@ from tqdm import tqdm
 from config import ConfigError, load_config
 from corpus import CorpusError, load_corpus, training_samples
 from files import MetricsLog, replace_folder, truncate_jsonl, write_json
-from model import (CheckpointError, generate_completions, load_pretrained, load_with_tokenizer, pad_right,
-                   save_pretrained, sequence_logprobs)
+from model import (
+    CheckpointError,
+    generate_completions,
+    load_pretrained,
+    load_with_tokenizer,
+    pad_right,
+    save_pretrained,
+    sequence_logprobs,
+)
 from retrieval import HashedTfidfEmbedder
 from reward import REWARD_KEYS, CompositeReward
 from sales import is_good_turn

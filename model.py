@@ -36,6 +36,7 @@ from files import replace_folder
 from kernels import fused_linear_logprobs
 from tokenizer import ChatTokenizer, check_tokenizer_fits
 
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -582,7 +583,6 @@ def load_pretrained(path, dtype=None, device=None) -> Qwen2:
     return model.eval()
 
 
-
 def load_with_tokenizer(path, dtype=None, device=None):
     """(model, ChatTokenizer) of a checkpoint folder, refused with a clear error when the tokenizer's ids
     do not fit the model's embedding (a tokenizer.json copied from another model)."""
@@ -591,8 +591,9 @@ def load_with_tokenizer(path, dtype=None, device=None):
     check_tokenizer_fits(tokenizer, model.config.vocab_size, path)
     return model, tokenizer
 
+
 def _is_weights_or_config(name: str) -> bool:
-    return name == CONFIG_FILE or name == WEIGHTS_INDEX_FILE or (name.startswith("model") and name.endswith(".safetensors"))
+    return name in (CONFIG_FILE, WEIGHTS_INDEX_FILE) or (name.startswith("model") and name.endswith(".safetensors"))
 
 
 def save_pretrained(model: Qwen2, path) -> None:

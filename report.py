@@ -167,19 +167,20 @@ def write_report(out_dir, title, systems, curves, meta):
               "(prior + likelihood) | words (reference) | truncated |", "|" + "---|" * 9]
     for name, result in systems.items():
         o = result["overall"]
-        lines.append(f"| {name} | {_interval(o['intent_appropriateness'], '.2f')} | {_interval(o['total_reward'], '.3f')} "
-                     f"| {o['format']:.2f} | {o['similarity']:.3f} | {o['faithfulness']:.3f} | {o['bayes']:.2f} "
-                     f"({o['bayes_prior']:.2f} + {o['bayes_likelihood']:.2f}) | {o['reply_words']:.1f} ({o['reference_words']:.1f}) | "
-                     f"{o['truncated']:.0%} |")
+        lines.append(f"| {name} | {_interval(o['intent_appropriateness'], '.2f')} | "
+                     f"{_interval(o['total_reward'], '.3f')} | {o['format']:.2f} | {o['similarity']:.3f} | "
+                     f"{o['faithfulness']:.3f} | {o['bayes']:.2f} "
+                     f"({o['bayes_prior']:.2f} + {o['bayes_likelihood']:.2f}) | "
+                     f"{o['reply_words']:.1f} ({o['reference_words']:.1f}) | {o['truncated']:.0%} |")
     lines += ["", "## Closed loop against simulated customers",
               "Rates with Wilson 95% intervals; per-call means with Student-t 95% intervals.", "",
               "| system | calls | conversion | hang-up | turns per call | faithfulness violations per call | "
               "off-stage turns per call |", "|" + "---|" * 7]
     for name, result in systems.items():
         c = result["closed_loop"]
-        lines.append(f"| {name} | {c['calls']} | {_interval(c['conversion'], '.2f')} | {_interval(c['hang_up'], '.2f')} "
-                     f"| {_interval(c['turns'], '.1f')} | {_interval(c['violations_per_call'], '.2f')} | "
-                     f"{_interval(c['off_stage_per_call'], '.2f')} |")
+        lines.append(f"| {name} | {c['calls']} | {_interval(c['conversion'], '.2f')} | "
+                     f"{_interval(c['hang_up'], '.2f')} | {_interval(c['turns'], '.1f')} | "
+                     f"{_interval(c['violations_per_call'], '.2f')} | {_interval(c['off_stage_per_call'], '.2f')} |")
     lines += ["", "## The paper's claims beside what we measured",
               "The paper's findings are stated qualitatively (no numbers copied). Verdict: the sign of the "
               "capability-score difference against the paper's direction; 'within noise' when the two 95% "

@@ -31,6 +31,7 @@ import numpy as np
 
 from files import write_bytes, write_text
 
+
 # ----------------------------------------------------------------------------------------------
 # Stable hashing. All arithmetic is uint32 with wrap-around, identical on every machine and run.
 
@@ -224,8 +225,9 @@ class CosineIndex:
 
     Filters: `where={"intent": "price_objection", "stage": "objection_handling"}` keeps the rows whose
     fields equal the values (looked up in an inverted index built on first use; a value that cannot be
-    indexed, such as a list, is compared row by row). A row that lacks a filtered field never matches. When the surviving rows form one contiguous block (doga.py stores the
-    library grouped by intent), they are scored through a view, without copying vectors.
+    indexed, such as a list, is compared row by row). A row that lacks a filtered field never matches.
+    When the surviving rows form one contiguous block (doga.py stores the library grouped by intent),
+    they are scored through a view, without copying vectors.
     """
 
     def __init__(self, dim=None):

@@ -30,6 +30,7 @@ from model import pad_right, sequence_logprobs
 from sales import faithfulness
 from tokenizer import THINK_OPEN, format_assistant, split_thought
 
+
 TERMS = ("format", "similarity", "faithfulness", "bayes")
 # Everything CompositeReward returns: the weighted total, the terms, and the two halves of `bayes`.
 REWARD_KEYS = ("total",) + TERMS + ("bayes_prior", "bayes_likelihood")

@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
+
 # ----------------------------------------------------------------------------------------------
 # The sales world's vocabulary: stages, how they may follow each other, intents, outcomes.
 
@@ -88,6 +89,7 @@ GOOD_INTENTS = tuple(intent for intent in SALES_INTENTS if intent not in MISTAKE
 
 # ----------------------------------------------------------------------------------------------
 # The stage machine: the questions every part asks about a salesperson turn.
+
 
 def is_legal_move(intent, stage):
     """Whether a salesperson turn with `intent` may follow a call in `stage`: the intent's own stage is
@@ -292,7 +294,8 @@ def check_claims(text, product, visible):
     forbidden = []
     for promise in product["forbidden_promises"]:
         if promise not in world.promises:
-            raise ValueError(f"product {product.get('id')!r}: forbidden promise {promise!r} is not defined in world/rules.json")
+            raise ValueError(f"product {product.get('id')!r}: forbidden promise {promise!r} is not defined in "
+                             "world/rules.json")
         if any(pattern.search(lowered) for pattern in world.promises[promise]):
             forbidden.append(promise)
     return ClaimCheck(supported, supported + len(unsupported), forbidden, unsupported)
@@ -373,4 +376,3 @@ def classify_sales_intent(text, stage=None):
         if score > best_score:
             best, best_score = intents[i], score
     return best
-

@@ -28,7 +28,8 @@ generator with ranges (world/personas.json), which keeps every number checkable.
 "Data engine".
 
 CLI:
-    python simulate.py --dialogues N --seed S --out PATH [--noise P] [--domains A,B] [--backend scripted|llm --model DIR]
+    python simulate.py --dialogues N --seed S --out PATH [--noise P] [--domains A,B]
+                       [--backend scripted|llm --model DIR]
     python simulate.py --stats PATH
 """
 
@@ -41,9 +42,23 @@ from collections import Counter
 from tqdm import tqdm
 
 from corpus import CorpusError, chat_messages, load_corpus, write_corpus
-from sales import (OUTCOMES, SALES_INTENTS, SLOT, STAGES, check_claims, classify_sales_intent, domain_texts, fill,
-                   is_legal_move, load_world, slot_values, speak_value, stage_move)
+from sales import (
+    OUTCOMES,
+    SALES_INTENTS,
+    SLOT,
+    STAGES,
+    check_claims,
+    classify_sales_intent,
+    domain_texts,
+    fill,
+    is_legal_move,
+    load_world,
+    slot_values,
+    speak_value,
+    stage_move,
+)
 from tokenizer import split_thought
+
 
 MAX_TURNS = 20        # the Manager ends a call that runs this long (outcome: declined)
 DEFAULT_NOISE = 0.2
@@ -309,15 +324,17 @@ class Salesperson:
                    if self._perturbable_slots(t)]
         skip_to = [i for i in SKIP_TARGETS if not is_legal_move(i, stage)
                    and STAGES.index(SALES_INTENTS[i]) > STAGES.index(stage)]
-        kinds = [kind for kind, possible in (("wrong_fact", factual), ("forbidden_promise", self.product["forbidden_promises"]),
-                                             ("pushy", True), ("generic", True), ("skipped_stage", skip_to)) if possible]
+        possible = (("wrong_fact", factual), ("forbidden_promise", self.product["forbidden_promises"]),
+                    ("pushy", True), ("generic", True), ("skipped_stage", skip_to))
+        kinds = [kind for kind, can in possible if can]
         kind = self.rng.choice(kinds)
         if kind == "wrong_fact":
             return self._wrong_fact(intent, factual)
         if kind == "forbidden_promise":
-            thought, text = self._speak(intent, self.slots)
+            _, text = self._speak(intent, self.slots)
             promise = self.rng.choice(self.product["forbidden_promises"])
-            return self.rng.choice(world.promise_thoughts), f"{text} {self.rng.choice(world.promise_sentences[promise])}"
+            thought = self.rng.choice(world.promise_thoughts)   # drawn before the sentence: the corpus relies on it
+            return thought, f"{text} {self.rng.choice(world.promise_sentences[promise])}"
         if kind == "pushy":
             return self._speak("pressure_close", self.slots)
         if kind == "generic":
@@ -342,7 +359,8 @@ class Salesperson:
             candidates = [p["name"] for p in world.products[self.product["domain"]] if p["id"] != self.product["id"]]
         else:
             value = self.product.get(key, self.visible.get(key))
-            scaled = [value * f for f in (0.5, 0.6, 0.75, 1.25, 1.5, 2.0)] + [value + d for d in (-3, -2, -1, 1, 2, 3, 5, 10)]
+            scaled = ([value * f for f in (0.5, 0.6, 0.75, 1.25, 1.5, 2.0)]
+                      + [value + d for d in (-3, -2, -1, 1, 2, 3, 5, 10)])
             wrong = {round(v, 1) if isinstance(value, float) else round(v) for v in scaled if v > 0} - {value}
             candidates = [speak_value(key, v, world.money_fields) for v in sorted(wrong)]
         self.rng.shuffle(candidates)
@@ -410,6 +428,7 @@ class LLMBackend:
         # torch and the model are imported only here: the scripted backend writes a corpus without them
         # (importing them takes seconds), and nothing they import imports this module.
         import torch
+
         from model import load_with_tokenizer
         self.model, self.tokenizer = load_with_tokenizer(model_dir)
         self.model.eval()
@@ -449,7 +468,8 @@ class LLMBackend:
                       f"Your next line must {intent.replace('_', ' ')}, for example: \"{scripted_text}\" "
                       f"Answer with one short sentence.")
             messages = [{"role": "system", "content": system}]
-            messages += [{"role": "user" if t["role"] == "sales" else "assistant", "content": t["text"]} for t in history]
+            messages += [{"role": "user" if t["role"] == "sales" else "assistant", "content": t["text"]}
+                         for t in history]
             for _ in range(1 + self.retries):
                 self.attempts["customer"] += 1
                 text, truncated = self.complete(messages)
@@ -482,11 +502,13 @@ def corpus_stats(calls):
     outcomes = Counter(c["outcome"] for c in calls)
     return {
         "calls": len(calls),
-        "turns_per_call": {"mean": sum(turns_per_call) / len(calls), "min": min(turns_per_call), "max": max(turns_per_call)},
+        "turns_per_call": {"mean": sum(turns_per_call) / len(calls), "min": min(turns_per_call),
+                           "max": max(turns_per_call)},
         "salesperson_turns": len(sales),
         "stages": {s: n for s, n in Counter(t["stage"] for c in calls for t in c["turns"]).most_common()},
         "sales_intents": dict(Counter(t["intent"] for t in sales).most_common()),
-        "customer_intents": dict(Counter(t["intent"] for c in calls for t in c["turns"] if t["role"] == "customer").most_common()),
+        "customer_intents": dict(Counter(t["intent"] for c in calls for t in c["turns"]
+                                         if t["role"] == "customer").most_common()),
         "outcome_rates": {o: outcomes[o] / len(calls) for o in OUTCOMES},
         "noise_rate": sum(rules.values()) / len(sales),
         "rules_broken": dict(rules.most_common()),
@@ -517,11 +539,13 @@ def generate_corpus(dialogues, seed, noise=DEFAULT_NOISE, domains=None, backend=
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Simulate sales calls (Customer, Salesperson, Manager) into a JSONL corpus.")
+    parser = argparse.ArgumentParser(description="Simulate sales calls (Customer, Salesperson, Manager) into a JSONL "
+                                                 "corpus.")
     parser.add_argument("--dialogues", type=int, help="number of calls to simulate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="output JSONL path (written atomically)")
-    parser.add_argument("--noise", type=float, default=DEFAULT_NOISE, help="share of salesperson turns that are mistakes")
+    parser.add_argument("--noise", type=float, default=DEFAULT_NOISE,
+                        help="share of salesperson turns that are mistakes")
     parser.add_argument("--domains", default=None, help="comma-separated domains (default: all)")
     parser.add_argument("--backend", choices=("scripted", "llm"), default="scripted")
     parser.add_argument("--model", default=None, help="local instruct checkpoint folder (llm backend)")

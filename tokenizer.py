@@ -20,6 +20,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from files import write_text
 
+
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -93,6 +94,7 @@ def check_tokenizer_fits(tokenizer, vocab_size, source):
     if tokenizer.vocab_size > vocab_size:
         raise ValueError(f"{source}: tokenizer.json has {tokenizer.vocab_size} tokens but the model embeds only "
                          f"{vocab_size}: they do not belong together")
+
 
 class ChatTokenizer:
     """A byte-level BPE tokenizer that knows the three ChatML special tokens."""

@@ -17,6 +17,7 @@ import time
 import torch
 import transformers
 
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import Qwen2, Qwen2Config, generate  # noqa: E402
 
@@ -85,6 +86,7 @@ def main():
         same = "yes" if torch.equal(outputs["ours"], outputs["theirs"]) else "no"
         print(f"| {batch:5d} | {ours_rate:10.1f} | {theirs_rate:18.1f} | {statistics.median(paired):20.2f}x "
               f"| {paired[0]:.2f}-{paired[-1]:.2f}x | {same:^11} |")
+
 
 if __name__ == "__main__":
     main()

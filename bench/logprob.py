@@ -34,10 +34,12 @@ import time
 
 import torch
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from kernels import backend_for, fused_linear_logprobs  # noqa: E402
+
 
 HIDDEN_SIZE = 896  # Qwen2.5-0.5B
 VOCAB_SIZE = 151_936
@@ -97,7 +99,8 @@ def cpu_case(method, rows, hidden_size, vocab_size, chunk_size):
 
 
 def run_cpu_case_in_subprocess(method, rows, args):
-    environment = {key: value for key, value in os.environ.items() if key not in ("TRITON_INTERPRET", "KERNELS_BACKEND")}
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("TRITON_INTERPRET", "KERNELS_BACKEND")}
     command = [sys.executable, os.path.abspath(__file__), "--child", method, "--rows", str(rows),
                "--hidden", str(args.hidden), "--vocab", str(args.vocab), "--chunk-size", str(args.chunk_size)]
     finished = subprocess.run(command, env=environment, capture_output=True, text=True)
@@ -109,7 +112,8 @@ def run_cpu_case_in_subprocess(method, rows, args):
 def cpu_table(args):
     print(f"\nCPU, float32, H = {args.hidden}, V = {args.vocab}, forward + backward, fused chunk_size = "
           f"{args.chunk_size}, torch threads = {torch.get_num_threads()}")
-    print(f"{'N':>6} | {'naive s':>8} {'ours s':>8} {'ratio':>6} | {'naive cpu-s':>11} {'ours cpu-s':>10} {'ratio':>6} | "
+    print(f"{'N':>6} | {'naive s':>8} {'ours s':>8} {'ratio':>6} | "
+          f"{'naive cpu-s':>11} {'ours cpu-s':>10} {'ratio':>6} | "
           f"{'naive MiB':>9} {'ours MiB':>8} {'ratio':>6} | ours fwd/bwd s")
     results = {}
     for rows in args.rows:
@@ -125,7 +129,8 @@ def cpu_table(args):
             for method in ("naive", "fused")
         )
         results[rows] = (naive, ours)
-        print(f"{rows:>6} | {naive['total_s']:>8.2f} {ours['total_s']:>8.2f} {ours['total_s'] / naive['total_s']:>5.2f}x"
+        print(f"{rows:>6} | {naive['total_s']:>8.2f} {ours['total_s']:>8.2f} "
+              f"{ours['total_s'] / naive['total_s']:>5.2f}x"
               f" | {naive['cpu_s']:>11.2f} {ours['cpu_s']:>10.2f} {ours['cpu_s'] / naive['cpu_s']:>5.2f}x"
               f" | {naive['peak_mib']:>9.0f} {ours['peak_mib']:>8.0f} {ours['peak_mib'] / naive['peak_mib']:>5.3f}x"
               f" | {ours['forward_s']:.2f} / {ours['backward_s']:.2f}", flush=True)
@@ -173,9 +178,10 @@ def ratio(ours, naive, index):
 
 
 def gpu_linear_table(args):
-    print(f"\nGPU {torch.cuda.get_device_name()}: fused_linear_logprobs vs naive, forward + backward, H = {args.hidden},"
-          f" V = {args.vocab}")
-    print(f"{'dtype':>8} {'N':>6} | {'naive time':>9} {'peak':>9} | {'ours time':>9} {'peak':>9} | time ratio mem ratio")
+    print(f"\nGPU {torch.cuda.get_device_name()}: fused_linear_logprobs vs naive, forward + backward, "
+          f"H = {args.hidden}, V = {args.vocab}")
+    print(f"{'dtype':>8} {'N':>6} | {'naive time':>9} {'peak':>9} | {'ours time':>9} {'peak':>9} | "
+          "time ratio mem ratio")
     for dtype in (torch.bfloat16, torch.float32):
         for rows in args.rows + [args.gpu_big_rows]:
             hidden, weight, targets, upstream = make_inputs(rows, args.hidden, args.vocab, dtype, "cuda")

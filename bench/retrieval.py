@@ -15,6 +15,7 @@ product, where extra threads cost more than they save, and timings stay stable o
 """
 import os
 
+
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
@@ -23,11 +24,13 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from corpus import load_corpus  # noqa: E402
 from doga import DogaPlanner, IntentClassifier, ScriptLibrary  # noqa: E402
 from retrieval import CosineIndex  # noqa: E402
 from simulate import simulate_call  # noqa: E402
+
 
 FILLER = ("really", "honestly", "today", "simply", "quickly", "also", "right now", "for you", "as well", "indeed")
 

@@ -7,4 +7,5 @@ Triton kernels; kernels/torch_logprob.py the same math in PyTorch for CPUs. See 
 """
 from kernels.logprob import TRITON_AVAILABLE, backend_for, fused_linear_logprobs
 
+
 __all__ = ["TRITON_AVAILABLE", "backend_for", "fused_linear_logprobs"]

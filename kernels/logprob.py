@@ -27,6 +27,7 @@ import torch
 
 from kernels import torch_logprob
 
+
 try:
     from kernels import triton_logprob
 except ImportError:  # no triton on this machine: the PyTorch path serves every call

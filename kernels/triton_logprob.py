@@ -29,6 +29,7 @@ Left out: a fused matmul (the logits of a chunk come from torch's matmul, which 
 import triton
 import triton.language as tl
 
+
 INTERPRETED = bool(triton.knobs.runtime.interpret)  # read now: it is what @triton.jit below acts on
 
 # Vocabulary entries each program handles per step. 4096 float32 lanes spread over 8 warps is 16 per thread; the

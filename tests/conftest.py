@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 if not torch.cuda.is_available():

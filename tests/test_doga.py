@@ -7,8 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from doga import (DogaAgent, DogaPlanner, IntentClassifier, PromptTooLong, ScriptLibrary, Slotter, StaticAgent,
-                  assemble_messages, context_vector, evaluate_intents, fill_slots, track_call)
+from doga import (
+    DogaAgent,
+    DogaPlanner,
+    IntentClassifier,
+    PromptTooLong,
+    ScriptLibrary,
+    Slotter,
+    StaticAgent,
+    assemble_messages,
+    context_vector,
+    evaluate_intents,
+    fill_slots,
+    track_call,
+)
 from model import Qwen2, Qwen2Config
 from sales import MISTAKE_INTENTS, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, load_world, slot_values
 from simulate import make_persona, run_call, simulate_call

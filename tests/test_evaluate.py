@@ -146,8 +146,10 @@ def test_batched_calls_equal_sequential_calls():
 def test_wrong_price_counts_a_violation_every_turn():
     products = [p for ps in load_world().products.values() for p in ps][:2]
     jobs = evaluate.closed_loop_jobs(products, 3, seed=0)
-    calls = evaluate.play_calls(lambda views: [("", f"It costs just $987654 a month, {v['customer']['visible']['name']}.")
-                                               for v in views], jobs)
+
+    def wrong_price(views):
+        return [("", f"It costs just $987654 a month, {v['customer']['visible']['name']}.") for v in views]
+    calls = evaluate.play_calls(wrong_price, jobs)
     metrics = evaluate.closed_loop_metrics(calls)
     sales_turns = [sum(t["role"] == "sales" for t in c["turns"]) for c in calls]
     assert metrics["calls"] == 6
@@ -234,7 +236,8 @@ def test_report_from_a_smoke_run(tmp_path):
         for summary in list(system["capabilities"].values()) + [system["overall"]]:
             if summary["n"]:
                 assert 0 <= summary["intent_appropriateness"]["value"] <= 1
-                assert all(key in summary for key in evaluate.REWARD_KEYS + ("reply_words", "reference_words", "truncated"))
+                expected = evaluate.REWARD_KEYS + ("reply_words", "reference_words", "truncated")
+                assert all(key in summary for key in expected)
         loop = system["closed_loop"]
         assert loop["calls"] == 12                                              # 12 products x 1
         for key in ("conversion", "hang_up"):

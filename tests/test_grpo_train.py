@@ -97,6 +97,7 @@ def test_resume_continues_exactly(setup, tmp_path, monkeypatch):
     # Crash in the middle of step 3: its metrics and audit lines are written, the step-4 checkpoint is
     # not. Resuming from step 2 must drop those lines and redo step 3 exactly.
     real_audit = grpo.write_audit
+
     def audit_then_crash(audit_file, step, *args):
         real_audit(audit_file, step, *args)
         if step == 2:

@@ -23,6 +23,7 @@ import torch
 import kernels
 from kernels import backend_for, fused_linear_logprobs
 
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ENGINES = ["triton", "torch"]
 IGNORE = -100
@@ -301,7 +302,8 @@ def test_cpu_without_interpreter_uses_the_torch_path():
         "except RuntimeError as error:\n"
         "    print(error)\n"
     )
-    environment = {key: value for key, value in os.environ.items() if key not in ("TRITON_INTERPRET", "KERNELS_BACKEND")}
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("TRITON_INTERPRET", "KERNELS_BACKEND")}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-c", script], cwd=root, env=environment, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

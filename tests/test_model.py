@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 import model as qwen
 from model import CheckpointError, Qwen2, Qwen2Config, generate, load_pretrained, save_pretrained
 
+
 VOCAB = 97
 # (query heads, key/value heads, tied): GQA ratios 1, 2 and 7, tied and untied lm_head.
 SHAPES = [(4, 4, True), (4, 2, False), (7, 1, True), (7, 7, False)]
@@ -342,7 +343,8 @@ BAD_CHECKPOINTS = {
         f, lambda t: t.update({"model.layers.0.self_attn.k_proj.bias": torch.ones(8)})),
         ["model.safetensors", "model.layers.0.self_attn.k_proj.bias", "shape (8,)", "(16,)"]),
     "config-disagrees": (lambda f: rewrite_config(f, lambda c: c.update(intermediate_size=50)),
-                         ["model.safetensors", "model.layers.0.mlp.gate_proj.weight", "shape (44, 32)", "config.json implies (50, 32)"]),
+                         ["model.safetensors", "model.layers.0.mlp.gate_proj.weight", "shape (44, 32)",
+                          "config.json implies (50, 32)"]),
     "truncated-weights": (truncate, ["model.safetensors", "truncated"]),
     "missing-shard": (make_sharded_with_missing_shard, ["model-00001-of-00002.safetensors", "not found"]),
 }

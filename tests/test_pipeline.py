@@ -7,6 +7,7 @@ from config import load_config
 from model import load_pretrained
 from reward import REWARD_KEYS
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from retrieval import CosineIndex, HashedTfidfEmbedder
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -41,6 +41,7 @@ def direct_bayes(model, tokenizer, prompt, thought, reference):
     reference_start = answer.rindex(reference)
     ids = torch.tensor([prompt_ids + answer_ids])
     logprobs = torch.log_softmax(model64(ids)[0].double(), dim=-1)          # [T, V]
+
     def mean_over(chosen):
         positions = [len(prompt_ids) + i for i, keep in enumerate(chosen) if keep]
         return np.mean([logprobs[t - 1, ids[0, t]].item() for t in positions])

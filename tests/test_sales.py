@@ -3,9 +3,24 @@ import random
 
 import pytest
 
-from sales import (GOOD_INTENTS, MISTAKE_INTENTS, OUTCOMES, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, check_claims,
-                   classify_sales_intent, domain_texts, faithfulness, fill, is_good_turn, is_legal_move, load_world,
-                   slot_values, stage_move)
+from sales import (
+    GOOD_INTENTS,
+    MISTAKE_INTENTS,
+    OUTCOMES,
+    SALES_INTENTS,
+    STAGE_TRANSITIONS,
+    STAGES,
+    check_claims,
+    classify_sales_intent,
+    domain_texts,
+    faithfulness,
+    fill,
+    is_good_turn,
+    is_legal_move,
+    load_world,
+    slot_values,
+    stage_move,
+)
 from simulate import make_persona
 
 
@@ -83,12 +98,14 @@ def test_classifier_recovers_the_intent_of_every_filled_template():
 
 def test_classifier_reads_free_form_replies():
     assert classify_sales_intent("Hey Ana, I'm calling from QuickBite Partners, got a minute?") == "greet_and_introduce"
-    assert classify_sales_intent("I hear you, the cost matters. It's $49 per month with nothing hidden.") == "handle_price_objection"
+    objection = "I hear you, the cost matters. It's $49 per month with nothing hidden."
+    assert classify_sales_intent(objection) == "handle_price_objection"
     assert classify_sales_intent("Would you like to go ahead and sign up with Growth Boost?") == "ask_for_commitment"
     assert classify_sales_intent("zebra quantum") == "generic_pitch"
 
 # ----------------------------------------------------------------------------------------------
 # The claim checker on hand-made sentences (Growth Boost: $99 per month, 6 months, 3 slots a week)
+
 
 @pytest.fixture
 def growth():

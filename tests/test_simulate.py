@@ -142,12 +142,14 @@ def test_an_external_salesperson_plays_against_the_customer():
 
 def test_stats_cli_prints_the_summary(tmp_path, capsys):
     path = tmp_path / "calls.jsonl"
-    assert simulate.main(["--dialogues", "30", "--seed", "1", "--out", str(path), "--domains", "business_insurance"]) == 0
+    arguments = ["--dialogues", "30", "--seed", "1", "--out", str(path), "--domains", "business_insurance"]
+    assert simulate.main(arguments) == 0
     assert {c["domain"] for c in load_corpus(path)} == {"business_insurance"}
     capsys.readouterr()
     assert simulate.main(["--stats", str(path)]) == 0
     out = capsys.readouterr().out
-    for key in ("calls", "turns_per_call", "stages", "sales_intents", "outcome_rates", "noise_rate", "distinct_2_sales"):
+    for key in ("calls", "turns_per_call", "stages", "sales_intents", "outcome_rates", "noise_rate",
+                "distinct_2_sales"):
         assert key in out
     assert re.search(r"^calls\s+30$", out, re.M)
     for stage in ("opening", "business_analysis"):
@@ -156,9 +158,9 @@ def test_stats_cli_prints_the_summary(tmp_path, capsys):
 
 def test_llm_backend_falls_back_and_counts(tmp_path):
     torch = pytest.importorskip("torch")
+    from corpus import render_call_text
     from model import Qwen2, Qwen2Config, save_pretrained
     from tokenizer import ChatTokenizer
-    from corpus import render_call_text
     tokenizer = ChatTokenizer.train([render_call_text(c) for c in generate_corpus(30, seed=1, progress=False)],
                                     vocab_size=1000)
     torch.manual_seed(0)

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from tokenizer import (IM_END, IM_START, SPECIAL_TOKENS, ChatTokenizer, format_assistant, render_chat,
-                       split_thought)
+from tokenizer import IM_END, IM_START, SPECIAL_TOKENS, ChatTokenizer, format_assistant, render_chat, split_thought
+
 
 TEXTS = [
     "Hello, this is Dana from DeliveryBoost. Do you have a minute?",
@@ -69,7 +69,8 @@ def test_tokenizer_without_chatml_tokens_is_rejected(tok, tmp_path):
 
 
 @pytest.mark.parametrize("text, thought, reply, ok", [
-    (format_assistant("Ask about orders.", "How many orders a month?"), "Ask about orders.", "How many orders a month?", True),
+    (format_assistant("Ask about orders.", "How many orders a month?"), "Ask about orders.", "How many orders a month?",
+     True),
     ("<think> x </think>  hi <|im_end|>", "x", "hi", True),
     ("<think></think>\nhi", "", "hi", False),            # empty thought
     ("<think>plan</think>\n", "plan", "", False),         # empty reply
