@@ -29,6 +29,10 @@ vote over TF-IDF contexts is transparent (every prediction can be traced to the 
 caused it), trains in seconds and is fast enough to run per turn on a CPU (bench/retrieval.py).
 See docs/design.md, "DOGA".
 
+Why one module of ~670 lines: the four steps share one definition of a turn's context (`context_parts`,
+slotted by `Slotter`), used offline to key the library and per turn to classify and retrieve; kept in
+one file, the offline and the online side cannot drift apart, and the file reads in the order above.
+
 CLI:
     python doga.py build --corpus data/train.jsonl --out DIR
     python doga.py eval-intent --library DIR --corpus data/test.jsonl

@@ -20,6 +20,10 @@ Left out on purpose: sliding-window attention (Qwen2.5 checkpoints ship with it 
 scaling variants such as YaRN (only needed beyond the 32k native context), dropout (zero in every Qwen2
 release), and multi-file sharding on save (a single safetensors file holds a model of any size we train).
 A config that asks for one of these is refused with a clear error instead of being run wrongly.
+
+Why one module of ~620 lines: the architecture, its generation loop and its checkpoint format change
+together (a field of config.json shapes the weights, the KV cache and the file), so a reader checking
+the model against Qwen2 finds all of it here.
 """
 import json
 import shutil
