@@ -17,6 +17,9 @@ DIALOGUES = $(shell $(PYTHON) -c "import json; print(json.load(open('$(CONFIG)')
 # Idle OpenMP threads sleep instead of spinning: on a shared or busy machine spinning threads slowed
 # training about 5x here (measured while other jobs shared the 2 cores).
 export OMP_WAIT_POLICY ?= PASSIVE
+# NumPy's small matrix products (DOGA's retrieval) run on one thread: on 2 busy cores, OpenBLAS's thread pool
+# made one 1000 x 1024 product 60 times slower (15 ms instead of 0.25 ms, measured here).
+export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: install test bench data train eval ablations chat clean
 
@@ -47,14 +50,15 @@ $(DATA)/train.jsonl: | install
 
 # The whole pipeline: corpus -> tokenizer + tiny base model -> GRPO directly on the base -> summary.
 # With MODEL=/path/to/Qwen2.5 (a local HF folder) the base is that checkpoint and pretraining is skipped.
-# DOGA's script library is built from the same training calls, for `make chat` and `make eval`.
+# DOGA's script library is built first from the same training calls: pretraining and GRPO prompt with its
+# outlines as the agent does at inference (train as it infers), and `make chat` and `make eval` use it.
 train: install data
 	$(PY) doga.py build --corpus $(DATA)/train.jsonl --out $(RUN)/scripts
 ifeq ($(MODEL),)
-	$(PY) pretrain.py --config $(CONFIG) --data $(DATA) --out $(RUN)/base
-	$(PY) grpo.py --config $(CONFIG) --model $(RUN)/base --data $(DATA) --out $(RUN)
+	$(PY) pretrain.py --config $(CONFIG) --data $(DATA) --out $(RUN)/base --library $(RUN)/scripts
+	$(PY) grpo.py --config $(CONFIG) --model $(RUN)/base --data $(DATA) --out $(RUN) --library $(RUN)/scripts
 else
-	$(PY) grpo.py --config $(CONFIG) --model $(MODEL) --data $(DATA) --out $(RUN)
+	$(PY) grpo.py --config $(CONFIG) --model $(MODEL) --data $(DATA) --out $(RUN) --library $(RUN)/scripts
 endif
 
 chat: install

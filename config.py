@@ -43,6 +43,9 @@ class PretrainConfig:
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 0
+    # Calls pretrained with DOGA's outline before each salesperson turn (needs a library): the base learns to
+    # read outlines and still knows plain prompts.
+    outline_share: float = 0.5
 
 
 @dataclass
@@ -50,15 +53,20 @@ class RewardConfig:
     """Weights of the composite reward (docs/design.md, "Rewards"). Defaults and their reasons:
 
     format 1.0       the answer must be parseable before anything else can be scored;
-    similarity 1.0   cosine in [0, 1] to the reference reply: the main "say the right thing" signal;
-    faithfulness 1.0 share of supported claims in [0, 1]; a forbidden promise scores 0. Equal to
-                     similarity because a fluent but false reply is worse than a clumsy true one;
+    similarity 1.0   cosine in [0, 1] of reply and reference with names and numbers masked: the phrasing of
+                     the move, never a shared name;
+    faithfulness 1.0 claim precision x coverage of the reference's facts, in [0, 1]; a forbidden promise
+                     scores 0. Equal to the move terms: a fluent but false reply is worse than a clumsy true one;
+    manager 1.0      the Manager's view of the move in [0, 1]: the reference's move 1, another on-stage move
+                     0.5, off-stage or a mistake 0. The customer reacts to the move first, so it weighs as
+                     much as the facts;
     bayes 0.1        prior + likelihood are mean log-probs, each typically in [-6, -1], so the sum spans
                      roughly ten times the range of the other terms: 0.1 puts it on their scale.
     """
     format: float = 1.0
     similarity: float = 1.0
     faithfulness: float = 1.0
+    manager: float = 1.0
     bayes: float = 0.1
     bayes_floor: float = -10.0     # per-token mean log-prob floor for each of prior and likelihood
 
@@ -86,6 +94,7 @@ class GRPOConfig:
     steps: int = 60
     prompts_per_step: int = 4      # groups per step, over all processes together
     reference_filter: str = "good"  # good: train on turns the Manager labelled on-stage and faithful | all
+    outline_share: float = 1.0     # training prompts with DOGA's outline (needs a library): train as it infers
     save_steps: int = 20           # checkpoint every N steps (0: only the final model)
     log_completion_steps: int = 10  # print a sample completion every N steps
     eval_prompts: int = 32         # held-out prompts for the before/after summary
@@ -105,7 +114,7 @@ CHOICES = {
 POSITIVE = {"dialogues", "vocab_size", "steps", "batch_size", "seq_len", "learning_rate", "max_grad_norm",
             "num_generations", "num_iterations", "temperature", "max_prompt_length", "max_completion_length",
             "prompts_per_step", "eval_prompts"}
-UNIT_INTERVAL = {"min_lr_ratio", "epsilon", "epsilon_high", "top_p"}
+UNIT_INTERVAL = {"min_lr_ratio", "epsilon", "epsilon_high", "top_p", "outline_share"}
 # Every other number must be >= 0, except these, which must be < 0 (a floor on log-probabilities).
 NEGATIVE = {"bayes_floor"}
 # The tiny model's architecture: Qwen2Config fields (model.py reads them as a Hugging Face config.json).

@@ -197,11 +197,20 @@ def system_prompt(product, visible):
             f"Customer:\n{profile}")
 
 
-def chat_messages(product, visible, turns):
-    """System prompt, then the call so far: customer -> user, salesperson -> assistant (spoken text only)."""
+def chat_messages(product, visible, turns, whispers=None):
+    """System prompt, then the call so far: customer -> user, salesperson -> assistant (spoken text only).
+
+    whispers: {turn index: text}, DOGA's outline for a salesperson turn (doga.Outline.whisper), each a system
+    message just before the turn it guided; the one at index len(turns) guides the turn about to be spoken and
+    comes last. Without whispers the prompt is the plain one."""
+    whispers = whispers or {}
     messages = [{"role": "system", "content": system_prompt(product, visible)}]
-    for turn in turns:
+    for index, turn in enumerate(turns):
+        if index in whispers:
+            messages.append({"role": "system", "content": whispers[index]})
         messages.append({"role": "assistant" if turn["role"] == "sales" else "user", "content": turn["text"]})
+    if len(turns) in whispers:
+        messages.append({"role": "system", "content": whispers[len(turns)]})
     return messages
 
 
@@ -213,37 +222,44 @@ class Sample:
     prompt: str          # render_chat(messages): ends with the open assistant turn
     reference: str       # A*, the spoken reply of the corpus
     thought: str         # the reference thought
-    stage: str
+    stage: str           # the stage after the turn (the Manager's label)
     intent: str
     labels: dict
     domain: str
     product: dict
     visible: dict
+    stage_before: str    # the stage the call was in when the salesperson spoke: the Manager judges the move by it
 
 
-def training_samples(call):
-    """One Sample per salesperson turn of `call`."""
+def training_samples(call, whispers=None):
+    """One Sample per salesperson turn of `call`. With whispers ({turn index: text}, see chat_messages) each
+    prompt carries DOGA's outline before every salesperson turn so far and before the one to speak."""
     product, visible = call["product"], call["customer"]["visible"]
     samples = []
     for index, turn in enumerate(call["turns"]):
         if turn["role"] != "sales":
             continue
-        messages = chat_messages(product, visible, call["turns"][:index])
+        shown = {i: text for i, text in (whispers or {}).items() if i <= index}
+        messages = chat_messages(product, visible, call["turns"][:index], shown)
+        stage_before = call["turns"][index - 1]["stage"] if index else STAGES[0]
         samples.append(Sample(call["id"], index, messages, render_chat(messages), turn["text"], turn["thought"],
-                              turn["stage"], turn["intent"], turn["labels"], call["domain"], product, visible))
+                              turn["stage"], turn["intent"], turn["labels"], call["domain"], product, visible,
+                              stage_before))
     return samples
 
 
-def render_call_text(call):
-    """A whole call as ChatML text, salesperson turns as `<think>thought</think>\\nreply`: the text the
-    base model is pretrained on, in the exact format the policy is prompted and answers in."""
-    messages = [{"role": "system", "content": system_prompt(call["product"], call["customer"]["visible"])}]
-    for turn in call["turns"]:
-        if turn["role"] == "sales":
-            messages.append({"role": "assistant", "content": format_assistant(turn["thought"], turn["text"])})
-        else:
-            messages.append({"role": "user", "content": turn["text"]})
-    return render_chat(messages, add_generation_prompt=False)
+def call_messages(call, whispers=None):
+    """A whole call as chat messages, salesperson turns as `<think>thought</think>\\nreply` (whispers as in
+    chat_messages): what the base model is pretrained on, in the exact format the policy is prompted and
+    answers in."""
+    messages = chat_messages(call["product"], call["customer"]["visible"], call["turns"], whispers)
+    answers = iter(format_assistant(t["thought"], t["text"]) for t in call["turns"] if t["role"] == "sales")
+    return [{"role": "assistant", "content": next(answers)} if m["role"] == "assistant" else m for m in messages]
+
+
+def render_call_text(call, whispers=None):
+    """call_messages rendered as one ChatML text."""
+    return render_chat(call_messages(call, whispers), add_generation_prompt=False)
 
 
 # ----------------------------------------------------------------------------------------------

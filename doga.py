@@ -54,7 +54,7 @@ import torch
 from tqdm import tqdm
 
 from config import GRPOConfig
-from corpus import CorpusError, load_corpus, system_prompt
+from corpus import CorpusError, chat_messages, load_corpus, system_prompt
 from files import write_json
 from model import generate_completions, load_with_tokenizer
 from retrieval import CosineIndex, HashedTfidfEmbedder
@@ -271,10 +271,12 @@ class ScriptLibrary:
                    "templates_per_intent": dict(Counter(m["intent"] for m in template_index.metadata))}
         return cls(embedder, template_index, context_index, summary)
 
-    def retrieve(self, context_vector, intent, k):
-        """Templates of `intent` whose contexts are most like `context_vector` [D]: metadata dicts, best first."""
-        scores, rows = self.templates.search(context_vector[None, :], k, where={"intent": intent})
-        return [dict(self.templates.metadata[row], score=float(score)) for score, row in zip(scores[0], rows[0])]
+    def retrieve(self, context_vectors, intent, k):
+        """Templates of `intent` whose contexts are most like each of context_vectors [Q, D]: per query, the
+        metadata dicts, best first."""
+        scores, rows = self.templates.search(context_vectors, k, where={"intent": intent})
+        return [[dict(self.templates.metadata[row], score=float(score)) for score, row in zip(query_scores, query_rows)]
+                for query_scores, query_rows in zip(scores, rows)]
 
     def save(self, folder):
         os.makedirs(folder, exist_ok=True)
@@ -373,29 +375,38 @@ class IntentClassifier:
         self.stage_prior = {stage: counts[rows].sum(axis=0) for stage, rows in self.stage_rows.items()}
         self.legal = {stage: np.array([is_legal_move(i, stage) for i in self.intents]) for stage in STAGES}
 
-    def scores(self, context_vector, stage):
-        """Masked votes per intent, float32 [I]; illegal intents are -inf."""
-        scores = np.full(len(self.intents), -np.inf, dtype=np.float32)
+    def scores(self, context_vectors, stage):
+        """Masked votes per intent for contexts [Q, D] (or one [D]) in one stage: float32 [Q, I] (or [I]);
+        illegal intents are -inf."""
+        single = context_vectors.ndim == 1
+        context_vectors = np.atleast_2d(context_vectors)
         legal = self.legal[stage]
+        votes = np.zeros((len(context_vectors), len(self.intents)), dtype=np.float32)           # [Q, I]
         if len(self.stage_rows[stage]):
-            similarity, rows = self.library.contexts.search(context_vector[None, :], self.k, where={"stage": stage})
-            votes = (np.maximum(similarity[0], 0.0)[:, None] * self.counts[rows[0]]).sum(axis=0)   # [I]
-        else:
-            votes = np.zeros(len(self.intents), dtype=np.float32)
-        if not (votes * legal).any():                     # nothing legal nearby: the stage's legal prior
-            votes = self.stage_prior[stage] + 1e-3
-        scores[legal] = votes[legal]
-        return scores
+            similarity, rows = self.library.contexts.search(context_vectors, self.k, where={"stage": stage})
+            votes = np.einsum("qk,qki->qi", np.maximum(similarity, 0.0), self.counts[rows])       # [Q, k] x [Q, k, I]
+        nothing_legal = ~(votes * legal).any(axis=1)              # nothing legal nearby: the stage's legal prior
+        votes[nothing_legal] = self.stage_prior[stage] + 1e-3
+        scores = np.where(legal, votes, -np.inf).astype(np.float32)
+        return scores[0] if single else scores
 
     def predict(self, context_vector, stage, situation=""):
-        scores = self.scores(context_vector, stage)
-        best = int(np.argmax(scores))
-        if self.label_noise > 0:
-            rng = np.random.default_rng([self.seed, zlib.crc32(situation.encode())])
-            others = np.flatnonzero(np.isfinite(scores) & (np.arange(len(scores)) != best))  # other legal moves
-            if rng.random() < self.label_noise and len(others):
-                best = int(rng.choice(others))
-        return self.intents[best]
+        return self.predict_many(context_vector[None, :], [stage], [situation])[0]
+
+    def predict_many(self, context_vectors, stages, situations):
+        """The next intent for each context [Q, D] in its stage (a list of Q), scored a stage at a time."""
+        intents = [None] * len(stages)
+        for stage in sorted(set(stages)):
+            rows = [i for i, s in enumerate(stages) if s == stage]
+            for row, scores in zip(rows, self.scores(context_vectors[rows], stage)):
+                best = int(np.argmax(scores))
+                if self.label_noise > 0:
+                    rng = np.random.default_rng([self.seed, zlib.crc32(situations[row].encode())])
+                    others = np.flatnonzero(np.isfinite(scores) & (np.arange(len(scores)) != best))  # other legal moves
+                    if rng.random() < self.label_noise and len(others):
+                        best = int(rng.choice(others))
+                intents[row] = self.intents[best]
+        return intents
 
     def predict_turns(self, product, visible, turns):
         """The next salesperson intent after `turns` of a call with this product and profile."""
@@ -451,24 +462,55 @@ class Outline:
     def render(self):
         return "\n".join(self.notes())
 
+    def whisper(self):
+        """The outline as the short system message put just before the salesperson speaks: the move, then the
+        best proven line. Short on purpose: one stands before every salesperson turn of a DOGA prompt."""
+        step = self.intent.replace("_", " ")
+        return f"Outline: {step}. Proven line: {self.lines[0] if self.lines else self.goal}"
+
 
 class DogaPlanner:
     """Per turn: stage -> next intent -> top-k templates of that intent -> slots filled -> Outline.
 
     Templates said in the call's own domain come first; templates of other domains are used only when
-    none of the own domain fits (a domain held out of training still gets its shared lines)."""
+    none of the own domain fits (a domain held out of training still gets its shared lines). Plans are
+    remembered by the call so far: a DOGA prompt shows the outline of every earlier salesperson turn, so the
+    same plans are asked for again turn after turn."""
 
     def __init__(self, library, classifier=None, k=3):
         self.library = library
         self.classifier = classifier or IntentClassifier(library)
         self.k = k
+        self._plans = {}              # situation(product, visible, turns) -> Outline
 
     def plan(self, product, visible, turns):
-        stage, _ = track_call(turns)
-        vector = context_vector(self.library.embedder, product, visible, turns)
-        intent = self.classifier.predict(vector, stage, situation(product, visible, turns))
+        return self.plan_many([(product, visible, turns)])[0]
+
+    def plan_many(self, calls_so_far, chunk=4096):
+        """Outlines for many (product, visible, turns): contexts embedded together, the classifier and the
+        retriever asked once per stage and per intent, so a whole corpus is planned in seconds."""
+        keys = [situation(*call) for call in calls_so_far]
+        todo = list({key: call for key, call in zip(keys, calls_so_far) if key not in self._plans}.items())
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            calls = [call for _, call in part]
+            stages = [track_call(turns)[0] for _, _, turns in calls]
+            vectors = embed_contexts(self.library.embedder,
+                                     [context_parts(turns, slotter_for(p, v)) for p, v, turns in calls])  # [Q, D]
+            intents = self.classifier.predict_many(vectors, stages, [key for key, _ in part])
+            candidates = [None] * len(calls)
+            for intent in sorted(set(intents)):
+                rows = [i for i, x in enumerate(intents) if x == intent]
+                for row, templates in zip(rows, self.library.retrieve(vectors[rows], intent, 4 * self.k)):
+                    candidates[row] = templates                             # spares for unfillable ones
+            for (key, (product, visible, _)), stage, intent, found in zip(part, stages, intents, candidates):
+                self._plans[key] = self._outline(product, visible, stage, intent, found)
+        if len(self._plans) > 200_000:                              # a long evaluation: keep memory bounded
+            self._plans = {key: self._plans[key] for key in keys}
+        return [self._plans[key] for key in keys]
+
+    def _outline(self, product, visible, stage, intent, candidates):
         values = slot_values(product, visible)
-        candidates = self.library.retrieve(vector, intent, 4 * self.k)     # spares for unfillable ones
         own_domain = [t for t in candidates if product.get("domain") in t["domains"]]
         lines, ids = [], []
         for template in own_domain or candidates:
@@ -479,6 +521,18 @@ class DogaPlanner:
             if len(lines) == self.k:
                 break
         return Outline(stage, intent, STAGE_GOALS[SALES_INTENTS[intent]], lines, ids)
+
+    def whispers(self, calls, next_turn=True):
+        """For each (product, visible, turns): {turn index: Outline.whisper()} for every salesperson turn of
+        `turns` and, with next_turn, for the turn after them (index len(turns)), each planned from the call as
+        it stood before that turn: the whispers corpus.chat_messages puts in a DOGA prompt."""
+        positions = [(n, index) for n, (_, _, turns) in enumerate(calls) for index in range(len(turns) + next_turn)
+                     if index == len(turns) or turns[index]["role"] == "sales"]
+        outlines = self.plan_many([(calls[n][0], calls[n][1], calls[n][2][:index]) for n, index in positions])
+        whispers = [{} for _ in calls]
+        for (n, index), outline in zip(positions, outlines):
+            whispers[n][index] = outline.whisper()
+        return whispers
 
 
 # ----------------------------------------------------------------------------------------------
@@ -512,6 +566,20 @@ def assemble_messages(tokenizer, header, title, notes, history, max_prompt_lengt
                                 f"max_prompt_length={max_prompt_length}")
 
 
+def fit_history(tokenizer, messages, max_prompt_length):
+    """Drop the oldest messages after the system prompt (never the last two: the customer's latest words and
+    the outline of this turn) until the prompt fits max_prompt_length tokens. Raises PromptTooLong."""
+    messages = list(messages)
+    while True:
+        length = len(tokenizer.encode_chat(messages))
+        if length <= max_prompt_length:
+            return messages
+        if len(messages) <= 3:
+            raise PromptTooLong(f"the system prompt and the latest messages take {length} tokens, more than "
+                                f"max_prompt_length={max_prompt_length}")
+        del messages[1]
+
+
 def as_call_view(call):
     """(product, visible, turns) from a call dict (corpus / run_call view) or a corpus.Sample."""
     if isinstance(call, dict) and "turns" in call:
@@ -524,13 +592,11 @@ def as_call_view(call):
 
 
 # ----------------------------------------------------------------------------------------------
-# The agents: DOGA and the static few-shot baseline share everything but the guidance block.
+# The agents: DOGA and the static few-shot baseline share everything but the prompt.
 
 class Agent:
     """A salesperson around a causal LM: prompt -> model.generate_completions -> `<think>` parsing. Prompt
     and answer lengths default to the policy's training lengths (config.GRPOConfig)."""
-
-    title = ""
 
     def __init__(self, model, tokenizer, library, max_prompt_length=GRPOConfig.max_prompt_length,
                  max_new_tokens=GRPOConfig.max_completion_length, temperature=0.0, top_p=1.0, seed=0):
@@ -539,19 +605,10 @@ class Agent:
         self.temperature, self.top_p = temperature, top_p
         self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
 
-    def guidance(self, product, visible, turns):
-        """(notes for the system prompt, Outline or None). Subclasses differ only here."""
-        raise NotImplementedError
-
     def prompt(self, call):
-        """(prompt token ids, Outline or None) for a call so far: guidance in the system prompt, then the
-        history, within max_prompt_length. evaluate.py batches many of these through one generate call."""
-        product, visible, turns = as_call_view(call)
-        notes, outline = self.guidance(product, visible, turns)
-        history = [{"role": "assistant" if t["role"] == "sales" else "user", "content": t["text"]} for t in turns]
-        messages, _ = assemble_messages(self.tokenizer, system_prompt(product, visible), self.title, notes,
-                                        history, self.max_prompt_length)
-        return self.tokenizer.encode_chat(messages), outline
+        """(prompt token ids, Outline or None) for a call so far, within max_prompt_length. Subclasses differ
+        only here; evaluate.py batches many prompts through one generate call."""
+        raise NotImplementedError
 
     def respond(self, call):
         """The next salesperson turn for a call so far (call dict or Sample): (thought, reply, outline)."""
@@ -564,27 +621,31 @@ class Agent:
 
 
 class DogaAgent(Agent):
-    """The outline-guided agent: each turn, a fresh outline from DogaPlanner."""
-
-    title = "Outline for your next reply:"
+    """The outline-guided agent: each turn, a fresh outline from DogaPlanner, whispered before the turn."""
 
     def __init__(self, model, tokenizer, library, classifier=None, k=3, **generation):
         super().__init__(model, tokenizer, library, **generation)
         self.planner = DogaPlanner(library, classifier, k)
 
-    def guidance(self, product, visible, turns):
-        outline = self.planner.plan(product, visible, turns)
-        return outline.notes(), outline
+    def prompt(self, call):
+        """The plain prompt with DOGA's outline whispered before every salesperson turn, the one about to be
+        spoken included (corpus.chat_messages): the format the policy is trained on (train as it infers)."""
+        product, visible, turns = as_call_view(call)
+        [whispers] = self.planner.whispers([(product, visible, turns)])
+        messages = fit_history(self.tokenizer, chat_messages(product, visible, turns, whispers),
+                               self.max_prompt_length)
+        return self.tokenizer.encode_chat(messages), self.planner.plan(product, visible, turns)
 
 
 class StaticAgent(Agent):
-    """The baseline: the same prompt with one static few-shot block instead of the outline: for each
-    stage, the most supported template of the library (of the call's domain when there is one), filled
-    for this call. The block is the same on every turn of a call."""
+    """The baseline: the plain prompt with one static few-shot block in the system prompt instead of the
+    outlines: for each stage, the most supported template of the library (of the call's domain when there
+    is one), filled for this call. The block is the same on every turn of a call."""
 
     title = "Examples of good lines, one per stage:"
 
-    def guidance(self, product, visible, turns):
+    def prompt(self, call):
+        product, visible, turns = as_call_view(call)
         values, notes = slot_values(product, visible), []
         for stage in STAGES:
             candidates = sorted((m for m in self.library.templates.metadata if m["stage"] == stage),
@@ -592,7 +653,10 @@ class StaticAgent(Agent):
             filled = next((f for f in (fill_slots(m["text"], values) for m in candidates) if f), None)
             if filled:
                 notes.append(f"{stage.replace('_', ' ')}: {filled}")
-        return notes, None
+        history = chat_messages(product, visible, turns)[1:]
+        messages, _ = assemble_messages(self.tokenizer, system_prompt(product, visible), self.title, notes,
+                                        history, self.max_prompt_length)
+        return self.tokenizer.encode_chat(messages), None
 
 
 # ----------------------------------------------------------------------------------------------

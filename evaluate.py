@@ -44,6 +44,7 @@ CLI:
 """
 
 import argparse
+import json
 import math
 import os
 import random
@@ -58,14 +59,13 @@ from tqdm import tqdm
 
 from config import ConfigError, load_config
 from corpus import load_corpus, training_samples
-from doga import STAGE_GOALS, DogaAgent, IntentClassifier, ScriptLibrary, StaticAgent, track_call
+from doga import STAGE_GOALS, DogaAgent, DogaPlanner, IntentClassifier, ScriptLibrary, StaticAgent, track_call
 from files import read_jsonl, write_jsonl
 from model import generate_completions, load_with_tokenizer
 from report import write_report
-from retrieval import HashedTfidfEmbedder
-from reward import REWARD_KEYS, CompositeReward
-from sales import STAGES, classify_sales_intent, is_good_turn, load_world
-from simulate import make_persona, run_call
+from reward import REWARD_KEYS, CompositeReward, fit_similarity_embedder
+from sales import STAGES, check_claims, classify_sales_intent, is_good_turn, load_world
+from simulate import DEFAULT_NOISE, Salesperson, make_persona, run_call
 from tokenizer import split_thought
 from training import resolve_device
 
@@ -76,7 +76,7 @@ PROMPTINGS = ("static", "doga", "doga_noisy")
 @dataclass
 class EvalSettings:
     turns_per_stage: int = 16      # turn-level sample per capability (6 capabilities)
-    calls_per_product: int = 2     # closed-loop calls per product (12 products)
+    calls_per_product: int = 8     # closed-loop calls per product (12 products: 96 calls per system)
     batch_size: int = 32           # replies generated together
     seed: int = 0                  # turns drawn, personas, the noisy classifier's flips
     label_noise: float = 0.2       # share of predicted intents flipped for the doga_noisy prompting
@@ -265,16 +265,29 @@ def aggregate_turns(records):
 # ----------------------------------------------------------------------------------------------
 # Closed loop: whole calls against the simulated customers.
 
-def closed_loop_jobs(products, calls_per_product, seed):
+def closed_loop_jobs(products, calls_per_product, seed, seen_profiles=()):
     """(call id, product, persona, rng) per call; the persona and the customer's randomness depend only
-    on the seed, the product and the call number, so every system meets the same customers."""
-    jobs = []
+    on the seed, the product and the call number, so every system meets the same customers.
+
+    seen_profiles: the visible profiles of the training calls (profile_key). A drawn customer whose profile
+    a training call already had is passed over for the next draw: evaluation customers are never training
+    customers. Each job's rng is fresh: a played call advances it, so build the jobs anew for each player."""
+    seen, jobs = set(seen_profiles), []
     for product in products:
-        for number in range(calls_per_product):
+        number = drawn = 0
+        while drawn < calls_per_product:
             rng = random.Random(f"eval:{seed}:{product['id']}:{number}")
             persona = make_persona(product["domain"], product, rng)
-            jobs.append((f"eval-{product['id']}-{number}", product, persona, rng))
+            if profile_key(persona["visible"]) not in seen:
+                jobs.append((f"eval-{product['id']}-{number}", product, persona, rng))
+                drawn += 1
+            number += 1
     return jobs
+
+
+def profile_key(visible):
+    """A customer's visible profile as one comparable string."""
+    return json.dumps(visible, sort_keys=True)
 
 
 def play_calls(answer, jobs, desc="calls"):
@@ -334,14 +347,22 @@ def play_calls(answer, jobs, desc="calls"):
 
 
 def closed_loop_metrics(calls):
-    """Conversion and hang-up rates (Wilson) and per-call means (Student t) of played calls."""
+    """Conversion and hang-up rates (Wilson) and per-call means (Student t) of played calls. A violation is a
+    salesperson turn the Manager labels unfaithful; unsupported facts count the claims themselves (the
+    distinct unsupported claims of each turn, as sales.check_claims finds them)."""
     n = len(calls)
     sales = [[t for t in call["turns"] if t["role"] == "sales"] for call in calls]
+
+    def unsupported(call, turns):
+        visible = call["customer"]["visible"]
+        return sum(len(set(check_claims(t["text"], call["product"], visible).unsupported)) for t in turns)
+
     return {"calls": n,
             "conversion": rate(sum(c["outcome"] == "converted" for c in calls), n),
             "hang_up": rate(sum(c["outcome"] == "hung_up" for c in calls), n),
             "turns": mean_with_interval([len(c["turns"]) for c in calls]),
             "violations_per_call": mean_with_interval([sum(not t["labels"]["faithful"] for t in s) for s in sales]),
+            "unsupported_facts_per_call": mean_with_interval([unsupported(c, s) for c, s in zip(calls, sales)]),
             "off_stage_per_call": mean_with_interval([sum(not t["labels"]["on_stage"] for t in s) for s in sales])}
 
 
@@ -412,7 +433,13 @@ class EvalSetup:
     turns: list                # [(call, Sample)] held-out turns
     products: list             # product sheets of the closed loop
     reward_fn: CompositeReward  # frozen base model as the Bayesian reference
+    seen_profiles: set         # visible profiles of the training calls: never an evaluation customer
     judge: object = None       # Judge or None
+
+    def jobs(self):
+        """The closed-loop calls, with fresh random streams: the same customers for every system."""
+        return closed_loop_jobs(self.products, self.settings.calls_per_product, self.settings.seed,
+                                self.seen_profiles)
 
 
 def make_eval_setup(config, settings, train_calls, test_calls, base_dir, domain=None, judge_dir=None):
@@ -423,8 +450,8 @@ def make_eval_setup(config, settings, train_calls, test_calls, base_dir, domain=
     device = resolve_device(config.grpo.device)
     base, tokenizer = load_with_tokenizer(base_dir, device=device)
     base.eval().requires_grad_(False)
-    references = [s.reference for call in train_calls for s in training_samples(call) if is_good_turn(s.labels)]
-    reward_fn = CompositeReward(config.reward, base, tokenizer, HashedTfidfEmbedder().fit(references))
+    references = [s for call in train_calls for s in training_samples(call) if is_good_turn(s.labels)]
+    reward_fn = CompositeReward(config.reward, base, tokenizer, fit_similarity_embedder(references))
     calls = [c for c in test_calls if domain in (None, c["domain"])]
     turns = select_turns(calls, settings.turns_per_stage, settings.seed,
                          lambda s: len(tokenizer.encode(s.prompt)) <= config.grpo.max_prompt_length)
@@ -433,7 +460,8 @@ def make_eval_setup(config, settings, train_calls, test_calls, base_dir, domain=
                          f"test calls{'' if domain is None else ' of domain ' + repr(domain)}")
     products = [p for d, ps in sorted(load_world().products.items()) if domain in (None, d) for p in ps]
     judge = Judge(judge_dir, settings.judge_retries, seed=settings.seed) if judge_dir else None
-    return EvalSetup(config, settings, turns, products, reward_fn, judge)
+    seen = {profile_key(call["customer"]["visible"]) for call in train_calls}
+    return EvalSetup(config, settings, turns, products, reward_fn, seen, judge)
 
 
 def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
@@ -461,8 +489,7 @@ def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
         return [(a.thought, a.reply) for a in
                 (split_thought(text) for text, _ in agent_answers(agent, call_views, batch_size))]
 
-    jobs = closed_loop_jobs(setup.products, setup.settings.calls_per_product, setup.settings.seed)
-    calls = play_calls(speak, jobs, desc=f"{name} calls")
+    calls = play_calls(speak, setup.jobs(), desc=f"{name} calls")
 
     folder = os.path.join(out_dir, "systems", name.replace("/", "__"))
     write_jsonl(os.path.join(folder, "turns.jsonl"), records)
@@ -473,6 +500,39 @@ def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
     print(f"{name}: intent appropriateness {overall['intent_appropriateness']['value']:.3f}, total reward "
           f"{overall['total']:.3f}, conversion {loop['conversion']['value']:.3f} ({result['seconds']} s)")
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference rows: salespeople without a trained model, on the same customers.
+
+def reference_rows(setup, library, out_dir, noise=DEFAULT_NOISE):
+    """Closed-loop results of three salespeople that need no trained model, against setup.jobs():
+
+    * `scripted, noise N`: the corpus's scripted Salesperson with its share N of mistakes (what the
+      training data demonstrates);
+    * `scripted, noise 0`: the same without mistakes (the simulator's rule-based ceiling);
+    * `DOGA top line`: DOGA's best retrieved line said verbatim, no model (what retrieval alone achieves;
+      a trained model with DOGA should add to it)."""
+    planner = DogaPlanner(library)
+
+    def top_line(view):
+        outline = planner.plan(view["product"], view["customer"]["visible"], view["turns"])
+        return "", outline.lines[0] if outline.lines else outline.goal
+
+    players = {f"scripted, noise {noise:g}": lambda call_id, product, visible: Salesperson(
+                   product, visible, random.Random(f"eval-sales:{call_id}"), noise),
+               "scripted, noise 0": lambda call_id, product, visible: Salesperson(
+                   product, visible, random.Random(f"eval-sales:{call_id}"), 0.0),
+               "DOGA top line": lambda call_id, product, visible: top_line}
+    rows = {}
+    for name, player in players.items():
+        calls = [run_call(product, persona, player(call_id, product, persona["visible"]), rng, call_id=call_id)
+                 for call_id, product, persona, rng in tqdm(setup.jobs(), desc=name, unit="call")]
+        write_jsonl(os.path.join(out_dir, "systems", "reference__" + re.sub(r"\W+", "_", name), "calls.jsonl"),
+                    calls)
+        rows[name] = {"closed_loop": closed_loop_metrics(calls)}
+        print(f"{name}: conversion {rows[name]['closed_loop']['conversion']['value']:.3f}")
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -495,11 +555,12 @@ def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=Non
         for prompting in promptings:
             systems[f"{model_name}/{prompting}"] = evaluate_system(f"{model_name}/{prompting}", model_dir, library,
                                                                    prompting, setup, out_dir)
+    references = reference_rows(setup, library, out_dir)
     curves = {"grpo": {"grpo": read_jsonl(os.path.join(run_dir, "metrics.jsonl"))},
               "pretrain": {"base": read_jsonl(os.path.join(base_dir, "metrics.jsonl"))}}
     meta = {"run": run_dir, "config": config_path, "data": data_dir, **asdict(settings),
             "turns": len(setup.turns), "judge": judge_dir, "wall_seconds": round(time.time() - started, 1)}
-    write_report(out_dir, f"AI-Salesman evaluation of {run_dir}", systems, curves, meta)
+    write_report(out_dir, f"AI-Salesman evaluation of {run_dir}", systems, curves, meta, references)
     return systems
 
 # ----------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ Simplified, and why:
 import argparse
 import json
 import os
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from tqdm import tqdm
 
 from config import ConfigError, load_config
 from corpus import CorpusError, load_corpus, training_samples
+from doga import DogaPlanner, ScriptLibrary
 from files import MetricsLog, replace_folder, truncate_jsonl, write_json
 from model import (
     CheckpointError,
@@ -55,8 +57,7 @@ from model import (
     save_pretrained,
     sequence_logprobs,
 )
-from retrieval import HashedTfidfEmbedder
-from reward import REWARD_KEYS, CompositeReward
+from reward import BEHAVIOUR_KEYS, REWARD_KEYS, CompositeReward, fit_similarity_embedder
 from sales import is_good_turn
 from training import learning_rate_at, make_optimizer, resolve_device
 
@@ -64,14 +65,26 @@ from training import learning_rate_at, make_optimizer, resolve_device
 # ----------------------------------------------------------------------------------------------
 # Prompts.
 
-def load_prompt_pool(path, tokenizer, settings):
+def load_prompt_pool(path, tokenizer, settings, library_dir=None):
     """Training samples from a corpus file, with their prompt token ids.
 
     `reference_filter = "good"` keeps turns the Manager labelled on-stage and faithful: the Bayesian
     likelihood should reward thoughts that explain *good* replies, not the corpus's deliberate mistakes.
+    With a DOGA script library, `outline_share` of the calls (each chosen by a hash of its id) are prompted as
+    the DOGA agent prompts at inference, its outline before every salesperson turn: train as it infers.
     Prompts longer than max_prompt_length are left out (cutting one would cut its system prompt).
     """
-    samples = [s for call in load_corpus(path) for s in training_samples(call)]
+    calls = load_corpus(path)
+    whispers = [None] * len(calls)
+    if library_dir and settings.outline_share > 0:
+        chosen = [n for n, call in enumerate(calls)
+                  if random.Random(f"{settings.seed}:{call['id']}").random() < settings.outline_share]
+        planned = DogaPlanner(ScriptLibrary.load(library_dir)).whispers(
+            [(calls[n]["product"], calls[n]["customer"]["visible"], calls[n]["turns"]) for n in chosen],
+            next_turn=False)
+        for n, call_whispers in zip(chosen, planned):
+            whispers[n] = call_whispers
+    samples = [s for call, call_whispers in zip(calls, whispers) for s in training_samples(call, call_whispers)]
     if settings.reference_filter == "good":
         samples = [s for s in samples if is_good_turn(s.labels)]
     ids = tokenizer.encode_batch(s.prompt for s in samples)
@@ -272,7 +285,7 @@ def held_out_reward(model, reward_fn, tokenizer, samples, prompt_ids, settings):
 # ----------------------------------------------------------------------------------------------
 # Training.
 
-def train(config, model_dir, data_dir, out_dir, resume=False, audit=False):
+def train(config, model_dir, data_dir, out_dir, resume=False, audit=False, library_dir=None):
     settings = config.grpo
     rank, world_size = init_processes()
     if settings.prompts_per_step % world_size:
@@ -305,9 +318,8 @@ def train(config, model_dir, data_dir, out_dir, resume=False, audit=False):
     if resume and not checkpoint and main_process:
         print(f"--resume: no checkpoint under {out_dir}/checkpoints, starting from {model_dir}")
 
-    samples, prompt_ids = load_prompt_pool(os.path.join(data_dir, "train.jsonl"), tokenizer, settings)
-    embedder = HashedTfidfEmbedder().fit([s.reference for s in samples])
-    reward_fn = CompositeReward(config.reward, reference, tokenizer, embedder)
+    samples, prompt_ids = load_prompt_pool(os.path.join(data_dir, "train.jsonl"), tokenizer, settings, library_dir)
+    reward_fn = CompositeReward(config.reward, reference, tokenizer, fit_similarity_embedder(samples))
 
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume_step=start_step - 1 if checkpoint else None) \
         if main_process else None
@@ -384,6 +396,8 @@ def step_metrics(step, batch, stats, loss, grad_norm, lr, settings, started):
     record = {"step": step, "reward_mean": total.mean().item(), "reward_std": total.std().item()}
     for term in REWARD_KEYS[1:]:
         record[f"reward_{term}"] = batch.rewards[term].mean().item()
+    for key in BEHAVIOUR_KEYS:                  # what the sampled replies do (reward.BEHAVIOUR_KEYS)
+        record[f"reply_{key}"] = batch.rewards[key].mean().item()
     record.update({
         "zero_std_groups": int((total.view(-1, G).std(dim=1) < 1e-6).sum()),
         "completion_len_mean": batch.completion_lengths.float().mean().item(),
@@ -435,7 +449,7 @@ def summarize(config, policy, reference, reward_fn, tokenizer, data_dir, out_dir
     after = held_out_reward(policy, reward_fn, tokenizer, samples, prompt_ids, settings)
     print(f"\nheld-out reward, {len(samples)} test prompts x {settings.num_generations} samples each")
     print(f"{'term':<18}{'base':>10}{'GRPO':>10}")
-    for term in REWARD_KEYS:
+    for term in REWARD_KEYS + BEHAVIOUR_KEYS:
         print(f"{term:<18}{before[term]:>10.3f}{after[term]:>10.3f}")
     write_json(os.path.join(out_dir, "summary.json"), {"prompts": len(samples), "base": before, "grpo": after},
                indent=2)
@@ -451,11 +465,14 @@ def main():
     parser.add_argument("--audit", action="store_true", help="write every sample, reward term, advantage "
                                                              "and ratio to <out>/audit.jsonl")
     parser.add_argument("--no-summary", action="store_true", help="skip the held-out before/after summary")
+    parser.add_argument("--library", help="DOGA script library (doga.py build): grpo.outline_share of the "
+                                          "training prompts carry its outlines, as the agent prompts at inference")
     args = parser.parse_args()
     try:
         config = load_config(args.config)
         policy, reference, reward_fn, tokenizer = train(config, args.model, args.data, args.out,
-                                                        resume=args.resume, audit=args.audit)
+                                                        resume=args.resume, audit=args.audit,
+                                                        library_dir=args.library)
     except (ConfigError, CorpusError, CheckpointError, ValueError, OSError) as error:
         raise SystemExit(f"error: {error}")
     if not args.no_summary and (not dist.is_initialized() or dist.get_rank() == 0):

@@ -7,9 +7,16 @@ the policy is prompted with), so that it knows the language of sales calls and t
 has never been optimised for any reward. With `--sft` it instead trains on the salesperson turns alone
 (prompt tokens masked out of the loss): the "SFT then GRPO" baseline of the paper's ablation.
 
-Left out: resuming a pretraining run (it takes minutes; GRPO, the long stage, resumes exactly), and
-document-aware attention masks in packed windows (the usual nanoGPT-style simplification: a window may
-span two calls separated by <|endoftext|>).
+Each call is one row that starts at its system prompt (never mid-call, so every number the model learns to
+say stands in its context, the product sheet and profile above it: copying it is learnable, guessing it is
+not). Train as it infers: with a DOGA script library, `outline_share` of the calls carry DOGA's outline before
+each salesperson turn, exactly as the DOGA agent prompts at inference, so the base learns to read outlines;
+the outlines are context, not corpus, so they get no loss. The base stays a model of the corpus as simulated,
+its deliberate mistakes included: cleaning the data with the Manager's labels is the SFT arm's business.
+
+Left out: resuming a pretraining run (it takes minutes; GRPO, the long stage, resumes exactly), and packing
+several calls into one row (rows are padded to the longest of their batch instead; batches are drawn from
+rows of similar length, so little compute goes to padding).
 """
 
 import argparse
@@ -21,16 +28,17 @@ import torch
 from tqdm import tqdm
 
 from config import ConfigError, load_config
-from corpus import CorpusError, load_corpus, render_call_text, training_samples
+from corpus import CorpusError, call_messages, load_corpus, render_call_text, training_samples
+from doga import DogaPlanner, ScriptLibrary
 from files import MetricsLog
 from kernels import fused_linear_logprobs
 from model import CheckpointError, Qwen2, Qwen2Config, count_parameters, load_with_tokenizer, save_pretrained
-from tokenizer import ChatTokenizer, format_assistant
+from tokenizer import ChatTokenizer, format_assistant, render_chat
 from training import learning_rate_at, make_optimizer
 
 
 # ----------------------------------------------------------------------------------------------
-# Data: packed windows of whole calls (base) or masked salesperson turns (SFT).
+# Data: one row per call (base) or masked salesperson turns (SFT).
 
 def get_tokenizer(out_dir, calls, vocab_size):
     """Load `<out>/tokenizer.json`, or train one on the rendered calls when none exists."""
@@ -42,16 +50,35 @@ def get_tokenizer(out_dir, calls, vocab_size):
     return tokenizer
 
 
-def packed_windows(calls, tokenizer, seq_len):
-    """All calls as one token stream separated by <|endoftext|>, cut into [n, seq_len + 1] windows."""
-    stream = []
-    for ids in tokenizer.encode_batch(render_call_text(call) for call in calls):
-        stream.extend(ids + [tokenizer.endoftext_id])
-    n = len(stream) // (seq_len + 1)
-    if n == 0:
-        raise ValueError(f"the corpus has {len(stream)} tokens, fewer than one window of {seq_len + 1}")
-    windows = torch.tensor(stream[: n * (seq_len + 1)]).view(n, seq_len + 1)
-    return windows[:, :-1], windows[:, 1:]                       # inputs, targets: [n, seq_len]
+def outline_whispers(calls, library_dir, share, seed):
+    """{call id: whispers} for `share` of the calls (each chosen by a hash of its id and `seed`): DOGA's outline
+    before each of their salesperson turns, planned as the agent plans at inference (doga.DogaPlanner)."""
+    chosen = [call for call in calls if random.Random(f"{seed}:{call['id']}").random() < share]
+    if not chosen:
+        return {}
+    planner = DogaPlanner(ScriptLibrary.load(library_dir))
+    whispers = planner.whispers([(c["product"], c["customer"]["visible"], c["turns"]) for c in chosen],
+                                next_turn=False)
+    return {call["id"]: w for call, w in zip(chosen, whispers)}
+
+
+def call_rows(calls, tokenizer, seq_len, whispers=None):
+    """One row per call, from its system prompt on: (inputs, targets), lists of token-id lists.
+
+    whispers: {call id: {turn index: text}} (corpus.chat_messages); whispered tokens get target -100. A call
+    longer than seq_len + 1 tokens is cut at the end."""
+    inputs, targets = [], []
+    for call in calls:
+        ids, labels = [], []
+        for index, message in enumerate(call_messages(call, (whispers or {}).get(call["id"]))):
+            encoded = tokenizer.encode(render_chat([message], add_generation_prompt=False))
+            ids += encoded
+            labels += [-100] * len(encoded) if index > 0 and message["role"] == "system" else encoded
+        ids = (ids + [tokenizer.endoftext_id])[:seq_len + 1]
+        labels = (labels + [tokenizer.endoftext_id])[:seq_len + 1]
+        inputs.append(ids[:-1])
+        targets.append(labels[1:])
+    return inputs, targets
 
 
 def sft_examples(calls, tokenizer, seq_len):
@@ -63,10 +90,33 @@ def sft_examples(calls, tokenizer, seq_len):
             answer = tokenizer.encode(format_assistant(sample.thought, sample.reference)) + [tokenizer.eos_id]
             ids = (prompt + answer)[-(seq_len + 1):]             # keep the answer if the prompt is long
             labels = ([-100] * len(prompt) + answer)[-(seq_len + 1):]
-            pad = seq_len + 1 - len(ids)
-            inputs.append(ids[:-1] + [tokenizer.pad_id] * pad)
-            targets.append(labels[1:] + [-100] * pad)
-    return torch.tensor(inputs), torch.tensor(targets)           # [n, seq_len] each
+            inputs.append(ids[:-1])
+            targets.append(labels[1:])
+    return inputs, targets
+
+
+def batches_of_similar_length(lengths, batch_size, steps, seed, pool=16):
+    """`steps` batches of row indices. Each pass over the rows is shuffled, cut into pools of `pool`
+    batches, each pool sorted by length and split into batches, and the pass's batches shuffled again: rows
+    of one batch have similar lengths (little padding), and every pass still sees every row once."""
+    order, batches = random.Random(seed), []
+    while len(batches) < steps:
+        rows = list(range(len(lengths)))
+        order.shuffle(rows)
+        rows += rows[:(-len(rows)) % batch_size]                # fill the last batch from the same pass
+        epoch = []
+        for start in range(0, len(rows), pool * batch_size):
+            chunk = sorted(rows[start:start + pool * batch_size], key=lambda row: lengths[row])
+            epoch += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        order.shuffle(epoch)
+        batches += epoch
+    return batches[:steps]
+
+
+def pad_batch(rows, value):
+    """Right-pad lists of token ids to the longest -> LongTensor [B, T]."""
+    width = max(len(row) for row in rows)
+    return torch.tensor([row + [value] * (width - len(row)) for row in rows])
 
 
 def causal_lm_loss(model, inputs, targets):
@@ -79,7 +129,7 @@ def causal_lm_loss(model, inputs, targets):
 # ----------------------------------------------------------------------------------------------
 # Training.
 
-def train(config, data_dir, out_dir, sft=False, init=None):
+def train(config, data_dir, out_dir, sft=False, init=None, library_dir=None):
     settings = config.pretrain
     torch.manual_seed(settings.seed)
     os.makedirs(out_dir, exist_ok=True)
@@ -95,34 +145,38 @@ def train(config, data_dir, out_dir, sft=False, init=None):
                                                  "bos_token_id": tokenizer.endoftext_id},
                                                 source=f"{config.source} (model section)")
         model = Qwen2(model_config)
-    inputs, targets = (sft_examples if sft else packed_windows)(calls, tokenizer, settings.seq_len)
+    if sft:
+        inputs, targets = sft_examples(calls, tokenizer, settings.seq_len)
+    else:
+        whispers = (outline_whispers(calls, library_dir, settings.outline_share, settings.seed)
+                    if library_dir and settings.outline_share > 0 else {})
+        inputs, targets = call_rows(calls, tokenizer, settings.seq_len, whispers)
+        print(f"{len(whispers)} of {len(calls)} calls with DOGA's outlines; "
+              f"{sum(len(row) == settings.seq_len for row in inputs)} cut at seq_len={settings.seq_len}")
     params = count_parameters(model)
-    print(f"{'SFT' if sft else 'pretraining'}: {params / 1e6:.2f}M parameters, {len(inputs)} sequences of "
-          f"{settings.seq_len} tokens, {settings.steps} steps of {settings.batch_size}")
+    print(f"{'SFT' if sft else 'pretraining'}: {params / 1e6:.2f}M parameters, {len(inputs)} sequences of up to "
+          f"{settings.seq_len} tokens ({sum(map(len, inputs)) / len(inputs):.0f} on average), "
+          f"{settings.steps} steps of {settings.batch_size}")
 
     optimizer = make_optimizer(model, settings.learning_rate, settings.weight_decay)
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"))
-    order = random.Random(settings.seed)
-    batches = []  # indices, reshuffled at each pass over the data
+    batches = batches_of_similar_length([len(row) for row in inputs], settings.batch_size, settings.steps,
+                                        settings.seed)
     model.train()
     progress = tqdm(range(settings.steps), desc="sft" if sft else "pretrain")
-    for step in progress:
+    for step, batch in zip(progress, batches):
         started = time.time()
-        if len(batches) < settings.batch_size:
-            permutation = list(range(len(inputs)))
-            order.shuffle(permutation)
-            batches += permutation
-        batch, batches = batches[:settings.batch_size], batches[settings.batch_size:]
         lr = learning_rate_at(step, settings.steps, settings.learning_rate, settings.warmup_steps,
                               settings.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = causal_lm_loss(model, inputs[batch], targets[batch])
+        batch_targets = pad_batch([targets[i] for i in batch], -100)                   # [B, T]
+        loss = causal_lm_loss(model, pad_batch([inputs[i] for i in batch], tokenizer.pad_id), batch_targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
         optimizer.step()
-        tokens = int((targets[batch] != -100).sum())
+        tokens = int((batch_targets != -100).sum())
         log.write({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr,
                    "tokens_per_s": tokens / (time.time() - started)})
         progress.set_postfix(loss=f"{loss.item():.3f}")
@@ -140,10 +194,12 @@ def main():
                                                      "model.safetensors, tokenizer.json)")
     parser.add_argument("--sft", action="store_true", help="train on salesperson turns only (SFT baseline)")
     parser.add_argument("--init", help="start from this checkpoint folder instead of from scratch")
+    parser.add_argument("--library", help="DOGA script library (doga.py build): pretrain.outline_share of the "
+                                          "calls carry its outlines, as the agent prompts at inference")
     args = parser.parse_args()
     try:
         config = load_config(args.config)
-        train(config, args.data, args.out, sft=args.sft, init=args.init)
+        train(config, args.data, args.out, sft=args.sft, init=args.init, library_dir=args.library)
     except (ConfigError, CorpusError, CheckpointError, ValueError, OSError) as error:
         raise SystemExit(f"error: {error}")
 

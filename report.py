@@ -136,10 +136,13 @@ def capability_table(systems, cell):
     return lines
 
 
-def write_report(out_dir, title, systems, curves, meta):
-    """reports/<run>/report.md, report.json and training_and_capabilities.png."""
+def write_report(out_dir, title, systems, curves, meta, references=None):
+    """reports/<run>/report.md, report.json and training_and_capabilities.png. `references`: closed-loop rows
+    of salespeople without a trained model (evaluate.reference_rows), listed under the systems."""
+    references = references or {}
     claims = claims_table(systems)
-    write_json(os.path.join(out_dir, "report.json"), {"systems": systems, "claims": claims, "meta": meta}, indent=1)
+    write_json(os.path.join(out_dir, "report.json"),
+               {"systems": systems, "references": references, "claims": claims, "meta": meta}, indent=1)
     plot(os.path.join(out_dir, "training_and_capabilities.png"), curves, systems)
 
     def mean(key, fmt=".3f"):
@@ -163,24 +166,27 @@ def write_report(out_dir, title, systems, curves, meta):
                                   f"{'-' if s['judge'] is None else format(s['judge'], '.1f')} "
                                   f"({s['judge_missing']} missing)")
     lines += ["", "## Turn level, overall", "",
-              "| system | intent appropriateness | total reward | format | similarity | faithfulness | bayes "
-              "(prior + likelihood) | words (reference) | truncated |", "|" + "---|" * 9]
+              "| system | intent appropriateness | total reward | format | similarity | faithfulness | manager | "
+              "bayes (prior + likelihood) | words (reference) | truncated |", "|" + "---|" * 10]
     for name, result in systems.items():
         o = result["overall"]
         lines.append(f"| {name} | {_interval(o['intent_appropriateness'], '.2f')} | "
                      f"{_interval(o['total_reward'], '.3f')} | {o['format']:.2f} | {o['similarity']:.3f} | "
-                     f"{o['faithfulness']:.3f} | {o['bayes']:.2f} "
+                     f"{o['faithfulness']:.3f} | {o['manager']:.3f} | {o['bayes']:.2f} "
                      f"({o['bayes_prior']:.2f} + {o['bayes_likelihood']:.2f}) | "
                      f"{o['reply_words']:.1f} ({o['reference_words']:.1f}) | {o['truncated']:.0%} |")
     lines += ["", "## Closed loop against simulated customers",
-              "Rates with Wilson 95% intervals; per-call means with Student-t 95% intervals.", "",
-              "| system | calls | conversion | hang-up | turns per call | faithfulness violations per call | "
-              "off-stage turns per call |", "|" + "---|" * 7]
-    for name, result in systems.items():
+              "Rates with Wilson 95% intervals; per-call means with Student-t 95% intervals. The rows in italics "
+              "play the same customers without a trained model.", "",
+              "| system | calls | conversion | hang-up | turns per call | unfaithful turns per call | "
+              "unsupported facts per call | off-stage turns per call |", "|" + "---|" * 8]
+    for name, result in list(systems.items()) + [(f"*{name}*", row) for name, row in references.items()]:
         c = result["closed_loop"]
         lines.append(f"| {name} | {c['calls']} | {_interval(c['conversion'], '.2f')} | "
                      f"{_interval(c['hang_up'], '.2f')} | {_interval(c['turns'], '.1f')} | "
-                     f"{_interval(c['violations_per_call'], '.2f')} | {_interval(c['off_stage_per_call'], '.2f')} |")
+                     f"{_interval(c['violations_per_call'], '.2f')} | "
+                     f"{_interval(c['unsupported_facts_per_call'], '.2f')} | "
+                     f"{_interval(c['off_stage_per_call'], '.2f')} |")
     lines += ["", "## The paper's claims beside what we measured",
               "The paper's findings are stated qualitatively (no numbers copied). Verdict: the sign of the "
               "capability-score difference against the paper's direction; 'within noise' when the two 95% "

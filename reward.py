@@ -2,22 +2,36 @@
 
 For a prompt (the call so far) with reference reply A*, a completion `<think>Th</think> reply` earns
 
-    total = w_format * format + w_similarity * similarity + w_faithfulness * faithfulness + w_bayes * bayes
+    total = w_format * format + w_similarity * similarity + w_faithfulness * faithfulness
+            + w_manager * manager + w_bayes * bayes
 
 * format        1 if the answer is one non-empty thought block then a non-empty reply, and not truncated.
-* similarity    cosine of reply and A* under the TF-IDF embedder of retrieval.py (in [0, 1]).
-* faithfulness  share of the reply's checkable claims that the product sheet or visible profile supports;
-                0 for a forbidden promise (sales.faithfulness: the same checker the Manager labels with).
+* similarity    cosine of reply and A* under the TF-IDF embedder of retrieval.py, both with their names and
+                numbers masked (sales.mask_values): it measures the phrasing of the move, so repeating the
+                customer's name or a number is no likeness.
+* faithfulness  precision x coverage over *distinct* claims (sales.check_claims, the checker the Manager
+                labels with): precision is the share of the reply's numbers the sheet or profile supports
+                (another product's or company's name counts as wrong, the product's own name does not raise
+                it); coverage is the share of A*'s facts the reply states, so a claim-free reply earns
+                nothing where A* gives facts. A forbidden promise scores 0.
+* manager       the Manager's view of the move (sales.stage_move on the reply's intent in the stage the call
+                was in): 1 for the move A* made, 0.5 for another on-stage move, 0 for an off-stage move or a
+                mistake (pressure, a generic pitch).
 * bayes         the Bayesian reasoning reward, prior + likelihood:
                     prior      = mean_t log P_ref(Th_t | c, Th_<t)          how coherent the thought is
                     likelihood = mean_t log P_ref(A*_t | c, Th, A*_<t)     how well it explains A*
                 both under the *frozen reference* model, each length-normalised and floored at
                 `bayes_floor` so that one absurd token cannot swamp the group.
 
+No term can be raised by saying less, by repeating a name or a number, or by a minimal answer: tests on
+hand-made replies to real corpus turns check each (tests/test_reward.py). Beside the reward, every completion
+is measured on what it *does* (BEHAVIOUR_KEYS: an on-stage move, the reference's move, claim-free where the
+reference states facts), logged per step, so that reward hacking shows as it happens.
+
 With w_bayes = 0 the reference pass is skipped and both parts read as the floor (the no-bayes ablation).
 
-A malformed or truncated completion never raises: it gets format 0, similarity 0, faithfulness 0 and
-bayes = 2 * bayes_floor, the lowest value the term can take. Every term is returned separately for logs
+A malformed or truncated completion never raises: it gets format 0, similarity, faithfulness and manager 0
+and bayes = 2 * bayes_floor, the lowest value the term can take. Every term is returned separately for logs
 and audits. Weights and their reasons live in config.RewardConfig.
 
 Left out: a learned reward model or LLM judge (evaluate.py has the optional judge), and any reward for
@@ -27,13 +41,18 @@ the customer's reaction (that is the closed-loop evaluation's job, not a per-tur
 import torch
 
 from model import pad_right, sequence_logprobs
-from sales import faithfulness
+from retrieval import HashedTfidfEmbedder
+from sales import check_claims, classify_sales_intent, mask_values, stage_move
 from tokenizer import THINK_OPEN, format_assistant, split_thought
 
 
-TERMS = ("format", "similarity", "faithfulness", "bayes")
+TERMS = ("format", "similarity", "faithfulness", "manager", "bayes")
 # Everything CompositeReward returns: the weighted total, the terms, and the two halves of `bayes`.
 REWARD_KEYS = ("total",) + TERMS + ("bayes_prior", "bayes_likelihood")
+# What the replies *do*, measured on every completion and logged beside the reward, never weighted: an
+# on-stage move, the move the reference made, and claim-free where the reference states facts. A reward that
+# rises while these fall is being gamed.
+BEHAVIOUR_KEYS = ("on_stage", "intent_match", "claim_free")
 
 
 @torch.no_grad()
@@ -64,6 +83,28 @@ def bayes_terms(model, tokenizer, prompt_ids, thoughts, references):
     return prior.cpu(), likelihood.cpu()
 
 
+def faithfulness_score(reply, reference):
+    """Faithfulness of a reply from its ClaimCheck and the reference's: precision x coverage, in [0, 1].
+
+    precision  distinct supported numbers / (distinct numbers + distinct wrong names), 1 when there are none.
+               The product's and the company's own names are facts, but they do not raise precision: naming
+               the product cannot excuse a wrong price.
+    coverage   share of the reference's distinct facts the reply states, 1 when the reference states none.
+    A forbidden promise scores 0."""
+    if reply.forbidden:
+        return 0.0
+    numbers = sum(kind == "number" for kind, _ in reply.facts)
+    checked = numbers + len(reply.wrong)
+    precision = numbers / checked if checked else 1.0
+    coverage = len(reply.facts & reference.facts) / len(reference.facts) if reference.facts else 1.0
+    return precision * coverage
+
+
+def fit_similarity_embedder(samples):
+    """The similarity term's embedder, fitted on the masked reference replies of training samples."""
+    return HashedTfidfEmbedder().fit([mask_values(s.reference, s.product, s.visible) for s in samples])
+
+
 class CompositeReward:
     """Scores completions of training samples (corpus.Sample); see the module docstring."""
 
@@ -71,7 +112,7 @@ class CompositeReward:
         self.config = config              # config.RewardConfig
         self.reference_model = reference_model
         self.tokenizer = tokenizer
-        self.embedder = embedder          # retrieval.HashedTfidfEmbedder fitted on the training corpus
+        self.embedder = embedder          # fit_similarity_embedder: fitted on masked reference replies
 
     def weights(self):
         return {term: getattr(self.config, term) for term in TERMS}
@@ -80,30 +121,37 @@ class CompositeReward:
         """samples: corpus.Sample per completion; prompt_ids: their token lists; completions: decoded
         text; truncated: bool per completion (no EOS within the length limit).
 
-        Returns {term: float32 [N]} for each of TERMS plus "bayes_prior", "bayes_likelihood", "total".
+        Returns {key: float32 [N]} for every key of REWARD_KEYS and BEHAVIOUR_KEYS.
         """
         n = len(completions)
         parsed = [split_thought(text) for text in completions]
         ok = torch.tensor([p.well_formed and not cut for p, cut in zip(parsed, truncated)])
         floor = self.config.bayes_floor
         terms = {"format": ok.float(),
-                 "similarity": torch.zeros(n), "faithfulness": torch.zeros(n),
+                 **{key: torch.zeros(n) for key in ("similarity", "faithfulness", "manager") + BEHAVIOUR_KEYS},
                  "bayes_prior": torch.full((n,), floor), "bayes_likelihood": torch.full((n,), floor)}
+        for i, (answer, sample) in enumerate(zip(parsed, samples)):
+            # What the reply does, on every completion (a malformed one still says something).
+            intent = classify_sales_intent(answer.reply, sample.stage_before)
+            on_stage, _ = stage_move(intent, sample.stage_before)
+            reply = check_claims(answer.reply, sample.product, sample.visible)
+            reference = check_claims(sample.reference, sample.product, sample.visible)
+            terms["on_stage"][i] = float(on_stage)
+            terms["intent_match"][i] = float(intent == sample.intent)
+            terms["claim_free"][i] = float(bool(reference.facts) and not reply.facts and not reply.wrong)
+            if ok[i]:
+                terms["manager"][i] = (1.0 if intent == sample.intent else 0.5) if on_stage else 0.0
+                terms["faithfulness"][i] = faithfulness_score(reply, reference)
         rows = ok.nonzero().flatten().tolist()
         if rows:
-            replies = [parsed[i].reply for i in rows]
-            references = [samples[i].reference for i in rows]
-            reply_vectors = self.embedder.encode(replies)
-            reference_vectors = self.embedder.encode(references)
-            cosine = (reply_vectors * reference_vectors).sum(axis=1).clip(0.0, 1.0)
+            replies = [mask_values(parsed[i].reply, samples[i].product, samples[i].visible) for i in rows]
+            references = [mask_values(samples[i].reference, samples[i].product, samples[i].visible) for i in rows]
+            cosine = (self.embedder.encode(replies) * self.embedder.encode(references)).sum(axis=1).clip(0.0, 1.0)
             terms["similarity"][rows] = torch.as_tensor(cosine, dtype=torch.float32)
-            terms["faithfulness"][rows] = torch.tensor(
-                [faithfulness(parsed[i].reply, samples[i].product, samples[i].visible) for i in rows],
-                dtype=torch.float32)
             if self.config.bayes != 0:  # an unweighted term is not worth a reference forward pass
                 prior, likelihood = bayes_terms(self.reference_model, self.tokenizer,
-                                                [prompt_ids[i] for i in rows],
-                                                [parsed[i].thought for i in rows], references)
+                                                [prompt_ids[i] for i in rows], [parsed[i].thought for i in rows],
+                                                [samples[i].reference for i in rows])
                 terms["bayes_prior"][rows] = prior.clamp(min=floor)
                 terms["bayes_likelihood"][rows] = likelihood.clamp(min=floor)
         terms["bayes"] = terms["bayes_prior"] + terms["bayes_likelihood"]

@@ -12,8 +12,9 @@ apart:
 * world/: product sheets, business rules, persona ranges and utterance templates (`load_world`);
 * how values are spoken (`slot_values`: "$49", "a, b and c"), which the prompts, the templates and
   DOGA's slots share;
-* the claim checker (`check_claims`, `faithfulness`): the Manager's faithfulness label and the
-  faithfulness reward are the same function;
+* the claim checker (`check_claims`): the Manager's faithfulness label and the faithfulness reward read
+  the same check;
+* `mask_values`: a text with its names and numbers masked, what the reward compares to measure the move;
 * the salesperson intent classifier (`classify_sales_intent`): what an utterance does, read from its words.
 
 Left out on purpose: any learned component. The rules are tables and regular expressions over world/, so
@@ -201,6 +202,43 @@ def fill(template, slots):
     return SLOT.sub(lambda match: slots[match.group(1)], template)
 
 
+@lru_cache(maxsize=1)
+def _world_value_pattern():
+    """Values that may be spoken in any call of the world: product and company names, and the persona
+    vocabulary (first names, surnames, business name parts, cities), longest first."""
+    world = load_world()
+    spec = world.personas
+    words = {p[key] for products in world.products.values() for p in products for key in ("name", "company")}
+    words |= set(spec["first_names"]) | set(spec["surnames"]) | set(spec["cities"])
+    for domain in spec["domains"].values():
+        for part in domain["name_parts"] or ():
+            words |= set(part)
+    ordered = sorted(words, key=len, reverse=True)
+    return re.compile(r"\b(" + "|".join(re.escape(word) for word in ordered) + r")\b")
+
+
+@lru_cache(maxsize=512)
+def _call_value_pattern(values):
+    """A pattern that finds any of `values` as a whole (not inside a longer number or word), longest first."""
+    ordered = sorted(values, key=len, reverse=True)
+    return re.compile(r"(?<![\w.$])(" + "|".join(re.escape(v) for v in ordered) + r")(?![\w]|[.,]\d)")
+
+
+def mask_values(text, product, visible):
+    """`text` with its values masked, so that what is left is the *move*: this call's spoken values become
+    their slot names ("{price}", "{monthly_orders}"), then any other number becomes "{number}" and any other
+    name of the world (a product, a company, a person, a business, a city) "{name}". Two replies that make the
+    same move with other names and numbers then read alike, and a shared name is no likeness."""
+    slot_of = {}
+    for slot, value in sorted(slot_values(product, visible).items()):
+        if slot not in ("id", "domain", "currency") and value.strip():
+            slot_of.setdefault(value, slot)           # a value two slots share takes the first slot's name
+    if slot_of:
+        text = _call_value_pattern(tuple(sorted(slot_of))).sub(lambda m: "{" + slot_of[m.group(1)] + "}", text)
+    text = NUMBER.sub(" {number} ", text)
+    return _world_value_pattern().sub("{name}", text)
+
+
 # ----------------------------------------------------------------------------------------------
 # The claim checker (Manager labels and the faithfulness reward both use it).
 
@@ -215,6 +253,8 @@ class ClaimCheck:
     total: int           # checkable claims found (numbers, prices, durations, product names)
     forbidden: list      # forbidden promises of this product that the text makes
     unsupported: list    # the claims (as written) that nothing supports
+    facts: frozenset     # the distinct supported claims as keys: ("number", 49.0), ("product", name), ("company", name)
+    wrong: frozenset     # the distinct unsupported claims as keys, another company's name included
 
 
 def _numbers_in(text):
@@ -263,33 +303,54 @@ def _find_product_names(text):
     return found, (pattern.sub(" ", text) if found else text)
 
 
+@lru_cache(maxsize=1)
+def _company_pattern():
+    """One pattern that finds any company name of the catalogue."""
+    companies = sorted({p["company"] for products in load_world().products.values() for p in products}, key=len,
+                       reverse=True)
+    return re.compile(r"\b(" + "|".join(re.escape(name) for name in companies) + r")\b", re.IGNORECASE)
+
+
 def check_claims(text, product, visible):
     """Extract the checkable claims of `text` and check them against the product sheet and visible profile.
 
     Claims: product names (this product's supports itself; any other catalogue product is unsupported),
     money amounts (must be a money field or a $ amount of the sheet), other numbers (any number the sheet
     or profile states; years may also be spoken as 12 x months). Forbidden promises: any business rule of
-    this product whose pattern (world/rules.json) matches."""
+    this product whose pattern (world/rules.json) matches.
+
+    The counts and lists are what the Manager labels and the Customer reacts to. `facts` and `wrong` hold the
+    same claims as distinct keys (a name or number said twice is one claim), for the faithfulness reward, and
+    add company names: the product's own company is a fact, another company of the catalogue is wrong. The
+    Customer does not react to company names, so they stay out of the counts and lists."""
     world = load_world()
     names, rest = _find_product_names(text)
-    supported, unsupported = 0, []
+    supported, unsupported, facts, wrong = 0, [], set(), set()
     for name in names:
         if name.lower() == product["name"].lower():
             supported += 1
+            facts.add(("product", name))
         else:
             unsupported.append(name)
+            wrong.add(("product", name))
+    for match in _company_pattern().finditer(text):
+        own = match.group(1).lower() == product["company"].lower()
+        (facts if own else wrong).add(("company", match.group(1).lower()))
     numbers, money = _known_numbers(product, visible, world.money_fields)
     for value, is_money, unit, written in _numbers_in(rest):
         if is_money:
             ok = value in money
         elif unit == "year":
             ok = value in numbers or round(value * 12, 2) in numbers
+            value = value if value in numbers else round(value * 12, 2)    # a fact's key is the sheet's value
         else:
             ok = value in numbers
         if ok:
             supported += 1
+            facts.add(("number", value))
         else:
             unsupported.append(written)
+            wrong.add(("number", value))
     lowered = text.lower()
     forbidden = []
     for promise in product["forbidden_promises"]:
@@ -298,15 +359,8 @@ def check_claims(text, product, visible):
                              "world/rules.json")
         if any(pattern.search(lowered) for pattern in world.promises[promise]):
             forbidden.append(promise)
-    return ClaimCheck(supported, supported + len(unsupported), forbidden, unsupported)
-
-
-def faithfulness(text, product, visible):
-    """Share of supported claims in [0, 1]; 0 for a forbidden promise; 1.0 when there is nothing to check."""
-    check = check_claims(text, product, visible)
-    if check.forbidden:
-        return 0.0
-    return 1.0 if check.total == 0 else check.supported / check.total
+    return ClaimCheck(supported, supported + len(unsupported), forbidden, unsupported, frozenset(facts),
+                      frozenset(wrong))
 
 
 # ----------------------------------------------------------------------------------------------

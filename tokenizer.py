@@ -16,7 +16,7 @@ ship their own.
 import os
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from files import write_text
 
@@ -96,6 +96,14 @@ def check_tokenizer_fits(tokenizer, vocab_size, source):
                          f"{vocab_size}: they do not belong together")
 
 
+# Qwen2's pre-tokenizer: text is first split by this pattern (contractions, words with at most one leading
+# non-letter, a single digit, punctuation runs, line breaks, spaces), then bytes are mapped to printable
+# characters. The lone `\p{N}` is the point: every digit is its own piece, so BPE never merges digits, " 648" is
+# the same three digit tokens wherever it stands, and copying a number from the prompt is a plain sequence copy.
+QWEN2_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                       r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
 class ChatTokenizer:
     """A byte-level BPE tokenizer that knows the three ChatML special tokens."""
 
@@ -114,8 +122,10 @@ class ChatTokenizer:
         """Train a byte-level BPE on an iterable of strings (Qwen2-style: byte fallback never needed,
         since all 256 bytes are in the initial alphabet)."""
         tokenizer = Tokenizer(models.BPE())
-        # Qwen2 splits text with a GPT-style regex and maps bytes to printable characters.
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,

@@ -21,6 +21,7 @@ from doga import (
     fill_slots,
     track_call,
 )
+from corpus import training_samples
 from model import Qwen2, Qwen2Config
 from sales import MISTAKE_INTENTS, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, load_world, slot_values
 from simulate import make_persona, run_call, simulate_call
@@ -191,3 +192,35 @@ def test_agents_run_end_to_end_with_a_tiny_model(library, tokenizer, calls):
     doga = DogaAgent(model, tokenizer, library, max_prompt_length=2048, max_new_tokens=4)
     _, _, outline = doga.respond(view)
     assert outline.intent in on_stage_intents(outline.stage)
+
+
+def test_many_plans_at_once_equal_one_at_a_time(library, calls):
+    """plan_many (a corpus planned in one go) gives the outlines plan gives call by call."""
+    prefixes = [(c["product"], c["customer"]["visible"], c["turns"][:i]) for c in calls[300:312]
+                for i, t in enumerate(c["turns"]) if t["role"] == "sales"]
+    together = DogaPlanner(library).plan_many(prefixes)
+    alone = [DogaPlanner(library).plan(*prefix) for prefix in prefixes]
+    assert together == alone
+
+
+def test_doga_prompt_is_the_training_prompt(library, tokenizer, calls):
+    """Train as it infers: for a call so far, the DOGA agent prompts exactly as GRPO's pool and pretraining
+    render it (corpus.chat_messages with the planner's whispers before every salesperson turn)."""
+    model = Qwen2(Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32,
+                              num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)).eval()
+    agent = DogaAgent(model, tokenizer, library, max_prompt_length=10_000)
+    call = calls[330]
+    [whispers] = agent.planner.whispers([(call["product"], call["customer"]["visible"], call["turns"])],
+                                        next_turn=False)
+    for sample in training_samples(call, whispers):
+        prompt_ids, outline = agent.prompt({**call, "turns": call["turns"][:sample.turn_index]})
+        assert prompt_ids == tokenizer.encode(sample.prompt)
+        assert sample.messages[-1] == {"role": "system", "content": outline.whisper()}
+    # over budget: the oldest history goes first; the system prompt, the customer's words and the outline stay
+    last = {**call, "turns": call["turns"][:max(i for i, t in enumerate(call["turns"]) if t["role"] == "sales")]}
+    full = len(agent.prompt(last)[0])
+    short = DogaAgent(model, tokenizer, library, max_prompt_length=full // 2)
+    ids, outline = short.prompt(last)
+    text = tokenizer.decode(ids)
+    assert len(ids) <= full // 2 and text.startswith("<|im_start|>system\nYou are a telesales agent")
+    assert text.endswith(f"{outline.whisper()}<|im_end|>\n<|im_start|>assistant\n")

@@ -161,17 +161,35 @@ def test_wrong_price_counts_a_violation_every_turn():
 
 
 def test_closed_loop_metrics_on_hand_made_calls():
-    def call(outcome, faithful):
-        turns = [{"role": "sales", "labels": {"faithful": f, "on_stage": True}} for f in faithful]
-        return {"outcome": outcome, "turns": turns + [{"role": "customer"}]}
-    calls = [call("converted", [True, True]), call("hung_up", [False]), call("declined", [False, False, True]),
-             call("converted", [True])]
+    product = load_world().products["restaurant_marketing"][0]                 # Starter Boost, $49 per month
+    visible = {"name": "Ana Silva", "monthly_orders": 320}
+
+    def call(outcome, texts):
+        turns = [{"role": "sales", "text": text, "labels": {"faithful": "$" not in text or "$49" in text,
+                                                            "on_stage": True}} for text in texts]
+        return {"outcome": outcome, "product": product, "customer": {"visible": visible},
+                "turns": turns + [{"role": "customer"}]}
+    right, wrong = "It is $49 per month.", "It is $59 per month, or $69, or $59."
+    calls = [call("converted", [right, right]), call("hung_up", [wrong]), call("declined", [wrong, wrong, right]),
+             call("converted", ["With 320 orders a month you can grow."])]
     metrics = evaluate.closed_loop_metrics(calls)
     assert metrics["conversion"]["value"] == 0.5
     assert (metrics["conversion"]["low"], metrics["conversion"]["high"]) == evaluate.wilson_interval(2, 4)
     assert metrics["hang_up"]["value"] == 0.25
     assert metrics["violations_per_call"]["value"] == 0.75                    # (0 + 1 + 2 + 0) / 4
+    assert metrics["unsupported_facts_per_call"]["value"] == 1.5              # (0 + 2 + 4 + 0) / 4: distinct per turn
     assert metrics["turns"]["value"] == 2.75                                   # (3 + 2 + 4 + 2) / 4
+
+
+def test_evaluation_customers_are_never_training_customers():
+    products = load_world().products["home_broadband"][:2]
+    jobs = evaluate.closed_loop_jobs(products, 3, seed=1)
+    taken = {evaluate.profile_key(jobs[0][2]["visible"]), evaluate.profile_key(jobs[4][2]["visible"])}
+    fresh = evaluate.closed_loop_jobs(products, 3, seed=1, seen_profiles=taken)
+    assert len(fresh) == 6 and not taken & {evaluate.profile_key(job[2]["visible"]) for job in fresh}
+    # the customers no training call had are the same ones, in the same order
+    kept = [job[0] for job in jobs if evaluate.profile_key(job[2]["visible"]) not in taken]
+    assert [job[0] for job in fresh][:2] == kept[:2]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import grpo
 from config import Config, GRPOConfig
 from corpus import render_call_text, write_corpus
 from model import Qwen2, Qwen2Config, load_pretrained, save_pretrained
-from reward import REWARD_KEYS, TERMS
+from reward import BEHAVIOUR_KEYS, REWARD_KEYS, TERMS
 from simulate import simulate_call
 from tokenizer import ChatTokenizer
 
@@ -32,7 +32,7 @@ class LetterReward:
 
     def __call__(self, samples, prompt_ids, completions, truncated):
         total = torch.tensor([t.count("e") / max(len(t), 1) for t in completions])
-        return {term: total.clone() for term in REWARD_KEYS}
+        return {term: total.clone() for term in REWARD_KEYS + BEHAVIOUR_KEYS}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,8 @@ def test_metrics_audit_and_checkpoints(setup, tmp_path, monkeypatch):
     records = metrics(out)
     assert [r["step"] for r in records] == [0, 1, 2, 3]
     for key in ["reward_mean", "reward_std", "zero_std_groups", "completion_len_mean", "truncated_fraction",
-                "kl", "clip_fraction", "entropy", "loss", "grad_norm", "lr"] + [f"reward_{t}" for t in TERMS]:
+                "kl", "clip_fraction", "entropy", "loss", "grad_norm", "lr"] + [f"reward_{t}" for t in TERMS] \
+            + [f"reply_{key}" for key in BEHAVIOUR_KEYS]:
         assert key in records[0]
     vocab_size = load_pretrained(os.path.join(setup[0], "base")).config.vocab_size
     assert all(0 < r["entropy"] <= math.log(vocab_size) for r in records)   # nats, at most uniform

@@ -5,7 +5,7 @@ import subprocess
 
 from config import load_config
 from model import load_pretrained
-from reward import REWARD_KEYS
+from reward import BEHAVIOUR_KEYS, REWARD_KEYS
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,5 +31,5 @@ def test_make_train_smoke(tmp_path):
     assert steps == list(range(config.grpo.steps))
     summary = json.load(open(run / "summary.json"))
     assert summary["prompts"] == config.grpo.eval_prompts
-    assert set(summary["base"]) == set(summary["grpo"]) == set(REWARD_KEYS)
+    assert set(summary["base"]) == set(summary["grpo"]) == set(REWARD_KEYS + BEHAVIOUR_KEYS)
     assert "held-out reward" in result.stdout

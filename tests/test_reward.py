@@ -1,5 +1,7 @@
-"""Composite reward: each term on hand-made cases; `bayes` against a direct float64 computation."""
+"""Composite reward: each term on hand-made cases; `bayes` against a direct float64 computation; and the
+reward rewards selling: hand-made replies to real corpus turns are ordered as a sales coach would order them."""
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -8,9 +10,8 @@ import torch
 from config import RewardConfig
 from corpus import render_call_text, training_samples
 from model import Qwen2, Qwen2Config
-from retrieval import HashedTfidfEmbedder
-from reward import CompositeReward, bayes_terms
-from sales import faithfulness
+from reward import CompositeReward, bayes_terms, fit_similarity_embedder
+from sales import NUMBER, check_claims, fill, is_good_turn, load_world, mask_values, slot_values
 from simulate import simulate_call
 from tokenizer import ChatTokenizer, format_assistant
 
@@ -23,9 +24,8 @@ def tiny():
     model = Qwen2(Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                               rope_theta=1e4)).eval()
-    samples = [s for c in calls for s in training_samples(c)]
-    embedder = HashedTfidfEmbedder().fit([s.reference for s in samples])
-    return calls, tokenizer, model, samples, embedder
+    samples = [s for c in calls for s in training_samples(c) if is_good_turn(s.labels)]
+    return calls, tokenizer, model, samples, fit_similarity_embedder(samples)
 
 
 def direct_bayes(model, tokenizer, prompt, thought, reference):
@@ -64,7 +64,7 @@ def test_bayes_matches_float64_direct_computation(tiny):
 
 def test_terms_and_weighted_total(tiny):
     _, tokenizer, model, samples, embedder = tiny
-    config = RewardConfig(format=1.0, similarity=2.0, faithfulness=0.5, bayes=0.1)
+    config = RewardConfig(format=1.0, similarity=2.0, faithfulness=0.5, manager=0.7, bayes=0.1)
     reward = CompositeReward(config, model, tokenizer, embedder)
     sample = next(s for s in samples if "$" in s.reference)      # a reply that states a price
     price = f"${sample.product['price']}"
@@ -80,22 +80,117 @@ def test_terms_and_weighted_total(tiny):
 
     assert terms["format"].tolist() == [1, 1, 1, 0, 0, 0, 0]
     assert terms["similarity"][0].item() == pytest.approx(1.0, abs=1e-5)       # reply == reference
-    vectors = embedder.encode([wrong, sample.reference]).astype(np.float64)
+    masked = [mask_values(text, sample.product, sample.visible) for text in (wrong, sample.reference)]
+    vectors = embedder.encode(masked).astype(np.float64)
     assert terms["similarity"][1].item() == pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-5)
     assert terms["faithfulness"][0].item() == 1.0
-    assert terms["faithfulness"][1].item() == pytest.approx(faithfulness(wrong, sample.product, sample.visible))
-    assert terms["faithfulness"][1].item() < 1.0                                # the wrong price is caught
+    # By hand: the wrong price is one wrong number among the reply's numbers; it covers every fact but the price.
+    reply, reference = (check_claims(text, sample.product, sample.visible) for text in (wrong, sample.reference))
+    numbers = sum(kind == "number" for kind, _ in reply.facts)
+    expected = numbers / (numbers + 1) * (len(reference.facts) - 1) / len(reference.facts)
+    assert terms["faithfulness"][1].item() == pytest.approx(expected)
     assert terms["faithfulness"][2].item() == 0.0                               # forbidden promise
+    assert terms["manager"][0].item() == 1.0                                    # the reference's own move
     # malformed or truncated: the defined floor on every term, no exception
     for row in (3, 4, 5, 6):
-        assert terms["similarity"][row] == 0 and terms["faithfulness"][row] == 0
+        assert terms["similarity"][row] == 0 and terms["faithfulness"][row] == 0 and terms["manager"][row] == 0
         assert terms["bayes"][row].item() == 2 * config.bayes_floor
     prior, likelihood = bayes_terms(model, tokenizer, [tokenizer.encode(sample.prompt)],
                                     ["Quote the real price."], [sample.reference])
     assert terms["bayes"][0].item() == pytest.approx(max(prior.item(), -10) + max(likelihood.item(), -10), abs=1e-5)
     expected_total = (1.0 * terms["format"] + 2.0 * terms["similarity"] + 0.5 * terms["faithfulness"]
-                      + 0.1 * terms["bayes"])
+                      + 0.7 * terms["manager"] + 0.1 * terms["bayes"])
     torch.testing.assert_close(terms["total"], expected_total)
+
+
+# ----------------------------------------------------------------------------------------------
+# The reward rewards selling: hand-made replies to real corpus turns, scored with the default weights.
+# Every reply of a case shares one thought, so the Bayesian term (same prompt, same thought, same reference)
+# is the same for all of them and the order comes from what the replies say.
+
+def total_rewards(tiny, sample, replies):
+    _, tokenizer, model, _, embedder = tiny
+    reward = CompositeReward(RewardConfig(), model, tokenizer, embedder)
+    completions = [format_assistant("Answer the customer.", reply) for reply in replies]
+    terms = reward([sample] * len(replies), [tokenizer.encode(sample.prompt)] * len(replies), completions,
+                   [False] * len(replies))
+    return terms["total"].tolist()
+
+
+def turns_with_facts(tiny, intents=("explain_pricing", "present_product", "diagnose_with_numbers")):
+    """Good reference turns of these intents that state at least one number."""
+    _, _, _, samples, _ = tiny
+    chosen = [s for s in samples if s.intent in intents and
+              any(kind == "number" for kind, _ in check_claims(s.reference, s.product, s.visible).facts)]
+    assert len(chosen) >= 3
+    return chosen[:6]
+
+
+def spoken_numbers(text):
+    return [m.group(0).strip() for m in NUMBER.finditer(text)]
+
+
+def test_stating_the_facts_beats_saying_nothing_checkable(tiny):
+    for sample in turns_with_facts(tiny):
+        claim_free = mask_values(sample.reference, sample.product, sample.visible).replace("{", "").replace("}", "")
+        correct, empty = total_rewards(tiny, sample, [sample.reference, "Let me tell you more about it."])
+        assert correct > empty
+        assert check_claims(claim_free, sample.product, sample.visible).total == 0
+        assert correct > total_rewards(tiny, sample, [claim_free])[0]
+
+
+def test_repeating_a_name_or_a_number_gains_nothing(tiny):
+    for sample in turns_with_facts(tiny):
+        number = spoken_numbers(sample.reference)[0]
+        once, names, numbers = total_rewards(tiny, sample, [
+            sample.reference,
+            sample.reference + f" {sample.product['name']}, {sample.product['name']}, {sample.product['name']}.",
+            sample.reference + f" Yes, {number}. {number}!"])
+        assert names <= once and numbers <= once
+
+
+def test_a_minimal_answer_scores_below_a_correct_one(tiny):
+    _, _, _, samples, _ = tiny
+    for sample in turns_with_facts(tiny) + [s for s in samples if s.intent == "greet_and_introduce"][:3]:
+        correct, minimal = total_rewards(tiny, sample, [sample.reference, "y"])
+        assert minimal < correct
+
+
+def test_a_wrong_number_scores_below_leaving_it_out(tiny):
+    for sample in turns_with_facts(tiny):
+        number = spoken_numbers(sample.reference)[0]
+        digits = re.sub(r"[^\d.]", "", number)
+        wrong = sample.reference.replace(number, number.replace(digits, str(int(float(digits)) + 17)), 1)
+        left_out = sample.reference.replace(number, "", 1)
+        assert check_claims(wrong, sample.product, sample.visible).unsupported
+        wrong_total, left_out_total = total_rewards(tiny, sample, [wrong, left_out])
+        assert wrong_total < left_out_total
+
+
+def test_pushy_and_off_stage_replies_score_below_the_on_stage_one(tiny):
+    _, _, _, samples, _ = tiny
+    templates = load_world().sales_templates
+    cases = [s for s in samples if s.stage_before in ("business_analysis", "product_introduction")][:6]
+    assert cases
+    for sample in cases:
+        slots = slot_values(sample.product, sample.visible)
+        pushy = fill(templates["pressure_close"]["texts"]["any"][0], slots)
+        early = fill(templates["greet_and_introduce"]["texts"]["any"][0], slots)   # back to the opening: off-stage
+        on_stage, pushy_total, off_stage_total = total_rewards(tiny, sample, [sample.reference, pushy, early])
+        assert pushy_total < on_stage and off_stage_total < on_stage
+
+
+def test_behaviour_measures(tiny):
+    """What the replies do, beside the reward: on-stage share, same move as the reference, claim-free misses."""
+    _, tokenizer, model, _, embedder = tiny
+    sample = turns_with_facts(tiny)[0]
+    reward = CompositeReward(RewardConfig(), model, tokenizer, embedder)
+    replies = [sample.reference, "Let me tell you more about it.", "Honestly, you need to sign up right now."]
+    terms = reward([sample] * 3, [tokenizer.encode(sample.prompt)] * 3,
+                   [format_assistant("Go.", r) for r in replies], [False] * 3)
+    assert terms["intent_match"].tolist() == [1.0, 0.0, 0.0]
+    assert terms["on_stage"][0] == 1.0 and terms["on_stage"][2] == 0.0        # pressure is never on-stage
+    assert terms["claim_free"].tolist() == [0.0, 1.0, 1.0]
 
 
 def test_all_malformed_batch_never_calls_the_model(tiny):

@@ -13,11 +13,11 @@ from sales import (
     check_claims,
     classify_sales_intent,
     domain_texts,
-    faithfulness,
     fill,
     is_good_turn,
     is_legal_move,
     load_world,
+    mask_values,
     slot_values,
     stage_move,
 )
@@ -133,8 +133,26 @@ def test_check_claims_hand_made(growth, text, supported, total, forbidden):
     assert (check.supported, check.total, check.forbidden) == (supported, total, forbidden)
 
 
-def test_faithfulness_scores(growth):
+def test_distinct_claims_hand_made(growth):
+    """The reward's view of the same check: distinct claims as keys; company names count there only."""
     product, visible = growth
-    assert faithfulness("Hello there.", product, visible) == 1.0
-    assert faithfulness("Growth Boost is $89 per month.", product, visible) == 0.5
-    assert faithfulness("Growth Boost is $99, and I guarantee more orders.", product, visible) == 0.0
+    check = check_claims("Growth Boost, Growth Boost: $99, $99 and 320 orders, from QuickBite Partners.",
+                         product, visible)
+    assert check.supported == 5                                          # every mention, as the Customer hears it
+    assert check.facts == {("product", "Growth Boost"), ("number", 99.0), ("number", 320.0),
+                           ("company", "quickbite partners")}
+    assert check.wrong == set()
+    check = check_claims("BrightLine Fiber offers Growth Boost for $89 over 1 year.", product, visible)
+    assert check.unsupported == ["$89", "1 year"]                         # the company is not in the counts
+    assert check.wrong == {("company", "brightline fiber"), ("number", 89.0), ("number", 12.0)}
+    assert check_claims("It runs half a year, that is 0.5 years.", product, visible).facts == {("number", 6.0)}
+
+
+def test_mask_values_keeps_the_move(growth):
+    product, visible = growth
+    assert mask_values("Ana Silva, Blue Wok gets 320 orders at a 4.2 rating.", product, visible) == \
+        "{name}, {restaurant} gets {monthly_orders} orders at a {rating} rating."
+    # Another customer's name, another product and a number of no slot: masked all the same.
+    assert mask_values("Hi Tom Novak, Premium Spotlight costs $7.", product, visible) == \
+        "Hi {name} {name}, {name} costs  {number} ."
+    assert mask_values("Growth Boost is $99 per month.", product, visible) == "{product} is {price} {billing}."

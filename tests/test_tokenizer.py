@@ -82,3 +82,15 @@ def test_tokenizer_without_chatml_tokens_is_rejected(tok, tmp_path):
 def test_split_thought(text, thought, reply, ok):
     parsed = split_thought(text)
     assert (parsed.thought, parsed.reply, parsed.well_formed) == (thought, reply, ok)
+
+
+def test_every_digit_is_its_own_token():
+    """Qwen2's pre-tokenization: BPE never merges digits, so a number is the same digit tokens wherever it
+    stands (trained here on texts full of repeated numbers, which byte-level BPE alone would merge)."""
+    tok = ChatTokenizer.train(["Orders: 648, 648, 648. Price: $49, $49, $1,250. Rating 4.2 or 100 or 500."] * 50,
+                              vocab_size=300)
+    for text in (" 648", "$49", " 100", " 500", " 4.2", "$1,250"):
+        pieces = [tok.decode([i]) for i in tok.encode(text)]
+        assert all(not any(c.isdigit() for c in p) or (len(p.strip()) == 1) for p in pieces), pieces
+        assert "".join(pieces) == text
+    assert [tok.decode([i]) for i in tok.encode(" 648")] == [" ", "6", "4", "8"]
