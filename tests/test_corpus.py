@@ -201,7 +201,8 @@ def test_whispers_stand_before_the_turns_they_guided(calls):
     for sample in samples:
         shown = [m["content"] for m in sample.messages if m["role"] == "system"][1:]
         assert shown == [f"Outline {i}" for i in sales if i <= sample.turn_index]
-        assert sample.stage_before == (call["turns"][sample.turn_index - 1]["stage"] if sample.turn_index else "opening")
+        before = call["turns"][sample.turn_index - 1]["stage"] if sample.turn_index else "opening"
+        assert sample.stage_before == before
     plain = training_samples(call)
     assert [s.prompt for s in plain] == [s.prompt for s in training_samples(call, {})]
     text = render_call_text(call, {i: w for i, w in whispers.items()})

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from corpus import training_samples
 from doga import (
     DogaAgent,
     DogaPlanner,
@@ -21,7 +22,6 @@ from doga import (
     fill_slots,
     track_call,
 )
-from corpus import training_samples
 from model import Qwen2, Qwen2Config
 from sales import MISTAKE_INTENTS, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, load_world, slot_values
 from simulate import make_persona, run_call, simulate_call
