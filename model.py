@@ -165,7 +165,8 @@ class Qwen2Config:
 # ----------------------------------------------------------------------------------------------------------
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, with the statistics taken in float32 whatever the model dtype."""
+    """x / sqrt(mean(x^2) + eps) * weight, with the statistics taken in float32 or wider whatever the model
+    dtype (half precision is upcast; a float64 model keeps float64)."""
 
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -173,7 +174,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        x32 = x.float()
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * normed.to(x.dtype)
 
