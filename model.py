@@ -10,6 +10,9 @@ module is that model, written out in plain PyTorch:
     (kernels/), so the training pass never materialises full-vocabulary logits;
   * `sequence_logprobs`: log p(token | tokens before it) at chosen positions of right-padded sequences
     (`pad_right`), through that kernel: what the GRPO loss and the Bayesian reward are made of;
+  * `Qwen2.continuation_hidden_states` / `continuation_logprobs`: the same for many continuations of a
+    few prompts, each prompt run once and its keys/values shared by its continuations (GRPO's groups:
+    8 completions of one prompt), gradients included;
   * `generate`: KV-cached batched sampling of completions (greedy or temperature + top-p), and
     `generate_completions`, the same for token-id prompts cut at their EOS: it draws the GRPO groups and
     lets DOGA, the evaluation and the simulation's llm backend speak;
@@ -201,7 +204,10 @@ class KVCache:
     """Keys and values of every layer, preallocated for the whole generation: [B, kv_heads, capacity, D].
 
     `length` positions are filled; a forward pass writes its T new positions in place at
-    [length, length + T) and the model advances `length` once all layers have written.
+    [length, length + T) and the caller advances `length` once the pass (all layers) is done.
+
+    Attention takes any object with this `write` as its cache; the shared-prefix pass (below) passes
+    ones that keep autograd history instead of writing into a buffer.
     """
 
     def __init__(self, config: Qwen2Config, batch_size: int, capacity: int, dtype, device):
@@ -232,7 +238,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None):
+    def forward(self, x, cos, sin, mask, cache):
         batch, length, _ = x.shape                                                         # x [B, T, H]
         queries = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         keys = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -285,14 +291,15 @@ class Qwen2Backbone(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, input_ids, positions, mask, cache: KVCache | None = None):
-        """input_ids, positions [B, T]; mask bool [B, 1, T, S] or None (causal) -> hidden [B, T, H]."""
+    def forward(self, input_ids, positions, mask, cache=None):
+        """input_ids, positions [B, T]; mask bool [B, 1, T, S] or None (causal) -> hidden [B, T, H].
+
+        cache: None, or an object whose write(layer, keys, values) returns the S keys/values to attend to
+        (a KVCache, or the shared-prefix pass's own)."""
         x = self.embed_tokens(input_ids)
         cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, cache)
-        if cache is not None:
-            cache.length += input_ids.shape[1]
         return self.norm(x)
 
 
@@ -353,9 +360,70 @@ class Qwen2(nn.Module):
         return self.model(input_ids, positions_from_mask(attention_mask),
                           mask=padded_causal_mask(attention_mask.bool(), input_ids.shape[1]))
 
+    def continuation_hidden_states(self, prompt_ids, prompt_mask, rows, continuation_ids, continuation_mask):
+        """The hidden states that predict each continuation token, with each prompt run once.
+
+        prompt_ids, prompt_mask [P, Lp]: P prompts, left-padded. rows [B]: the prompt each continuation
+        extends. continuation_ids, continuation_mask [B, Lc]: the continuations, right-padded.
+        Returns [B, Lc, H]: entry [b, t] is the final hidden state after prompt rows[b] followed by
+        continuation_ids[b, :t], the one whose logits give p(continuation_ids[b, t]); for t = 0 that is the
+        prompt's last state. Same positions, keys and values as one pass over each prompt + continuation,
+        so the same numbers up to rounding, and the same gradients: a prompt's keys/values are indexed once
+        per continuation, and the backward of that indexing sums the continuations' gradients into the
+        prompt pass, as the repeated copies' gradients add up in the parameters.
+
+        Work: the prompts' tokens P x Lp once, the continuations' B x Lc attending to Lp + Lc keys, instead
+        of B x (Lp + Lc) tokens. Left out: fusing the per-row copy of the prompt's keys/values into the
+        attention kernel (on a CPU the copy is cheap next to the attention itself).
+        """
+        backbone = self.model
+        prompt_count, prompt_length = prompt_ids.shape
+        prompt_is_token = prompt_mask.bool()
+        recorded = _RecordKeysValues()
+        padded = not bool(prompt_is_token.all())
+        prompt_hidden = backbone(prompt_ids, positions_from_mask(prompt_mask),
+                                 padded_causal_mask(prompt_is_token, prompt_length) if padded else None,
+                                 recorded)                                                  # [P, Lp, H]
+
+        continuation_length = continuation_ids.shape[1]
+        offsets = torch.arange(continuation_length, device=continuation_ids.device)
+        positions = prompt_mask.sum(1)[rows][:, None] + offsets                             # [B, Lc]
+        # Keys: the prompt's (pads masked), then the continuation's own, causally; a right-padded
+        # continuation's pads come after its tokens, so causality alone hides them from real queries.
+        key_is_token = torch.cat((prompt_is_token[rows], continuation_mask.bool()), dim=1)  # [B, Lp + Lc]
+        mask = padded_causal_mask(key_is_token, continuation_length)                      # [B, 1, Lc, Lp + Lc]
+        hidden = backbone(continuation_ids, positions, mask, _AfterPrompt(recorded, rows))  # [B, Lc, H]
+        # Token t is predicted by the state before it: the prompt's last one for t = 0.
+        return torch.cat((prompt_hidden[rows, -1:], hidden[:, :-1]), dim=1)                 # [B, Lc, H]
+
     def forward(self, input_ids, attention_mask=None):
         """input_ids [B, T], attention_mask [B, T] -> logits [B, T, V]."""
         return F.linear(self.hidden_states(input_ids, attention_mask), self.lm_head_weight)
+
+
+class _RecordKeysValues:
+    """The cache of a prompt pass that continuations will share: each layer's keys and values, kept with
+    their autograd history (a KVCache writes into a buffer, which suits inference only)."""
+
+    def __init__(self):
+        self.keys, self.values = [], []           # per layer [P, kv_heads, Lp, D]
+
+    def write(self, layer: int, keys, values):
+        self.keys.append(keys)
+        self.values.append(values)
+        return keys, values
+
+
+class _AfterPrompt:
+    """The cache of a continuation pass: row b attends to the keys/values of its prompt rows[b], then to its own."""
+
+    def __init__(self, prompts: _RecordKeysValues, rows):
+        self.prompts, self.rows = prompts, rows
+
+    def write(self, layer: int, keys, values):
+        # [P, kv, Lp, D] indexed by rows -> [B, kv, Lp, D], then the continuation's [B, kv, Lc, D] after it.
+        return (torch.cat((self.prompts.keys[layer][self.rows], keys), dim=2),
+                torch.cat((self.prompts.values[layer][self.rows], values), dim=2))  # [B, kv, Lp + Lc, D]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -375,6 +443,18 @@ def pad_right(sequences, pad_id, device=None):
     for row, seq in enumerate(sequences):
         ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[row, :len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pad_left(sequences, pad_id: int, device=None):
+    """List of token lists -> (ids [B, T], attention mask [B, T]) padded on the left, as prompts are for
+    generation: every row's last token sits in the last column."""
+    width = max(len(sequence) for sequence in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, width - len(sequence):] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, width - len(sequence):] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -402,6 +482,37 @@ def sequence_logprobs(model, input_ids, attention_mask, target_mask, temperature
     logprobs, entropy = fused_linear_logprobs(chosen_hidden, model.lm_head_weight, chosen_targets, temperature,
                                               return_entropy=True)
     return at_marked_positions(logprobs), at_marked_positions(entropy)
+
+
+@dataclass
+class Continuations:
+    """B token sequences continuing P prompts, laid out for the shared-prompt pass: each prompt stored once.
+
+    prompt_ids, prompt_mask [P, Lp]: the prompts, left-padded; rows [B]: the prompt each continuation
+    extends; ids, mask [B, Lc]: the continuations, right-padded (1 on tokens, 0 on pads).
+    """
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    rows: torch.Tensor
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+
+def continuation_logprobs(model: Qwen2, sequences: Continuations, target_mask, temperature: float = 1.0):
+    """log p(ids[b, t] | prompt rows[b], ids[b, :t]) wherever target_mask [B, Lc] is set, 0 elsewhere.
+
+    Returns float32 [B, Lc], differentiable. Each prompt is run once (Qwen2.continuation_hidden_states)
+    and only the marked positions go through the fused kernel, so the [tokens x vocabulary] logits are
+    never materialised.
+    """
+    hidden = model.continuation_hidden_states(sequences.prompt_ids, sequences.prompt_mask, sequences.rows,
+                                              sequences.ids, sequences.mask)          # [B, Lc, H]
+    chosen = target_mask.bool()
+    logprobs = fused_linear_logprobs(hidden[chosen], model.lm_head_weight, sequences.ids[chosen],
+                                     temperature)                                      # [N]
+    out = torch.zeros(sequences.ids.shape, dtype=torch.float32, device=sequences.ids.device)
+    out[chosen] = logprobs
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -465,6 +576,7 @@ def _generate_completion(model, input_ids, attention_mask, max_new_tokens, tempe
         mask = None
 
     hidden = model.model(input_ids, positions, mask, cache)[:, -1]                     # [B, H] last position
+    cache.length = prompt_length
     next_position = positions[:, -1:] + 1                                              # [B, 1]
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     completion = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -481,6 +593,7 @@ def _generate_completion(model, input_ids, attention_mask, max_new_tokens, tempe
         # Decode step: one query per row attends to every filled cache slot (pads excluded by key_is_token).
         step_mask = key_is_token[:, None, None, :cache.length + 1] if padded else None  # [B, 1, 1, S]
         hidden = model.model(tokens[:, None], next_position, step_mask, cache)[:, -1]
+        cache.length += 1
         next_position += 1
     return completion[:, :produced]
 

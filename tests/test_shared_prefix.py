@@ -1,0 +1,167 @@
+"""Each prompt run once: model.continuation_logprobs against the full pass over prompt + continuation.
+
+The full pass (model.sequence_logprobs over the concatenated, right-padded sequences) is the reference.
+In float64 the two passes differ only by rounding (~1e-15 on log-probs of order 1), so they must agree to
+1e-10, far below what any real mistake (a wrong position, mask or key) changes (order 1e-2 and more).
+In float32 the tolerance follows from float32's own error, measured on the same inputs, as in
+tests/test_kernels.py: the shared-prefix pass must be within FACTOR times the error that the float32 full
+pass makes against the float64 full pass. Both add the same terms in different orders, so their errors
+are of the same size; FACTOR leaves room for the different order, not for a different result (over 160
+random models the largest ratio seen was 2.5).
+"""
+import pytest
+import torch
+
+from model import Continuations, Qwen2, Qwen2Config, continuation_logprobs, pad_left, pad_right, sequence_logprobs
+
+
+VOCAB = 61
+# (query heads, key/value heads, tied lm_head): GQA with 2 and 4 queries per key/value head, and plain MHA.
+SHAPES = [(4, 2, True), (4, 2, False), (4, 1, False), (4, 4, True)]
+SHAPE_IDS = ["gqa2-tied", "gqa2-untied", "gqa4-untied", "mha-tied"]
+FACTOR = 4
+
+
+def random_model(heads, kv_heads, tied, seed=0):
+    """A float32 Qwen2 with every weight (biases and norms too) away from its init, so attention matters."""
+    torch.manual_seed(seed)
+    model = Qwen2(Qwen2Config(vocab_size=VOCAB, hidden_size=heads * 8, intermediate_size=40, num_hidden_layers=2,
+                              num_attention_heads=heads, num_key_value_heads=kv_heads, rope_theta=1e4,
+                              tie_word_embeddings=tied))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.uniform_(0.5, 1.5)
+            else:
+                parameter.normal_(0.0, 0.3)
+    return model
+
+
+def random_batch(prompt_lengths, rows, continuation_lengths, seed=1):
+    """Token lists: prompts of the given lengths; continuation b (of its length) extends prompts[rows[b]]."""
+    generator = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(1, VOCAB, (n,), generator=generator).tolist() for n in prompt_lengths]
+    continuations = [torch.randint(1, VOCAB, (n,), generator=generator).tolist() for n in continuation_lengths]
+    return prompts, continuations
+
+
+def as_continuations(prompts, rows, continuations):
+    prompt_ids, prompt_mask = pad_left(prompts, 0)
+    ids, mask = pad_right(continuations, 0)
+    return Continuations(prompt_ids, prompt_mask, torch.tensor(rows), ids, mask)
+
+
+def full_sequences(prompts, rows, continuations):
+    """Each prompt + continuation as one right-padded row, and where each continuation token sits in it:
+    ids, mask [B, T]; columns [B, Lc] (a continuation's pads point at its last token; they are masked)."""
+    ids, mask = pad_right([prompts[r] + c for r, c in zip(rows, continuations)], 0)
+    width = max(len(c) for c in continuations)
+    columns = torch.stack([len(prompts[r]) + torch.arange(width).clamp(max=len(c) - 1)
+                           for r, c in zip(rows, continuations)])
+    return ids, mask, columns
+
+
+def float64_logprobs(model, hidden, targets, mask):
+    """log softmax(hidden @ lm_head.T)[target] in float64, 0 on pads: no float32 kernel in the way."""
+    logits = torch.nn.functional.linear(hidden, model.lm_head_weight).double()      # [B, Lc, V]
+    return torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0] * mask
+
+
+def with_gradient(model, logprobs_of, weights):
+    """(log-probs, gradient of sum(weights * log-probs) for every parameter) of one pass."""
+    model.zero_grad(set_to_none=True)
+    logprobs = logprobs_of()
+    (logprobs * weights).sum().backward()
+    return logprobs.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def shared_hidden(model, prompts, rows, continuations):
+    s = as_continuations(prompts, rows, continuations)
+    return model.continuation_hidden_states(s.prompt_ids, s.prompt_mask, s.rows, s.ids, s.mask)
+
+
+def full_hidden(model, prompts, rows, continuations):
+    """The state that predicts each continuation token, taken from one pass over prompt + continuation."""
+    ids, mask, columns = full_sequences(prompts, rows, continuations)
+    hidden = model.hidden_states(ids, mask)                                          # [B, T, H]
+    return hidden.gather(1, (columns - 1)[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, Lc, H]
+
+
+def exact(model, hidden_of, prompts, rows, continuations, weights):
+    """Float64 log-probs over the states `hidden_of` gives, and their gradient."""
+    targets, mask = pad_right(continuations, 0)
+    return with_gradient(model, lambda: float64_logprobs(
+        model, hidden_of(model, prompts, rows, continuations), targets, mask), weights)
+
+
+def shared_logprobs(model, prompts, rows, continuations):
+    """What GRPO calls: the shared-prefix pass through the fused kernel, float32 [B, Lc]."""
+    sequences = as_continuations(prompts, rows, continuations)
+    return continuation_logprobs(model, sequences, sequences.mask)
+
+
+def full_logprobs(model, prompts, rows, continuations):
+    """The full-sequence pass through the fused kernel (model.sequence_logprobs), as float32 [B, Lc]."""
+    ids, mask, columns = full_sequences(prompts, rows, continuations)
+    targets = torch.zeros_like(ids).scatter(1, columns, 1)
+    return sequence_logprobs(model, ids, mask, targets).gather(1, columns) * pad_right(continuations, 0)[1]
+
+
+# (prompt lengths, prompt of each continuation, continuation lengths): three prompts of different lengths
+# (left padding), used by uneven numbers of continuations in any order, of different lengths (right padding);
+# and one unpadded prompt shared by all.
+CASES = {
+    "padded": ([7, 12, 3], [0, 0, 1, 2, 2, 2, 1, 0], [5, 1, 6, 2, 4, 6, 3, 6]),
+    "one-prompt": ([9], [0, 0, 0, 0], [4, 4, 2, 5]),
+}
+
+
+def case(name, dtype=torch.float64):
+    prompt_lengths, rows, continuation_lengths = CASES[name]
+    prompts, continuations = random_batch(prompt_lengths, rows, continuation_lengths)
+    weights = torch.randn(len(rows), max(continuation_lengths), generator=torch.Generator().manual_seed(2),
+                          dtype=dtype)
+    return prompts, rows, continuations, weights
+
+
+@pytest.mark.parametrize("layout", list(CASES))
+@pytest.mark.parametrize("heads,kv_heads,tied", SHAPES, ids=SHAPE_IDS)
+def test_shared_prefix_equals_full_pass_in_float64(heads, kv_heads, tied, layout):
+    model = random_model(heads, kv_heads, tied).double()
+    prompts, rows, continuations, weights = case(layout)
+    shared, shared_grads = exact(model, shared_hidden, prompts, rows, continuations, weights)
+    full, full_grads = exact(model, full_hidden, prompts, rows, continuations, weights)
+    assert (full != 0).sum() == sum(map(len, continuations))
+    torch.testing.assert_close(shared, full, rtol=1e-10, atol=1e-10)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def error(actual, expected):
+    """Largest absolute error as a share of the largest reference entry (gradients have many near-zeros)."""
+    return ((actual.double() - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize("layout", list(CASES))
+@pytest.mark.parametrize("heads,kv_heads,tied", SHAPES, ids=SHAPE_IDS)
+def test_shared_prefix_float32_within_float32_error(heads, kv_heads, tied, layout):
+    model32 = random_model(heads, kv_heads, tied)
+    model64 = random_model(heads, kv_heads, tied).double()   # the very same weights, exactly, in float64
+    prompts, rows, continuations, weights = case(layout)
+    truth, truth_grads = exact(model64, full_hidden, prompts, rows, continuations, weights)
+    weights = weights.float()
+    full, full_grads = with_gradient(model32, lambda: full_logprobs(model32, prompts, rows, continuations), weights)
+    shared, shared_grads = with_gradient(model32, lambda: shared_logprobs(model32, prompts, rows, continuations),
+                                         weights)
+
+    def check(what, ours, theirs):
+        limit = FACTOR * max(theirs, torch.finfo(torch.float32).eps / 2)
+        assert ours <= limit, f"{what}: error {ours:.3g}, float32 full pass {theirs:.3g}, bound {limit:.3g}"
+
+    check("log-probs", error(shared, truth), error(full, truth))
+    # A gradient tensor's float32 error depends on how much its terms cancel (a key bias's gradient almost
+    # vanishes, so its relative error is large and varies from one summation order to another); the error
+    # level of this model is the full pass's largest one over all tensors.
+    full_level = max(error(full_grads[name], truth_grads[name]) for name in truth_grads)
+    for name in truth_grads:
+        check(name, error(shared_grads[name], truth_grads[name]), full_level)
