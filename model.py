@@ -15,7 +15,8 @@ module is that model, written out in plain PyTorch:
     8 completions of one prompt), gradients included;
   * `generate`: KV-cached batched sampling of completions (greedy or temperature + top-p), and
     `generate_completions`, the same for token-id prompts cut at their EOS: it draws the GRPO groups and
-    lets DOGA, the evaluation and the simulation's llm backend speak;
+    lets DOGA, the evaluation and the simulation's llm backend speak; `generate_groups`: many groups of
+    samples in one batch, each prompt prefilled once and each group drawing from its own generator;
   * `load_pretrained` / `save_pretrained`: the Hugging Face folder layout (config.json + safetensors),
     so a real Qwen2.5 checkpoint loads and our checkpoints load in other tools.
 
@@ -222,6 +223,11 @@ class KVCache:
         self.keys[layer][:, :, self.length:end] = keys
         self.values[layer][:, :, self.length:end] = values
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def repeat_rows(self, times: int):
+        """Each row becomes `times` consecutive copies, [P, ...] -> [P * times, ...]: a prompt for its group."""
+        self.keys = [keys.repeat_interleave(times, dim=0) for keys in self.keys]
+        self.values = [values.repeat_interleave(times, dim=0) for values in self.values]
 
 
 class Attention(nn.Module):
@@ -523,7 +529,9 @@ def choose_next_tokens(logits, temperature: float, top_p: float, generator):
     """logits [B, V] -> token ids [B]: argmax at temperature 0, else a sample from the top-p nucleus."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probabilities = torch.softmax(logits.float() / temperature, dim=-1)
+    # In float32 or wider: half precision is upcast, a float64 model keeps float64.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    probabilities = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1.0:
         # Keep the most likely tokens until their mass reaches top_p (always at least the first one).
         sorted_probabilities, order = probabilities.sort(dim=-1, descending=True)
@@ -531,6 +539,11 @@ def choose_next_tokens(logits, temperature: float, top_p: float, generator):
         sorted_probabilities = sorted_probabilities.masked_fill(mass_before >= top_p, 0.0)
         probabilities = torch.zeros_like(probabilities).scatter(-1, order, sorted_probabilities)
     return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1)
+
+
+def check_sampling(name: str, temperature: float, top_p: float):
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"{name}: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
 
 
 def generate(model: Qwen2, input_ids, attention_mask=None, max_new_tokens: int = 64, temperature: float = 0.0,
@@ -542,47 +555,81 @@ def generate(model: Qwen2, input_ids, attention_mask=None, max_new_tokens: int =
     temperature 0 is greedy decoding; otherwise tokens are sampled at that temperature from the top-p
     nucleus, drawing from `generator` (a torch.Generator) for reproducible runs.
     """
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"generate: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    check_sampling("generate", temperature, top_p)
     if attention_mask is not None and not bool(attention_mask[:, -1].all()):
         raise ValueError("generate: prompts must be left-padded (attention_mask[:, -1] must be 1 for every row)")
     with torch.inference_mode():
         completion = _generate_completion(model, input_ids, attention_mask, max_new_tokens, temperature, top_p,
-                                          eos_token_id, generator, pad_token_id)
+                                          eos_token_id, [generator], pad_token_id)
     # Cloned outside inference mode so the ids can feed a training forward pass (e.g. GRPO's log-probs).
     return torch.cat((input_ids, completion), dim=1).clone()
 
 
+def generate_groups(model: Qwen2, prompts, group_size: int, generators, max_new_tokens: int = 64,
+                    temperature: float = 0.0, top_p: float = 1.0, eos_token_id=None, pad_token_id=None):
+    """`group_size` continuations of each of P prompts, all in one batch -> LongTensor [P * group_size, n].
+
+    prompts: P lists of token ids, of any lengths; generators: P torch.Generators (or None for greedy),
+    one per prompt. Row g * group_size + i is continuation i of prompts[g]: its new tokens only, ended and
+    padded as in `generate`. Each prompt is prefilled once, left-padded to the longest, and its keys and
+    values are copied to its group's rows; then all rows decode together, one cached pass per token.
+
+    Reproducibility: group g draws from generators[g] over its own rows, with exactly the calls `generate`
+    makes for group_size copies of prompts[g] alone, and stops drawing once its rows have all finished.
+    Its samples therefore depend on its generator, not on which groups share the batch, as far as the
+    probabilities themselves agree: padding and batch shape change the order of floating-point sums, so
+    in float32 a draw that falls within rounding of a boundary between two tokens can differ (float64
+    makes that vanishingly rare; tests/test_shared_prefix.py checks alone against batched there).
+    Left out: paged or ragged caches (every row holds the longest prompt's width; pads are masked).
+    """
+    check_sampling("generate_groups", temperature, top_p)
+    if len(generators) != len(prompts):
+        raise ValueError(f"generate_groups: {len(prompts)} prompts but {len(generators)} generators")
+    # Prompt pads are masked out of attention, so their id does not matter.
+    input_ids, attention_mask = pad_left(prompts, 0, model.lm_head_weight.device)        # [P, Lp]
+    with torch.inference_mode():
+        completion = _generate_completion(model, input_ids, attention_mask, max_new_tokens, temperature, top_p,
+                                          eos_token_id, list(generators), pad_token_id, group_size)
+    return completion.clone()
+
+
 def _generate_completion(model, input_ids, attention_mask, max_new_tokens, temperature, top_p, eos_token_id,
-                         generator, pad_token_id):
-    """The decoding loop of `generate`: one prefill pass, then one cached pass per new token -> [B, n]."""
-    batch, prompt_length = input_ids.shape
+                         generators, pad_token_id, group_size=1):
+    """The decoding loop: one prefill pass over the P prompts input_ids [P, T], then one cached pass per
+    new token over P x group_size rows (each prompt's group consecutive) -> [P * group_size, n].
+    The rows form len(generators) equal blocks; block i draws from generators[i]."""
+    prompts, prompt_length = input_ids.shape
+    batch = prompts * group_size
     device = input_ids.device
     eos_ids = None if eos_token_id is None else torch.tensor(
         [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
     pad_id = pad_token_id if pad_token_id is not None else (int(eos_ids[0]) if eos_ids is not None else 0)
     weight = model.lm_head_weight                                                      # [V, H]
-    cache = KVCache(model.config, batch, prompt_length + max_new_tokens, weight.dtype, device)
+    cache = KVCache(model.config, prompts, prompt_length + max_new_tokens, weight.dtype, device)
 
     # Which cache slots hold real tokens: the prompt's mask, then every generated position.
-    key_is_token = torch.ones(batch, prompt_length + max_new_tokens, dtype=torch.bool, device=device)
+    key_is_token = torch.ones(prompts, prompt_length + max_new_tokens, dtype=torch.bool, device=device)
     padded = attention_mask is not None and not bool(attention_mask.all())
     if padded:
         key_is_token[:, :prompt_length] = attention_mask.bool()
-        positions = positions_from_mask(attention_mask)                                # [B, T]
+        positions = positions_from_mask(attention_mask)                                # [P, T]
         mask = padded_causal_mask(key_is_token[:, :prompt_length], prompt_length)
     else:
-        positions = torch.arange(prompt_length, device=device).expand(batch, prompt_length)
+        positions = torch.arange(prompt_length, device=device).expand(prompts, prompt_length)
         mask = None
 
-    hidden = model.model(input_ids, positions, mask, cache)[:, -1]                     # [B, H] last position
+    hidden = model.model(input_ids, positions, mask, cache)[:, -1]                     # [P, H] last position
     cache.length = prompt_length
-    next_position = positions[:, -1:] + 1                                              # [B, 1]
+    next_position = positions[:, -1:] + 1                                              # [P, 1]
+    if group_size > 1:  # each prompt's state copied to its group's rows: [P, ...] -> [P * group_size, ...]
+        cache.repeat_rows(group_size)
+        hidden, next_position, key_is_token = (tensor.repeat_interleave(group_size, dim=0)
+                                               for tensor in (hidden, next_position, key_is_token))
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     completion = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
     produced = 0
     while produced < max_new_tokens:
-        tokens = choose_next_tokens(F.linear(hidden, weight), temperature, top_p, generator)   # [B]
+        tokens = choose_in_blocks(F.linear(hidden, weight), finished, temperature, top_p, generators)  # [B]
         if eos_ids is not None:
             tokens = tokens.masked_fill(finished, pad_id)
             finished |= torch.isin(tokens, eos_ids)
@@ -598,6 +645,21 @@ def _generate_completion(model, input_ids, attention_mask, max_new_tokens, tempe
     return completion[:, :produced]
 
 
+def choose_in_blocks(logits, finished, temperature: float, top_p: float, generators):
+    """logits [B, V] -> token ids [B]: row block i (B / len(generators) rows) chosen with generators[i].
+
+    A block whose rows have all finished draws nothing (its rows' tokens are then overwritten with pads):
+    alone, its generation would have ended there, so its generator is left where that run leaves it.
+    """
+    block = logits.shape[0] // len(generators)
+    tokens = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    for index, generator in enumerate(generators):
+        rows = slice(index * block, (index + 1) * block)
+        if not bool(finished[rows].all()):
+            tokens[rows] = choose_next_tokens(logits[rows], temperature, top_p, generator)
+    return tokens
+
+
 def generate_completions(model: Qwen2, prompts, max_new_tokens: int, eos_token_id: int, pad_token_id: int,
                          temperature: float = 0.0, top_p: float = 1.0, generator=None):
     """Continue prompts given as token-id lists, together in one left-padded batch, each up to its EOS.
@@ -607,18 +669,12 @@ def generate_completions(model: Qwen2, prompts, max_new_tokens: int, eos_token_i
     completion at its EOS: GRPO's groups, DOGA's agents, the evaluation's batches and the llm backend of
     the simulation all generate through it (decoding with skip_special_tokens drops the EOS again).
     """
-    width = max(len(prompt) for prompt in prompts)
-    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)             # [B, T]
-    attention_mask = torch.zeros_like(input_ids)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[row, width - len(prompt):] = 1
-    device = model.lm_head_weight.device
-    output = generate(model, input_ids.to(device), attention_mask.to(device), max_new_tokens=max_new_tokens,
+    input_ids, attention_mask = pad_left(prompts, pad_token_id, model.lm_head_weight.device)    # [B, T]
+    output = generate(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                       temperature=temperature, top_p=top_p, eos_token_id=eos_token_id, generator=generator,
                       pad_token_id=pad_token_id)                                              # [B, T + n]
     completions = []
-    for row in output[:, width:].tolist():
+    for row in output[:, input_ids.shape[1]:].tolist():
         if eos_token_id in row:
             completions.append((row[:row.index(eos_token_id) + 1], False))
         else:

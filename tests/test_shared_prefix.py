@@ -1,4 +1,5 @@
-"""Each prompt run once: model.continuation_logprobs against the full pass over prompt + continuation.
+"""Each prompt run once: model.continuation_logprobs against the full pass over prompt + continuation, and
+model.generate_groups (every group of a step in one batch) against each group sampled on its own.
 
 The full pass (model.sequence_logprobs over the concatenated, right-padded sequences) is the reference.
 In float64 the two passes differ only by rounding (~1e-15 on log-probs of order 1), so they must agree to
@@ -12,7 +13,17 @@ random models the largest ratio seen was 2.5).
 import pytest
 import torch
 
-from model import Continuations, Qwen2, Qwen2Config, continuation_logprobs, pad_left, pad_right, sequence_logprobs
+from model import (
+    Continuations,
+    Qwen2,
+    Qwen2Config,
+    continuation_logprobs,
+    generate,
+    generate_groups,
+    pad_left,
+    pad_right,
+    sequence_logprobs,
+)
 
 
 VOCAB = 61
@@ -165,3 +176,46 @@ def test_shared_prefix_float32_within_float32_error(heads, kv_heads, tied, layou
     full_level = max(error(full_grads[name], truth_grads[name]) for name in truth_grads)
     for name in truth_grads:
         check(name, error(shared_grads[name], truth_grads[name]), full_level)
+
+
+# ------------------------------------------------------------------------------------------- generation
+
+def sampled(model, prompts, seeds, eos, group_size=4):
+    """generate_groups with one seeded generator per prompt: temperature 1, top-p 0.9, 12 new tokens."""
+    return generate_groups(model, prompts, group_size, [torch.Generator().manual_seed(s) for s in seeds],
+                           max_new_tokens=12, temperature=1.0, top_p=0.9, eos_token_id=eos, pad_token_id=0)
+
+
+def test_a_group_samples_the_same_alone_and_in_a_batch():
+    """In float64 the probabilities in a batch equal those alone to ~1e-16, so a draw could only differ if it
+    fell that close to the boundary between two tokens: the completions are the same, token for token."""
+    model = random_model(4, 2, False, seed=3).double().eval()
+    prompts, _ = random_batch([5, 11, 8], [], [], seed=4)
+    seeds = [101, 202, 303]
+    free = sampled(model, prompts, seeds, eos=None)
+    eos = int(free[:, :6].flatten().mode().values)      # a token common early on: rows end at different times
+    batched = sampled(model, prompts, seeds, eos).view(3, 4, -1)                     # [groups, G, n]
+    reordered = sampled(model, prompts[::-1], seeds[::-1], eos).view(3, 4, -1).flip(0)
+    ends = []
+    for g, (prompt, seed) in enumerate(zip(prompts, seeds)):
+        alone = sampled(model, [prompt], [seed], eos)                                 # [G, n_g]
+        # What GRPO ran before batching: generate() on group_size copies of the prompt.
+        copies = generate(model, torch.tensor([prompt] * 4), max_new_tokens=12, temperature=1.0, top_p=0.9,
+                          eos_token_id=eos, pad_token_id=0,
+                          generator=torch.Generator().manual_seed(seed))[:, len(prompt):]
+        assert torch.equal(alone, copies)
+        width = alone.shape[1]
+        for group in (batched[g], reordered[g]):
+            assert torch.equal(group[:, :width], alone)
+            assert (group[:, width:] == 0).all()                                     # only pads after its end
+        ends.append(width)
+    assert (batched == eos).any(dim=-1).any() and len(set(ends)) > 1                # groups ended at different steps
+
+
+def test_generate_groups_is_greedy_decoding_of_each_prompt_at_temperature_0():
+    model = random_model(4, 2, True, seed=5).double().eval()
+    prompts, _ = random_batch([6, 2, 9], [], [], seed=6)
+    grouped = generate_groups(model, prompts, 2, [None] * 3, max_new_tokens=8)           # [3 * 2, 8]
+    input_ids, attention_mask = pad_left(prompts, 0)
+    expected = generate(model, input_ids, attention_mask, max_new_tokens=8)[:, input_ids.shape[1]:]
+    assert torch.equal(grouped, expected.repeat_interleave(2, dim=0))
