@@ -378,29 +378,33 @@ class Qwen2(nn.Module):
         per continuation, and the backward of that indexing sums the continuations' gradients into the
         prompt pass, as the repeated copies' gradients add up in the parameters.
 
-        Work: the prompts' tokens P x Lp once, the continuations' B x Lc attending to Lp + Lc keys, instead
-        of B x (Lp + Lc) tokens. Left out: fusing the per-row copy of the prompt's keys/values into the
+        Work: each prompt's tokens once, the continuations' B x Lc attending to Lp + Lc keys, instead of
+        B x (Lp + Lc) tokens. Left out: fusing the per-row copy of the prompt's keys/values into the
         attention kernel (on a CPU the copy is cheap next to the attention itself).
         """
         backbone = self.model
-        prompt_count, prompt_length = prompt_ids.shape
-        prompt_is_token = prompt_mask.bool()
-        recorded = _RecordKeysValues()
-        padded = not bool(prompt_is_token.all())
-        prompt_hidden = backbone(prompt_ids, positions_from_mask(prompt_mask),
-                                 padded_causal_mask(prompt_is_token, prompt_length) if padded else None,
-                                 recorded)                                                  # [P, Lp, H]
+        prompt_width = prompt_ids.shape[1]
+        prompt_lengths = prompt_mask.sum(1)                                                 # [P]
+        # Each prompt runs alone, without its pads: padded to the longest, the spread of prompt lengths
+        # in the training pool would spend about a third of this pass on pads.
+        alone, last_states = [], []
+        for ids, length in zip(prompt_ids, prompt_lengths.tolist()):
+            alone.append(_RecordKeysValues())
+            positions = torch.arange(length, device=ids.device)[None]                          # [1, L]
+            last_states.append(backbone(ids[None, prompt_width - length:], positions, None, alone[-1])[:, -1])
+        prompts = _RecordKeysValues.left_padded(alone, prompt_width)        # per layer [P, kv, Lp, D]
+        last_states = torch.cat(last_states)                                                 # [P, H]
 
         continuation_length = continuation_ids.shape[1]
         offsets = torch.arange(continuation_length, device=continuation_ids.device)
-        positions = prompt_mask.sum(1)[rows][:, None] + offsets                             # [B, Lc]
+        positions = prompt_lengths[rows][:, None] + offsets                                 # [B, Lc]
         # Keys: the prompt's (pads masked), then the continuation's own, causally; a right-padded
         # continuation's pads come after its tokens, so causality alone hides them from real queries.
-        key_is_token = torch.cat((prompt_is_token[rows], continuation_mask.bool()), dim=1)  # [B, Lp + Lc]
+        key_is_token = torch.cat((prompt_mask.bool()[rows], continuation_mask.bool()), dim=1)  # [B, Lp + Lc]
         mask = padded_causal_mask(key_is_token, continuation_length)                      # [B, 1, Lc, Lp + Lc]
-        hidden = backbone(continuation_ids, positions, mask, _AfterPrompt(recorded, rows))  # [B, Lc, H]
+        hidden = backbone(continuation_ids, positions, mask, _AfterPrompt(prompts, rows))   # [B, Lc, H]
         # Token t is predicted by the state before it: the prompt's last one for t = 0.
-        return torch.cat((prompt_hidden[rows, -1:], hidden[:, :-1]), dim=1)                 # [B, Lc, H]
+        return torch.cat((last_states[rows][:, None], hidden[:, :-1]), dim=1)               # [B, Lc, H]
 
     def forward(self, input_ids, attention_mask=None):
         """input_ids [B, T], attention_mask [B, T] -> logits [B, T, V]."""
@@ -418,6 +422,18 @@ class _RecordKeysValues:
         self.keys.append(keys)
         self.values.append(values)
         return keys, values
+
+    @classmethod
+    def left_padded(cls, records, width: int) -> "_RecordKeysValues":
+        """Records of single prompts ([1, kv, L, D] per layer) -> one [P, kv, width, D] per layer, each
+        prompt's keys/values left-padded to `width` (the pads are masked out of attention)."""
+        def pad(tensor):
+            return F.pad(tensor, (0, 0, width - tensor.shape[2], 0))                # [1, kv, width, D]
+        stacked = cls()
+        for layer in range(len(records[0].keys)):
+            stacked.keys.append(torch.cat([pad(record.keys[layer]) for record in records]))
+            stacked.values.append(torch.cat([pad(record.values[layer]) for record in records]))
+        return stacked
 
 
 class _AfterPrompt:
