@@ -7,8 +7,9 @@ In float64 the two passes differ only by rounding (~1e-15 on log-probs of order 
 In float32 the tolerance follows from float32's own error, measured on the same inputs, as in
 tests/test_kernels.py: the shared-prefix pass must be within FACTOR times the error that the float32 full
 pass makes against the float64 full pass. Both add the same terms in different orders, so their errors
-are of the same size; FACTOR leaves room for the different order, not for a different result (over 160
-random models the largest ratio seen was 2.5).
+are of the same size, and their ratio scatters around 1: over hundreds of random models of these shapes
+it stayed below 3.2. FACTOR = 8 leaves room for other CPUs' summation orders, not for a different result:
+a wrong position, mask or key moves the result by ~1e-2, some 1e4 times float32's error here.
 """
 import pytest
 import torch
@@ -30,7 +31,7 @@ VOCAB = 61
 # (query heads, key/value heads, tied lm_head): GQA with 2 and 4 queries per key/value head, and plain MHA.
 SHAPES = [(4, 2, True), (4, 2, False), (4, 1, False), (4, 4, True)]
 SHAPE_IDS = ["gqa2-tied", "gqa2-untied", "gqa4-untied", "mha-tied"]
-FACTOR = 4
+FACTOR = 8
 
 
 def random_model(heads, kv_heads, tied, seed=0):
