@@ -519,14 +519,32 @@ class Continuations:
     ids: torch.Tensor
     mask: torch.Tensor
 
+    @classmethod
+    def from_lists(cls, prompts, continuations, pad_id: int, device=None) -> "Continuations":
+        """prompts[b] and continuations[b]: token lists of sequence b. Equal prompts are stored once."""
+        distinct = {}
+        rows = [distinct.setdefault(tuple(prompt), len(distinct)) for prompt in prompts]
+        prompt_ids, prompt_mask = pad_left([list(prompt) for prompt in distinct], pad_id, device)
+        ids, mask = pad_right(continuations, pad_id, device)
+        return cls(prompt_ids, prompt_mask, torch.tensor(rows, device=device), ids, mask)
 
-def continuation_logprobs(model: Qwen2, sequences: Continuations, target_mask, temperature: float = 1.0):
+    def token_count(self) -> int:
+        """Tokens of all B prompt + continuation sequences, each prompt counted once per continuation."""
+        return int(self.prompt_mask.sum(1)[self.rows].sum() + self.mask.sum())
+
+
+def continuation_logprobs(model: Qwen2, sequences: Continuations, target_mask, temperature: float = 1.0,
+                          shared_prefix: bool = True):
     """log p(ids[b, t] | prompt rows[b], ids[b, :t]) wherever target_mask [B, Lc] is set, 0 elsewhere.
 
     Returns float32 [B, Lc], differentiable. Each prompt is run once (Qwen2.continuation_hidden_states)
     and only the marked positions go through the fused kernel, so the [tokens x vocabulary] logits are
-    never materialised.
+    never materialised. shared_prefix=False runs the full-sequence pass instead (sequence_logprobs over
+    each prompt + continuation, prompts repeated): the same numbers up to rounding, at several times the
+    cost; kept to measure and test the shared one against (bench/grpo_step.py, tests/).
     """
+    if not shared_prefix:
+        return _full_sequence_logprobs(model, sequences, target_mask, temperature)
     hidden = model.continuation_hidden_states(sequences.prompt_ids, sequences.prompt_mask, sequences.rows,
                                               sequences.ids, sequences.mask)          # [B, Lc, H]
     chosen = target_mask.bool()
@@ -535,6 +553,25 @@ def continuation_logprobs(model: Qwen2, sequences: Continuations, target_mask, t
     out = torch.zeros(sequences.ids.shape, dtype=torch.float32, device=sequences.ids.device)
     out[chosen] = logprobs
     return out
+
+
+def _full_sequence_logprobs(model, sequences: Continuations, target_mask, temperature):
+    """continuation_logprobs through sequence_logprobs: each prompt + continuation as one right-padded row."""
+    prompt_width = sequences.prompt_ids.shape[1]
+    prompt_lengths = sequences.prompt_mask.sum(1)[sequences.rows]                       # [B]
+    # Row b of the concatenation is [prompt pads, prompt, continuation, continuation pads]; rolling it
+    # left by its prompt's pad count right-pads it: [prompt, continuation, pads].
+    ids = torch.cat((sequences.prompt_ids[sequences.rows], sequences.ids), dim=1)      # [B, Lp + Lc]
+    mask = torch.cat((sequences.prompt_mask[sequences.rows], sequences.mask), dim=1)
+    targets = torch.cat((torch.zeros_like(mask[:, :prompt_width]), target_mask.long()), dim=1)
+    width = ids.shape[1]
+    columns = (torch.arange(width, device=ids.device) + (prompt_width - prompt_lengths)[:, None]) % width
+    length = int(mask.sum(1).max())                                                    # T: the longest row
+    ids, mask, targets = (tensor.gather(1, columns)[:, :length] for tensor in (ids, mask, targets))  # [B, T]
+    full = sequence_logprobs(model, ids, mask, targets, temperature)                   # [B, T]
+    # Continuation token t of row b sits at column prompt_lengths[b] + t (pads clamped, then zeroed).
+    at = (prompt_lengths[:, None] + torch.arange(sequences.ids.shape[1], device=ids.device)).clamp(max=length - 1)
+    return full.gather(1, at) * target_mask                                            # [B, Lc]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -680,22 +717,29 @@ def generate_completions(model: Qwen2, prompts, max_new_tokens: int, eos_token_i
                          temperature: float = 0.0, top_p: float = 1.0, generator=None):
     """Continue prompts given as token-id lists, together in one left-padded batch, each up to its EOS.
 
-    Returns one (completion ids, truncated) per prompt: the generated ids up to and including the first
-    EOS, or all max_new_tokens of them with truncated = True when no EOS came. The one place that cuts a
-    completion at its EOS: GRPO's groups, DOGA's agents, the evaluation's batches and the llm backend of
-    the simulation all generate through it (decoding with skip_special_tokens drops the EOS again).
+    Returns one (completion ids, truncated) per prompt, as cut_at_eos gives them: the generated ids up to
+    and including the first EOS, or all max_new_tokens of them with truncated = True when no EOS came.
+    DOGA's agents, the evaluation's batches and the llm backend of the simulation generate through it
+    (decoding with skip_special_tokens drops the EOS again); GRPO's groups go through generate_groups
+    and the same cut_at_eos.
     """
     input_ids, attention_mask = pad_left(prompts, pad_token_id, model.lm_head_weight.device)    # [B, T]
     output = generate(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                       temperature=temperature, top_p=top_p, eos_token_id=eos_token_id, generator=generator,
                       pad_token_id=pad_token_id)                                              # [B, T + n]
-    completions = []
-    for row in output[:, input_ids.shape[1]:].tolist():
+    return cut_at_eos(output[:, input_ids.shape[1]:], eos_token_id)
+
+
+def cut_at_eos(completions, eos_token_id: int):
+    """Generated ids [B, n] -> one (ids, truncated) per row: the ids up to and including the first EOS,
+    or all n of them with truncated = True when no EOS came."""
+    cut = []
+    for row in completions.tolist():
         if eos_token_id in row:
-            completions.append((row[:row.index(eos_token_id) + 1], False))
+            cut.append((row[:row.index(eos_token_id) + 1], False))
         else:
-            completions.append((row, True))
-    return completions
+            cut.append((row, True))
+    return cut
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ is measured on what it *does* (BEHAVIOUR_KEYS: an on-stage move, the reference's
 reference states facts), logged per step, so that reward hacking shows as it happens.
 
 With w_bayes = 0 the reference pass is skipped and both parts read as the floor (the no-bayes ablation).
+Otherwise it runs each distinct prompt once, and the answers of its rows (a GRPO group) attend to that
+prompt's keys and values (model.continuation_logprobs).
 
 A malformed or truncated completion never raises: it gets format 0, similarity, faithfulness and manager 0
 and bayes = 2 * bayes_floor, the lowest value the term can take. Every term is returned separately for logs
@@ -40,7 +42,7 @@ the customer's reaction (that is the closed-loop evaluation's job, not a per-tur
 
 import torch
 
-from model import pad_right, sequence_logprobs
+from model import Continuations, continuation_logprobs, pad_right
 from retrieval import HashedTfidfEmbedder
 from sales import check_claims, classify_sales_intent, mask_values, stage_move
 from tokenizer import THINK_OPEN, format_assistant, split_thought
@@ -56,28 +58,30 @@ BEHAVIOUR_KEYS = ("on_stage", "intent_match", "claim_free")
 
 
 @torch.no_grad()
-def bayes_terms(model, tokenizer, prompt_ids, thoughts, references):
+def bayes_terms(model, tokenizer, prompt_ids, thoughts, references, shared_prefix=True):
     """Prior and likelihood of the Bayesian reward for a batch, under `model` (the frozen reference).
 
     Each sequence is the prompt followed by the answer `<think>Th</think>\nA*` written by
     tokenizer.format_assistant and encoded as one string, exactly as the model reads an answer, so a
     single forward pass yields both terms. The prior averages over the tokens that start inside Th, the
     likelihood over those that start inside A*. Returns two float32 tensors [B] of mean log-probs.
+    A prompt shared by several rows (a GRPO group) is run once and its answers attend to its keys and
+    values (model.continuation_logprobs; shared_prefix=False runs every prompt + answer in full).
     """
-    sequences, thought_masks, reference_masks = [], [], []
-    for prompt, thought, reference in zip(prompt_ids, thoughts, references):
+    answers, thought_masks, reference_masks = [], [], []
+    for thought, reference in zip(thoughts, references):
         answer = format_assistant(thought, reference)
         answer_ids, offsets = tokenizer.encode_with_offsets(answer)
         thought_start = len(THINK_OPEN)
         thought_end, reference_start = thought_start + len(thought), len(answer) - len(reference)
-        sequences.append(list(prompt) + answer_ids)
-        thought_masks.append([0] * len(prompt) + [int(thought_start <= a < thought_end) for a, _ in offsets])
-        reference_masks.append([0] * len(prompt) + [int(a >= reference_start) for a, _ in offsets])
+        answers.append(answer_ids)
+        thought_masks.append([int(thought_start <= a < thought_end) for a, _ in offsets])
+        reference_masks.append([int(a >= reference_start) for a, _ in offsets])
     device = model.lm_head_weight.device
-    input_ids, attention_mask = pad_right(sequences, tokenizer.pad_id, device)
-    prior_mask, _ = pad_right(thought_masks, 0, device)
+    sequences = Continuations.from_lists(prompt_ids, answers, tokenizer.pad_id, device)
+    prior_mask, _ = pad_right(thought_masks, 0, device)                      # [B, La]
     likelihood_mask, _ = pad_right(reference_masks, 0, device)
-    logprobs = sequence_logprobs(model, input_ids, attention_mask, prior_mask | likelihood_mask)
+    logprobs = continuation_logprobs(model, sequences, prior_mask | likelihood_mask, shared_prefix=shared_prefix)
     prior = (logprobs * prior_mask).sum(1) / prior_mask.sum(1).clamp(min=1)
     likelihood = (logprobs * likelihood_mask).sum(1) / likelihood_mask.sum(1).clamp(min=1)
     return prior.cpu(), likelihood.cpu()
@@ -108,11 +112,12 @@ def fit_similarity_embedder(samples):
 class CompositeReward:
     """Scores completions of training samples (corpus.Sample); see the module docstring."""
 
-    def __init__(self, config, reference_model, tokenizer, embedder):
+    def __init__(self, config, reference_model, tokenizer, embedder, shared_prefix=True):
         self.config = config              # config.RewardConfig
         self.reference_model = reference_model
         self.tokenizer = tokenizer
         self.embedder = embedder          # fit_similarity_embedder: fitted on masked reference replies
+        self.shared_prefix = shared_prefix  # False: the Bayesian pass runs each prompt per row (bench/)
 
     def weights(self):
         return {term: getattr(self.config, term) for term in TERMS}
@@ -151,7 +156,8 @@ class CompositeReward:
             if self.config.bayes != 0:  # an unweighted term is not worth a reference forward pass
                 prior, likelihood = bayes_terms(self.reference_model, self.tokenizer,
                                                 [prompt_ids[i] for i in rows], [parsed[i].thought for i in rows],
-                                                [samples[i].reference for i in rows])
+                                                [samples[i].reference for i in rows],
+                                                shared_prefix=self.shared_prefix)
                 terms["bayes_prior"][rows] = prior.clamp(min=floor)
                 terms["bayes_likelihood"][rows] = likelihood.clamp(min=floor)
         terms["bayes"] = terms["bayes_prior"] + terms["bayes_likelihood"]

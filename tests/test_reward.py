@@ -62,6 +62,22 @@ def test_bayes_matches_float64_direct_computation(tiny):
         assert likelihood[i].item() == pytest.approx(expected_likelihood, abs=1e-4)
 
 
+def test_bayes_runs_a_prompt_shared_by_several_rows_once_with_the_same_result(tiny):
+    """A GRPO group: several thoughts after one prompt. Each distinct prompt run once (the default) or once
+    per row (shared_prefix=False): both equal the direct float64 computation."""
+    _, tokenizer, model, samples, _ = tiny
+    rows = [samples[3]] * 3 + [samples[7]] * 2
+    thoughts = ["Ask about their orders first.", "Price worries them.", "x", "Close now.", "Explain the steps."]
+    prompts = [tokenizer.encode(s.prompt) for s in rows]
+    expected = [direct_bayes(model, tokenizer, s.prompt, t, s.reference) for s, t in zip(rows, thoughts)]
+    for shared_prefix in (True, False):
+        prior, likelihood = bayes_terms(model, tokenizer, prompts, thoughts, [s.reference for s in rows],
+                                        shared_prefix=shared_prefix)
+        for i, (expected_prior, expected_likelihood) in enumerate(expected):
+            assert prior[i].item() == pytest.approx(expected_prior, abs=1e-4)
+            assert likelihood[i].item() == pytest.approx(expected_likelihood, abs=1e-4)
+
+
 def test_terms_and_weighted_total(tiny):
     _, tokenizer, model, samples, embedder = tiny
     config = RewardConfig(format=1.0, similarity=2.0, faithfulness=0.5, manager=0.7, bayes=0.1)

@@ -179,6 +179,16 @@ def test_shared_prefix_float32_within_float32_error(heads, kv_heads, tied, layou
         check(name, error(shared_grads[name], truth_grads[name]), full_level)
 
 
+def test_the_full_sequence_path_is_sequence_logprobs_on_each_prompt_plus_continuation():
+    """continuation_logprobs(shared_prefix=False), which bench/grpo_step.py times, is the plain full pass."""
+    model = random_model(4, 2, False)
+    prompts, rows, continuations, _ = case("padded")
+    sequences = as_continuations(prompts, rows, continuations)
+    with torch.no_grad():
+        assert torch.equal(continuation_logprobs(model, sequences, sequences.mask, shared_prefix=False),
+                           full_logprobs(model, prompts, rows, continuations))
+
+
 # ------------------------------------------------------------------------------------------- generation
 
 def sampled(model, prompts, seeds, eos, group_size=4):
