@@ -3,7 +3,7 @@
 One step, for each of `prompts_per_step` training prompts (a salesperson turn of a simulated call):
 
   1. sample a *group* of `num_generations` completions `<think>Th</think> reply` with the policy
-     (model.generate, KV-cached, temperature/top-p);
+     (model.generate_groups: KV-cached, temperature/top-p, every group of the step in one batch);
   2. score each with the composite reward of reward.py (format, similarity, faithfulness, bayes);
   3. advantage A_i = (r_i - mean(group)) / std, the std taken per group, over the batch, or not at all
      (`scale_rewards`);
@@ -14,8 +14,12 @@ One step, for each of `prompts_per_step` training prompts (a salesperson turn of
      dr_grpo (sum over tokens / (sequences x max_completion_length)).
 
 Knob names follow TRL's GRPOConfig (config.GRPOConfig) so that results can be compared. Log-probs of
-completions come from the fused kernel on the final hidden states (model.sequence_logprobs): the
-[tokens x vocabulary] logits are never materialised for the training pass.
+completions come from the fused kernel on the final hidden states (model.continuation_logprobs): the
+[tokens x vocabulary] logits are never materialised for the training pass. Every pass over a group (the
+policy's forward and backward, the reference's log-probs for the KL, the Bayesian reward's prior and
+likelihood) runs its prompt once and lets the G completions attend to the prompt's keys and values:
+the prompt is ~9/10 of each sequence, so this cuts the work of a pass several times over, with the same
+numbers and gradients up to float32 rounding (tests/test_shared_prefix.py; bench/grpo_step.py times it).
 
 Several processes: `torchrun --nproc_per_node=K grpo.py ...` gives each rank its own prompts (a group
 never spans ranks). Each rank's loss is its share of the *global* loss (global sequence and token counts
@@ -25,9 +29,10 @@ Simplified, and why:
 * pi_old: with num_iterations = 1 the old policy *is* the current one, so its log-probs are the detached
   log-probs of the training pass (ratio exactly 1, as in TRL). With num_iterations > 1 they are computed
   once right after generation.
-* Each group is generated on its own, with its own seeded generator: no padding inside a batch and no
-  dependence of a group's samples on which rank or batch it lands in. This is what makes runs
-  reproducible, resumable and identical across process counts, at some cost in CPU batching.
+* Each group draws from its own seeded generator over its own rows, exactly as it would sampled alone,
+  so its samples do not depend on which rank or batch it lands in (up to float32 rounding of the
+  probabilities, which padding can change; see model.generate_groups). This is what makes runs
+  reproducible, resumable and identical across process counts.
 * No vLLM-style serving, no gradient accumulation, no reward models: the lean loop of the method.
 """
 
@@ -37,6 +42,7 @@ import os
 import random
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,12 +56,14 @@ from doga import DogaPlanner, ScriptLibrary
 from files import MetricsLog, replace_folder, truncate_jsonl, write_json
 from model import (
     CheckpointError,
+    Continuations,
+    continuation_logprobs,
+    cut_at_eos,
     generate_completions,
+    generate_groups,
     load_pretrained,
     load_with_tokenizer,
-    pad_right,
     save_pretrained,
-    sequence_logprobs,
 )
 from reward import BEHAVIOUR_KEYS, REWARD_KEYS, CompositeReward, fit_similarity_embedder
 from sales import is_good_turn
@@ -114,11 +122,10 @@ def prompts_for_step(step, pool_size, per_step, seed):
 
 @dataclass
 class Rollout:
-    input_ids: torch.Tensor        # [B, T] prompt + completion, right-padded
-    attention_mask: torch.Tensor   # [B, T]
-    loss_mask: torch.Tensor        # [B, T] 1 on completion tokens that get a gradient
-    old_logprobs: torch.Tensor     # [B, T] (only when num_iterations > 1)
-    ref_logprobs: torch.Tensor     # [B, T] (only when beta > 0)
+    sequences: Continuations       # each prompt once [P, Lp], its G completions [B = P x G, Lc] right-padded
+    loss_mask: torch.Tensor        # [B, Lc] 1 on completion tokens that get a gradient
+    old_logprobs: torch.Tensor     # [B, Lc] (only when num_iterations > 1)
+    ref_logprobs: torch.Tensor     # [B, Lc] (only when beta > 0)
     rewards: dict                  # term -> float32 [B], plus "total"
     advantages: torch.Tensor       # [B]
     completions: list              # decoded text, [B]
@@ -126,13 +133,26 @@ class Rollout:
     completion_lengths: torch.Tensor  # [B]
 
 
-def generate_group(policy, prompt_ids, settings, eos_id, pad_id, seed):
-    """`num_generations` completions of one prompt, sampled with the group's own generator seeded by
-    `seed`. Returns token lists (EOS kept) and truncation flags."""
-    generator = torch.Generator(device=policy.lm_head_weight.device).manual_seed(seed)
-    completions = generate_completions(policy, [prompt_ids] * settings.num_generations,
-                                       settings.max_completion_length, eos_id, pad_id, settings.temperature,
-                                       settings.top_p, generator)
+def sample_groups(policy, prompt_ids, seeds, settings, eos_id, pad_id, one_batch=True):
+    """`num_generations` completions of each prompt, group g sampled with its own generator seeded by
+    seeds[g]. Returns token lists (EOS kept) and truncation flags, group after group.
+
+    one_batch: all groups in one model.generate_groups call, each prompt prefilled once; otherwise each
+    group on its own (the path this replaced, for bench/grpo_step.py). Either way a group's samples depend
+    on its seed alone, up to float32 rounding (see generate_groups), not on the rank or batch it lands in.
+    """
+    device = policy.lm_head_weight.device
+    generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+    G = settings.num_generations
+    if one_batch:
+        ids = generate_groups(policy, prompt_ids, G, generators, settings.max_completion_length,
+                              settings.temperature, settings.top_p, eos_id, pad_id)       # [groups x G, n]
+        completions = cut_at_eos(ids, eos_id)
+    else:
+        completions = [completion for prompt, generator in zip(prompt_ids, generators)
+                       for completion in generate_completions(policy, [prompt] * G, settings.max_completion_length,
+                                                              eos_id, pad_id, settings.temperature,
+                                                              settings.top_p, generator)]
     return [ids for ids, _ in completions], [truncated for _, truncated in completions]
 
 
@@ -146,32 +166,46 @@ def compute_advantages(rewards, scale_rewards, batch_std=None):
     return centered
 
 
+@contextmanager
+def timed(timings, phase):
+    """Add the seconds the block takes to timings[phase]; nothing when timings is None. On a GPU it first
+    waits for queued work, so that each phase is charged its own."""
+    if timings is None:
+        yield
+        return
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    yield
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - started
+
+
 @torch.no_grad()
-def rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings):
-    """Generate and score one group per prompt; everything the loss needs, batched [B = groups x G]."""
+def rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings,
+            shared_prefix=True, timings=None):
+    """Generate and score one group per prompt; everything the loss needs, batched [B = groups x G].
+
+    shared_prefix: every group sampled in one batch and each prompt run once per pass; False is the
+    full-sequence path it replaced, for bench/grpo_step.py. timings: phase -> seconds, added to.
+    """
     G = settings.num_generations
-    sequences, loss_starts, completion_tokens, truncated = [], [], [], []
-    for prompt, seed in zip(prompt_ids, group_seeds):
-        completions, cut = generate_group(policy, prompt, settings, tokenizer.eos_id, tokenizer.pad_id, seed)
-        for completion in completions:
-            sequences.append(prompt + completion)
-            loss_starts.append(len(prompt))
-        completion_tokens += completions
-        truncated += cut
+    with timed(timings, "generate"):
+        completion_tokens, truncated = sample_groups(policy, prompt_ids, group_seeds, settings, tokenizer.eos_id,
+                                                     tokenizer.pad_id, one_batch=shared_prefix)
     device = policy.lm_head_weight.device
-    input_ids, attention_mask = pad_right(sequences, tokenizer.pad_id, device)
-    completion_mask = torch.zeros_like(input_ids)
-    for row, (start, sequence) in enumerate(zip(loss_starts, sequences)):
-        completion_mask[row, start:len(sequence)] = 1
+    expanded_prompts = [p for p in prompt_ids for _ in range(G)]
+    sequences = Continuations.from_lists(expanded_prompts, completion_tokens, tokenizer.pad_id, device)
     truncated = torch.tensor(truncated)
-    loss_mask = completion_mask.clone()
+    loss_mask = sequences.mask.clone()                                      # [B, Lc]
     if settings.mask_truncated_completions:
         loss_mask[truncated.to(device)] = 0
 
-    texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completion_tokens]
-    expanded = [s for s in samples for _ in range(G)]
-    expanded_prompts = [p for p in prompt_ids for _ in range(G)]
-    rewards = reward_fn(expanded, expanded_prompts, texts, truncated.tolist())
+    with timed(timings, "reward"):
+        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completion_tokens]
+        expanded = [s for s in samples for _ in range(G)]
+        rewards = reward_fn(expanded, expanded_prompts, texts, truncated.tolist())
 
     total = rewards["total"].view(-1, G)                                    # [groups, G]
     batch_std = None
@@ -181,12 +215,14 @@ def rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_
         batch_std = torch.tensor(sum(everything, [])).std()
     advantages = compute_advantages(total, settings.scale_rewards, batch_std).flatten()
 
-    old = (sequence_logprobs(policy, input_ids, attention_mask, loss_mask, settings.temperature)
-           if settings.num_iterations > 1 else None)
-    ref = (sequence_logprobs(reference, input_ids, attention_mask, loss_mask, settings.temperature)
-           if settings.beta > 0 else None)
-    return Rollout(input_ids, attention_mask, loss_mask, old, ref, rewards, advantages, texts, truncated,
-                   completion_mask.sum(1).cpu())
+    with timed(timings, "policy forward + backward"):
+        old = (continuation_logprobs(policy, sequences, loss_mask, settings.temperature, shared_prefix)
+               if settings.num_iterations > 1 else None)
+    with timed(timings, "reference"):
+        ref = (continuation_logprobs(reference, sequences, loss_mask, settings.temperature, shared_prefix)
+               if settings.beta > 0 else None)
+    return Rollout(sequences, loss_mask, old, ref, rewards, advantages, texts, truncated,
+                   sequences.mask.sum(1).cpu())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,21 +305,63 @@ def latest_checkpoint(out_dir):
 
 @torch.no_grad()
 def held_out_reward(model, reward_fn, tokenizer, samples, prompt_ids, settings):
-    """Mean of each reward term over `num_generations` sampled completions of each held-out prompt."""
+    """Mean of each reward term over `num_generations` sampled completions of each held-out prompt,
+    sampled `prompts_per_step` groups at a time as in training."""
     model.eval()
     seeds = [10_000_000 + settings.seed * 1000 + i for i in range(len(samples))]
-    totals = {}
-    for sample, prompt, seed in zip(samples, prompt_ids, seeds):
-        completions, truncated = generate_group(model, prompt, settings, tokenizer.eos_id, tokenizer.pad_id, seed)
+    G = settings.num_generations
+    sums = {}
+    for start in range(0, len(samples), settings.prompts_per_step):
+        chunk = slice(start, start + settings.prompts_per_step)
+        completions, truncated = sample_groups(model, prompt_ids[chunk], seeds[chunk], settings, tokenizer.eos_id,
+                                               tokenizer.pad_id)
         texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
-        terms = reward_fn([sample] * len(texts), [prompt] * len(texts), texts, truncated)
+        terms = reward_fn([s for s in samples[chunk] for _ in range(G)],
+                          [p for p in prompt_ids[chunk] for _ in range(G)], texts, truncated)
         for name, values in terms.items():
-            totals[name] = totals.get(name, 0.0) + values.mean().item() / len(samples)
-    return totals
+            sums[name] = sums.get(name, 0.0) + values.sum().item()
+    return {name: total / (len(samples) * G) for name, total in sums.items()}
 
 
 # ----------------------------------------------------------------------------------------------
 # Training.
+
+def grpo_step(policy, reference, reward_fn, optimizer, tokenizer, samples, prompt_ids, group_seeds, settings, lr,
+              shared_prefix=True, timings=None):
+    """One GRPO step on this process's groups: a rollout, then num_iterations updates at learning rate lr.
+
+    Returns (rollout, stats, loss, grad_norm) of the last update. With several processes each rank's loss
+    is its share of the global loss, and gradients are summed over ranks before clipping. shared_prefix
+    and timings as in `rollout` (the update's phases are "policy forward + backward" and "optimizer").
+    """
+    policy.eval()
+    batch = rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings,
+                    shared_prefix, timings)
+    num_sequences = global_sum(len(batch.advantages))
+    num_tokens = global_sum(batch.loss_mask.sum().item())
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+    policy.train()
+    for _ in range(settings.num_iterations):
+        with timed(timings, "policy forward + backward"):
+            logprobs, entropy = continuation_logprobs(policy, batch.sequences, batch.loss_mask, settings.temperature,
+                                                      shared_prefix, return_entropy=True)
+            old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
+            loss, stats = grpo_loss(logprobs, old, batch.ref_logprobs, batch.advantages.to(logprobs.device),
+                                    batch.loss_mask, settings, num_sequences, num_tokens)
+            stats["entropy"] = entropy
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with timed(timings, "optimizer"):
+            if dist.is_initialized():  # each rank holds its share of the global loss: gradients add up
+                for p in policy.parameters():
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), settings.max_grad_norm)
+            optimizer.step()
+    return batch, stats, loss, grad_norm
+
 
 def train(config, model_dir, data_dir, out_dir, resume=False, audit=False, library_dir=None):
     settings = config.grpo
@@ -334,34 +412,11 @@ def train(config, model_dir, data_dir, out_dir, resume=False, audit=False, libra
         started = time.time()
         global_indices = prompts_for_step(step, len(samples), settings.prompts_per_step, settings.seed)
         mine = range(rank * per_rank, (rank + 1) * per_rank)   # positions in the step's global batch
-        policy.eval()
-        batch = rollout(policy, reference, reward_fn, tokenizer,
-                        [samples[global_indices[g]] for g in mine],
-                        [prompt_ids[global_indices[g]] for g in mine],
-                        [settings.seed * 1_000_003 + step * 1000 + g for g in mine], settings)
-        num_sequences = global_sum(len(batch.advantages))
-        num_tokens = global_sum(batch.loss_mask.sum().item())
         lr = learning_rate_at(step, settings.steps, settings.learning_rate, settings.warmup_steps, 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        policy.train()
-        for _ in range(settings.num_iterations):
-            logprobs, entropy = sequence_logprobs(policy, batch.input_ids, batch.attention_mask, batch.loss_mask,
-                                                  settings.temperature, return_entropy=True)
-            old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
-            loss, stats = grpo_loss(logprobs, old, batch.ref_logprobs, batch.advantages.to(logprobs.device),
-                                    batch.loss_mask, settings, num_sequences, num_tokens)
-            stats["entropy"] = entropy
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if world_size > 1:  # each rank holds its share of the global loss: gradients add up
-                for p in policy.parameters():
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), settings.max_grad_norm)
-            optimizer.step()
-
+        batch, stats, loss, grad_norm = grpo_step(
+            policy, reference, reward_fn, optimizer, tokenizer, [samples[global_indices[g]] for g in mine],
+            [prompt_ids[global_indices[g]] for g in mine],
+            [settings.seed * 1_000_003 + step * 1000 + g for g in mine], settings, lr)
         record = step_metrics(step, batch, stats, loss, grad_norm, lr, settings, started)
         if main_process:
             log.write(record)
@@ -408,7 +463,7 @@ def step_metrics(step, batch, stats, loss, grad_norm, lr, settings, started):
         "loss": loss.item(),
         "grad_norm": grad_norm.item(),
         "lr": lr,
-        "tokens_per_s": int(batch.attention_mask.sum()) / (time.time() - started),
+        "tokens_per_s": batch.sequences.token_count() / (time.time() - started),
     })
     return record
 

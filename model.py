@@ -534,28 +534,36 @@ class Continuations:
 
 
 def continuation_logprobs(model: Qwen2, sequences: Continuations, target_mask, temperature: float = 1.0,
-                          shared_prefix: bool = True):
+                          shared_prefix: bool = True, return_entropy: bool = False):
     """log p(ids[b, t] | prompt rows[b], ids[b, :t]) wherever target_mask [B, Lc] is set, 0 elsewhere.
 
-    Returns float32 [B, Lc], differentiable. Each prompt is run once (Qwen2.continuation_hidden_states)
-    and only the marked positions go through the fused kernel, so the [tokens x vocabulary] logits are
-    never materialised. shared_prefix=False runs the full-sequence pass instead (sequence_logprobs over
-    each prompt + continuation, prompts repeated): the same numbers up to rounding, at several times the
-    cost; kept to measure and test the shared one against (bench/grpo_step.py, tests/).
+    Returns float32 [B, Lc], differentiable (and with return_entropy the entropy of each of those
+    distributions at `temperature`, placed alike, for logging). Each prompt is run once
+    (Qwen2.continuation_hidden_states) and only the marked positions go through the fused kernel, so the
+    [tokens x vocabulary] logits are never materialised. shared_prefix=False runs the full-sequence pass
+    instead (sequence_logprobs over each prompt + continuation, prompts repeated): the same numbers up to
+    rounding, at several times the cost; kept to measure and test the shared one against
+    (bench/grpo_step.py, tests/).
     """
     if not shared_prefix:
-        return _full_sequence_logprobs(model, sequences, target_mask, temperature)
+        return _full_sequence_logprobs(model, sequences, target_mask, temperature, return_entropy)
     hidden = model.continuation_hidden_states(sequences.prompt_ids, sequences.prompt_mask, sequences.rows,
                                               sequences.ids, sequences.mask)          # [B, Lc, H]
     chosen = target_mask.bool()
-    logprobs = fused_linear_logprobs(hidden[chosen], model.lm_head_weight, sequences.ids[chosen],
-                                     temperature)                                      # [N]
-    out = torch.zeros(sequences.ids.shape, dtype=torch.float32, device=sequences.ids.device)
-    out[chosen] = logprobs
-    return out
+
+    def at_marked_positions(values):                                   # [N] -> [B, Lc]
+        out = torch.zeros(sequences.ids.shape, dtype=torch.float32, device=sequences.ids.device)
+        out[chosen] = values
+        return out
+
+    computed = fused_linear_logprobs(hidden[chosen], model.lm_head_weight, sequences.ids[chosen], temperature,
+                                     return_entropy=return_entropy)
+    if not return_entropy:
+        return at_marked_positions(computed)
+    return tuple(at_marked_positions(values) for values in computed)
 
 
-def _full_sequence_logprobs(model, sequences: Continuations, target_mask, temperature):
+def _full_sequence_logprobs(model, sequences: Continuations, target_mask, temperature, return_entropy):
     """continuation_logprobs through sequence_logprobs: each prompt + continuation as one right-padded row."""
     prompt_width = sequences.prompt_ids.shape[1]
     prompt_lengths = sequences.prompt_mask.sum(1)[sequences.rows]                       # [B]
@@ -568,10 +576,12 @@ def _full_sequence_logprobs(model, sequences: Continuations, target_mask, temper
     columns = (torch.arange(width, device=ids.device) + (prompt_width - prompt_lengths)[:, None]) % width
     length = int(mask.sum(1).max())                                                    # T: the longest row
     ids, mask, targets = (tensor.gather(1, columns)[:, :length] for tensor in (ids, mask, targets))  # [B, T]
-    full = sequence_logprobs(model, ids, mask, targets, temperature)                   # [B, T]
+    full = sequence_logprobs(model, ids, mask, targets, temperature, return_entropy)  # [B, T] (each)
     # Continuation token t of row b sits at column prompt_lengths[b] + t (pads clamped, then zeroed).
     at = (prompt_lengths[:, None] + torch.arange(sequences.ids.shape[1], device=ids.device)).clamp(max=length - 1)
-    return full.gather(1, at) * target_mask                                            # [B, Lc]
+    if not return_entropy:
+        return full.gather(1, at) * target_mask                                        # [B, Lc]
+    return tuple(values.gather(1, at) * target_mask for values in full)
 
 
 # ----------------------------------------------------------------------------------------------------------

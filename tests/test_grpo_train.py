@@ -18,10 +18,11 @@ import torch.multiprocessing as mp
 import grpo
 from config import Config, GRPOConfig
 from corpus import render_call_text, write_corpus
-from model import Qwen2, Qwen2Config, load_pretrained, save_pretrained
+from model import Qwen2, Qwen2Config, load_pretrained, save_pretrained, sequence_logprobs
 from reward import BEHAVIOUR_KEYS, REWARD_KEYS, TERMS
 from simulate import simulate_call
 from tokenizer import ChatTokenizer
+from training import make_optimizer
 
 
 class LetterReward:
@@ -127,16 +128,55 @@ def test_one_update_lowers_the_loss_on_a_fixed_batch(setup):
     completion[:, 6:] = 1
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
-    old = grpo.sequence_logprobs(policy, ids, attention, completion).detach()
+    old = sequence_logprobs(policy, ids, attention, completion).detach()
 
     def loss():
-        logprobs = grpo.sequence_logprobs(policy, ids, attention, completion)
+        logprobs = sequence_logprobs(policy, ids, attention, completion)
         return grpo.grpo_loss(logprobs, old, None, advantages, completion, settings, 4, int(completion.sum()))[0]
 
     before = loss()
     before.backward()
     optimizer.step()
     assert loss().item() < before.item() - 1e-4
+
+
+class AsciiReward:
+    """total = share of ASCII characters: gibberish completions differ in it, so every advantage moves."""
+
+    def __call__(self, samples, prompt_ids, completions, truncated):
+        total = torch.tensor([sum(c.isascii() for c in t) / max(len(t), 1) for t in completions])
+        return {term: total.clone() for term in REWARD_KEYS + BEHAVIOUR_KEYS}
+
+
+def test_shared_prefix_step_equals_the_full_sequence_step(setup):
+    """One step through both paths (groups in one batch and each prompt run once per pass, or each group
+    generated alone and every pass over whole sequences), from the same weights and seeds. In float64 the
+    sampling probabilities agree to ~1e-16, so the completions are the same (tests/test_shared_prefix.py);
+    log-probs leave the kernel in float32 either way (compared at float32's tolerance), while the
+    gradient and the updated weights are float64 and agree to 1e-10 (the kernel's float32 steps see
+    inputs equal to ~1e-16 and round them alike)."""
+    root, config = setup
+    settings = config.grpo
+    tokenizer = ChatTokenizer.load(str(root / "base"))
+    samples, prompt_ids = grpo.load_prompt_pool(str(root / "train.jsonl"), tokenizer, settings)
+    reference = load_pretrained(str(root / "base"), dtype=torch.float64).requires_grad_(False)
+    steps = []
+    for shared_prefix in (True, False):
+        policy = load_pretrained(str(root / "base"), dtype=torch.float64)
+        optimizer = make_optimizer(policy, settings.learning_rate, settings.weight_decay)
+        batch, _, loss, grad_norm = grpo.grpo_step(policy, reference, AsciiReward(), optimizer, tokenizer,
+                                                   samples[:2], prompt_ids[:2], [11, 12], settings, lr=1e-3,
+                                                   shared_prefix=shared_prefix)
+        steps.append((batch, loss, grad_norm, policy.state_dict()))
+    (shared, shared_loss, shared_norm, shared_weights), (full, full_loss, full_norm, full_weights) = steps
+    assert shared.completions == full.completions and torch.equal(shared.loss_mask, full.loss_mask)
+    assert shared.ref_logprobs.abs().sum() > 0 and shared.advantages.abs().min() > 0
+    torch.testing.assert_close(shared.ref_logprobs, full.ref_logprobs)
+    torch.testing.assert_close(shared.advantages, full.advantages)
+    torch.testing.assert_close(shared_loss, full_loss)
+    torch.testing.assert_close(shared_norm, full_norm, rtol=1e-10, atol=0)
+    for name, weight in full_weights.items():
+        torch.testing.assert_close(shared_weights[name], weight, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def _rank_worker(rank, world_size, port, setup_, out):
