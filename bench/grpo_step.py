@@ -1,0 +1,187 @@
+"""Benchmark: one GRPO step of configs/tiny.json, the full-sequence path against the shared-prefix path.
+
+The step is grpo.grpo_step on step 0's prompts (4 groups of 8 completions of up to 64 tokens after
+prompts of ~370 tokens): sample, score with the composite reward (its Bayesian pass included), the
+reference's log-probs for the KL, the policy's forward + backward, the optimizer. It runs twice per repeat:
+  full-sequence  shared_prefix=False: each group generated on its own, every pass over whole
+                 prompt + completion sequences (the code before issue 13);
+  shared-prefix  shared_prefix=True: all groups in one batch, each prompt run once per pass.
+Both start each repeat from the same weights, fresh optimizer and the same seeds; which goes first
+alternates, so drift in a shared machine's load hits both alike. The table gives each phase's median
+seconds and the ratio ("other": the rest of the step, advantages and bookkeeping); the step's model
+FLOPs (every matmul and attention of the step, counted with torch.utils.flop_counter); and utilisation
+= FLOPs / (median step seconds x this machine's float32 matmul rate, measured here on 1024 x 1024
+products). The two paths' step metrics are compared too: the
+same completions, and every number within float32 rounding. The last line is the step speed-up.
+
+    .venv/bin/python bench/grpo_step.py [--model runs/default/base] [--data data] [--repeats 5]
+
+--model is the trained tiny base of `make train`; when that folder does not exist the benchmark uses a
+randomly initialised model of the config's shape with a tokenizer trained on the corpus, and says so
+(the timing depends on the shapes, which are the same; its completions are gibberish, so most rewards sit
+at their floor). --data needs the corpus of `make data`.
+"""
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+
+
+# Idle OpenMP threads sleep instead of spinning (as the Makefile sets for every target): on a shared
+# machine spinning threads slow everything several times over. The Triton interpreter is for tests only.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.pop("TRITON_INTERPRET", None)
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count  # noqa: E402
+
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import grpo  # noqa: E402
+from config import load_config  # noqa: E402
+from corpus import load_corpus, render_call_text  # noqa: E402
+from model import Qwen2, Qwen2Config, load_pretrained, load_with_tokenizer  # noqa: E402
+from retrieval import HashedTfidfEmbedder  # noqa: E402
+from reward import CompositeReward  # noqa: E402
+from tokenizer import ChatTokenizer  # noqa: E402
+from training import learning_rate_at, make_optimizer  # noqa: E402
+
+
+PHASES = ("generate", "reward", "reference", "policy forward + backward", "optimizer")
+PATHS = {"full-sequence": False, "shared-prefix": True}
+# Metrics that describe the step's outcome (not its speed), compared between the two paths.
+COMPARED = ("reward_mean", "reward_std", "reward_bayes", "completion_len_mean", "kl", "loss", "grad_norm")
+
+# CPU attention runs as one fused op that torch's flop counter has no formula for: count it as the two
+# products (and their backward) of plain attention, as the counter does for the GPU kernels.
+aten = torch.ops.aten
+CPU_ATTENTION_FLOPS = {
+    aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda query, key, value, *args, out_shape=None, **kwargs: sdpa_flop_count(query, key, value),
+    aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda grad_out, query, key, value, *args, out_shape=None, **kwargs:
+            sdpa_backward_flop_count(grad_out, query, key, value),
+}
+
+
+def load_models(config, model_dir, data_dir):
+    """(reference, policy, tokenizer, label): the trained base, or a random one of the config's shape."""
+    if os.path.isdir(model_dir):
+        reference, tokenizer = load_with_tokenizer(model_dir)
+        return reference, load_pretrained(model_dir), tokenizer, f"trained base {model_dir}"
+    calls = load_corpus(os.path.join(data_dir, "train.jsonl"))
+    tokenizer = ChatTokenizer.train((render_call_text(call) for call in calls), config.tokenizer.vocab_size)
+    torch.manual_seed(0)
+    shape = Qwen2Config(vocab_size=tokenizer.vocab_size, **config.model)
+    reference = Qwen2(shape)
+    return reference, copy.deepcopy(reference), tokenizer, \
+        f"RANDOMLY INITIALISED model of {config.source}'s shape ({model_dir} not found; timing only)"
+
+
+def matmul_rate(size=1024, repeats=20):
+    """float32 FLOP/s of a size x size matrix product on this machine, now (median of repeats)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - started)
+    return 2 * size ** 3 / statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/tiny.json")
+    parser.add_argument("--model", default="runs/default/base")
+    parser.add_argument("--data", default="data")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    if not os.path.isfile(os.path.join(args.data, "train.jsonl")):
+        raise SystemExit(f"error: {args.data}/train.jsonl not found: run `make data` first")
+
+    config = load_config(args.config)
+    settings = config.grpo
+    reference, policy, tokenizer, label = load_models(config, args.model, args.data)
+    reference.eval().requires_grad_(False)
+    samples, prompt_ids = grpo.load_prompt_pool(os.path.join(args.data, "train.jsonl"), tokenizer, settings)
+    embedder = HashedTfidfEmbedder().fit([s.reference for s in samples])
+    chosen = grpo.prompts_for_step(0, len(samples), settings.prompts_per_step, settings.seed)
+    step_samples, step_prompts = [samples[i] for i in chosen], [prompt_ids[i] for i in chosen]
+    seeds = [settings.seed * 1_000_003 + g for g in range(len(chosen))]
+    lr = learning_rate_at(0, settings.steps, settings.learning_rate, settings.warmup_steps, 1.0)
+    start_weights = copy.deepcopy(policy.state_dict())
+
+    def run_step(shared_prefix, timings=None):
+        """One step from the same starting point: weights, a fresh optimizer, the seeds."""
+        policy.load_state_dict(start_weights)
+        optimizer = make_optimizer(policy, settings.learning_rate, settings.weight_decay)
+        reward_fn = CompositeReward(config.reward, reference, tokenizer, embedder, shared_prefix=shared_prefix)
+        started = time.perf_counter()
+        batch, stats, loss, grad_norm = grpo.grpo_step(policy, reference, reward_fn, optimizer, tokenizer,
+                                                       step_samples, step_prompts, seeds, settings, lr,
+                                                       shared_prefix=shared_prefix, timings=timings)
+        seconds = time.perf_counter() - started
+        return seconds, batch, grpo.step_metrics(0, batch, stats, loss, grad_norm, lr, settings, time.time())
+
+    load_before = os.getloadavg()
+    print(f"{label}; {args.config}: {len(chosen)} prompts of {[len(p) for p in step_prompts]} tokens, "
+          f"{settings.num_generations} completions each of up to {settings.max_completion_length} tokens")
+    print(f"CPU, {torch.get_num_threads()} threads, float32; load average before: "
+          + " ".join(f"{x:.2f}" for x in load_before) + f" ({os.cpu_count()} cores)")
+
+    # Warm-up, and the outcome of each path for the same seed: what is compared below.
+    outcomes = {name: run_step(shared)[1:] for name, shared in PATHS.items()}
+    flops = {}
+    for name, shared in PATHS.items():
+        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+            run_step(shared)
+        flops[name] = counter.get_total_flops()
+
+    times = {name: {phase: [] for phase in PHASES + ("other", "step")} for name in PATHS}
+    for repeat in range(args.repeats):
+        order = list(PATHS) if repeat % 2 == 0 else list(PATHS)[::-1]
+        for name in order:
+            timings = {}
+            seconds, _, _ = run_step(PATHS[name], timings)
+            for phase in PHASES:
+                times[name][phase].append(timings.get(phase, 0.0))
+            times[name]["other"].append(seconds - sum(timings.values()))
+            times[name]["step"].append(seconds)
+    rate = matmul_rate()
+    load_after = os.getloadavg()
+
+    median = {name: {phase: statistics.median(values) for phase, values in phases.items()}
+              for name, phases in times.items()}
+    full, shared = median["full-sequence"], median["shared-prefix"]
+    print(f"\nmedian seconds of {args.repeats} repeats per path (runs alternating)")
+    print("| phase | full-sequence s | shared-prefix s | speed-up |")
+    print("|---|---:|---:|---:|")
+    for phase in PHASES + ("other", "step"):
+        print(f"| {phase} | {full[phase]:.3f} | {shared[phase]:.3f} | {full[phase] / shared[phase]:.2f}x |")
+    print(f"| model GFLOP per step | {flops['full-sequence'] / 1e9:.2f} | {flops['shared-prefix'] / 1e9:.2f} | "
+          f"{flops['full-sequence'] / flops['shared-prefix']:.2f}x fewer |")
+    print(f"| utilisation of {rate / 1e9:.1f} GFLOP/s (1024^3 float32 matmul) | "
+          f"{flops['full-sequence'] / (full['step'] * rate):.1%} | "
+          f"{flops['shared-prefix'] / (shared['step'] * rate):.1%} | |")
+
+    (full_batch, full_record), (shared_batch, shared_record) = outcomes["full-sequence"], outcomes["shared-prefix"]
+    same_completions = full_batch.completions == shared_batch.completions
+    print(f"\nsame seed, both paths: completions {'identical' if same_completions else 'DIFFER'}")
+    worst = 0.0
+    for key in COMPARED:
+        a, b = full_record[key], shared_record[key]
+        difference = abs(a - b) / max(abs(a), abs(b), 1e-12)
+        worst = max(worst, difference)
+        print(f"  {key:<20} {a:>14.7g} {b:>14.7g}   relative difference {difference:.1e}")
+    # float32 keeps ~7 significant digits; sums over thousands of terms in another order lose a few more.
+    verdict = "within" if same_completions and worst < 1e-4 else "NOT within"
+    print(f"metrics {verdict} float32 tolerance (largest relative difference {worst:.1e}, bound 1e-4)")
+    print("load average after: " + " ".join(f"{x:.2f}" for x in load_after))
+    print(f"step speed-up: {full['step'] / shared['step']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
