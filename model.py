@@ -225,11 +225,6 @@ class KVCache:
         self.values[layer][:, :, self.length:end] = values
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
-    def repeat_rows(self, times: int):
-        """Each row becomes `times` consecutive copies, [P, ...] -> [P * times, ...]: a prompt for its group."""
-        self.keys = [keys.repeat_interleave(times, dim=0) for keys in self.keys]
-        self.values = [values.repeat_interleave(times, dim=0) for values in self.values]
-
 
 class Attention(nn.Module):
     """Grouped-query self-attention: num_attention_heads query heads share num_key_value_heads k/v heads."""
@@ -635,8 +630,9 @@ def generate_groups(model: Qwen2, prompts, group_size: int, generators, max_new_
 
     prompts: P lists of token ids, of any lengths; generators: P torch.Generators (or None for greedy),
     one per prompt. Row g * group_size + i is continuation i of prompts[g]: its new tokens only, ended and
-    padded as in `generate`. Each prompt is prefilled once, left-padded to the longest, and its keys and
-    values are copied to its group's rows; then all rows decode together, one cached pass per token.
+    padded as in `generate`. Each prompt is prefilled once, left-padded to the longest; then all samples
+    decode together, one cached pass per token, a group's samples sharing its prompt's keys and values
+    (see _generate_completion).
 
     Reproducibility: group g draws from generators[g] over its own rows, with exactly the calls `generate`
     makes for group_size copies of prompts[g] alone, and stops drawing once its rows have all finished.
@@ -660,35 +656,43 @@ def generate_groups(model: Qwen2, prompts, group_size: int, generators, max_new_
 def _generate_completion(model, input_ids, attention_mask, max_new_tokens, temperature, top_p, eos_token_id,
                          generators, pad_token_id, group_size=1):
     """The decoding loop: one prefill pass over the P prompts input_ids [P, T], then one cached pass per
-    new token over P x group_size rows (each prompt's group consecutive) -> [P * group_size, n].
-    The rows form len(generators) equal blocks; block i draws from generators[i]."""
+    new token for all P x G rows (G = group_size; prompt p's samples are rows p*G ... p*G + G - 1)
+    -> [P * G, n]. The rows form len(generators) equal blocks; block i draws from generators[i].
+
+    A prompt's G samples share its row of the cache: each decode pass feeds that row G new tokens, one
+    per sample, stored side by side (sample i's token of step s at slot T + s*G + i), and sample i's query
+    attends to the prompt and to its own tokens only. So a prompt's keys and values are kept and read
+    once per step for its whole group, not once per sample. With G = 1 this is plain batched decoding.
+    """
     prompts, prompt_length = input_ids.shape
-    batch = prompts * group_size
+    G = group_size
+    batch = prompts * G
     device = input_ids.device
     eos_ids = None if eos_token_id is None else torch.tensor(
         [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
     pad_id = pad_token_id if pad_token_id is not None else (int(eos_ids[0]) if eos_ids is not None else 0)
     weight = model.lm_head_weight                                                      # [V, H]
-    cache = KVCache(model.config, prompts, prompt_length + max_new_tokens, weight.dtype, device)
+    cache = KVCache(model.config, prompts, prompt_length + G * max_new_tokens, weight.dtype, device)
 
-    # Which cache slots hold real tokens: the prompt's mask, then every generated position.
-    key_is_token = torch.ones(prompts, prompt_length + max_new_tokens, dtype=torch.bool, device=device)
     padded = attention_mask is not None and not bool(attention_mask.all())
     if padded:
-        key_is_token[:, :prompt_length] = attention_mask.bool()
         positions = positions_from_mask(attention_mask)                                # [P, T]
-        mask = padded_causal_mask(key_is_token[:, :prompt_length], prompt_length)
+        mask = padded_causal_mask(attention_mask.bool(), prompt_length)
     else:
         positions = torch.arange(prompt_length, device=device).expand(prompts, prompt_length)
         mask = None
+    # What each sample's query may see in a decode pass: its prompt's real tokens, then its own slots.
+    visible = None
+    if padded or G > 1:
+        prompt_is_token = attention_mask.bool() if padded else torch.ones_like(input_ids, dtype=torch.bool)
+        own = torch.arange(G * max_new_tokens, device=device) % G == torch.arange(G, device=device)[:, None]
+        visible = torch.cat((prompt_is_token[:, None, :].expand(-1, G, -1),
+                             own.expand(prompts, -1, -1)), dim=2)[:, None]             # [P, 1, G, T + G*n]
 
     hidden = model.model(input_ids, positions, mask, cache)[:, -1]                     # [P, H] last position
     cache.length = prompt_length
-    next_position = positions[:, -1:] + 1                                              # [P, 1]
-    if group_size > 1:  # each prompt's state copied to its group's rows: [P, ...] -> [P * group_size, ...]
-        cache.repeat_rows(group_size)
-        hidden, next_position, key_is_token = (tensor.repeat_interleave(group_size, dim=0)
-                                               for tensor in (hidden, next_position, key_is_token))
+    hidden = hidden.repeat_interleave(G, dim=0)                 # [B, H]: a group's first tokens share it
+    next_position = (positions[:, -1:] + 1).expand(-1, G).clone()                      # [P, G]
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     completion = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
     produced = 0
@@ -701,10 +705,11 @@ def _generate_completion(model, input_ids, attention_mask, max_new_tokens, tempe
         produced += 1
         if produced == max_new_tokens or (eos_ids is not None and bool(finished.all())):
             break
-        # Decode step: one query per row attends to every filled cache slot (pads excluded by key_is_token).
-        step_mask = key_is_token[:, None, None, :cache.length + 1] if padded else None  # [B, 1, 1, S]
-        hidden = model.model(tokens[:, None], next_position, step_mask, cache)[:, -1]
-        cache.length += 1
+        # Decode pass: each prompt row takes its G samples' new tokens [P, G] as G queries.
+        step_mask = None if visible is None else visible[..., :cache.length + G]        # [P, 1, G, S]
+        hidden = model.model(tokens.view(prompts, G), next_position, step_mask, cache)   # [P, G, H]
+        hidden = hidden.reshape(batch, -1)                                               # [B, H]
+        cache.length += G
         next_position += 1
     return completion[:, :produced]
 
