@@ -8,11 +8,12 @@ reference's log-probs for the KL, the policy's forward + backward, the optimizer
   shared-prefix  shared_prefix=True: all groups in one batch, each prompt run once per pass.
 Both start each repeat from the same weights, fresh optimizer and the same seeds; which goes first
 alternates, so drift in a shared machine's load hits both alike. The table gives each phase's median
-seconds and the ratio ("other": the rest of the step, advantages and bookkeeping); the step's model
-FLOPs (every matmul and attention of the step, counted with torch.utils.flop_counter); and utilisation
-= FLOPs / (median step seconds x this machine's float32 matmul rate, measured here on 1024 x 1024
-products). The two paths' step metrics are compared too: the
-same completions, and every number within float32 rounding. The last line is the step speed-up.
+seconds and the ratio ("other": advantages and bookkeeping; "step CPU": the process's CPU seconds,
+which other jobs on a shared machine disturb less than wall time), the step's model FLOPs (every
+matmul and attention, counted with torch.utils.flop_counter) and the utilisation: FLOPs / (median step
+seconds x this machine's float32 matmul rate, measured here on 1024 x 1024 products). It also compares
+the two paths' step metrics for the same seed: the same completions, every number within float32
+rounding. The last line is the step speed-up.
 
     .venv/bin/python bench/grpo_step.py [--model runs/default/base] [--data data] [--repeats 5]
 
@@ -119,12 +120,14 @@ def main():
         policy.load_state_dict(start_weights)
         optimizer = make_optimizer(policy, settings.learning_rate, settings.weight_decay)
         reward_fn = CompositeReward(config.reward, reference, tokenizer, embedder, shared_prefix=shared_prefix)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         batch, stats, loss, grad_norm = grpo.grpo_step(policy, reference, reward_fn, optimizer, tokenizer,
                                                        step_samples, step_prompts, seeds, settings, lr,
                                                        shared_prefix=shared_prefix, timings=timings)
-        seconds = time.perf_counter() - started
-        return seconds, batch, grpo.step_metrics(0, batch, stats, loss, grad_norm, lr, settings, time.time())
+        if timings is not None:
+            timings["step CPU (all threads)"] = time.process_time() - cpu_started
+            timings["step"] = time.perf_counter() - started
+        return batch, grpo.step_metrics(0, batch, stats, loss, grad_norm, lr, settings, time.time())
 
     load_before = os.getloadavg()
     print(f"{label}; {args.config}: {len(chosen)} prompts of {[len(p) for p in step_prompts]} tokens, "
@@ -133,23 +136,23 @@ def main():
           + " ".join(f"{x:.2f}" for x in load_before) + f" ({os.cpu_count()} cores)")
 
     # Warm-up, and the outcome of each path for the same seed: what is compared below.
-    outcomes = {name: run_step(shared)[1:] for name, shared in PATHS.items()}
+    outcomes = {name: run_step(shared) for name, shared in PATHS.items()}
     flops = {}
     for name, shared in PATHS.items():
         with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
             run_step(shared)
         flops[name] = counter.get_total_flops()
 
-    times = {name: {phase: [] for phase in PHASES + ("other", "step")} for name in PATHS}
+    rows = PHASES + ("other", "step", "step CPU (all threads)")
+    times = {name: {row: [] for row in rows} for name in PATHS}
     for repeat in range(args.repeats):
         order = list(PATHS) if repeat % 2 == 0 else list(PATHS)[::-1]
         for name in order:
             timings = {}
-            seconds, _, _ = run_step(PATHS[name], timings)
-            for phase in PHASES:
-                times[name][phase].append(timings.get(phase, 0.0))
-            times[name]["other"].append(seconds - sum(timings.values()))
-            times[name]["step"].append(seconds)
+            run_step(PATHS[name], timings)
+            timings["other"] = timings["step"] - sum(timings.get(phase, 0.0) for phase in PHASES)
+            for row in rows:
+                times[name][row].append(timings.get(row, 0.0))
     rate = matmul_rate()
     load_after = os.getloadavg()
 
@@ -159,8 +162,8 @@ def main():
     print(f"\nmedian seconds of {args.repeats} repeats per path (runs alternating)")
     print("| phase | full-sequence s | shared-prefix s | speed-up |")
     print("|---|---:|---:|---:|")
-    for phase in PHASES + ("other", "step"):
-        print(f"| {phase} | {full[phase]:.3f} | {shared[phase]:.3f} | {full[phase] / shared[phase]:.2f}x |")
+    for row in rows:
+        print(f"| {row} | {full[row]:.3f} | {shared[row]:.3f} | {full[row] / shared[row]:.2f}x |")
     print(f"| model GFLOP per step | {flops['full-sequence'] / 1e9:.2f} | {flops['shared-prefix'] / 1e9:.2f} | "
           f"{flops['full-sequence'] / flops['shared-prefix']:.2f}x fewer |")
     print(f"| utilisation of {rate / 1e9:.1f} GFLOP/s (1024^3 float32 matmul) | "
