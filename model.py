@@ -412,7 +412,7 @@ class _RecordKeysValues:
     their autograd history (a KVCache writes into a buffer, which suits inference only)."""
 
     def __init__(self):
-        self.keys, self.values = [], []           # per layer [P, kv_heads, Lp, D]
+        self.keys, self.values = [], []           # per layer [prompts, kv_heads, length, D]
 
     def write(self, layer: int, keys, values):
         self.keys.append(keys)

@@ -49,8 +49,8 @@ def random_model(heads, kv_heads, tied, seed=0):
     return model
 
 
-def random_batch(prompt_lengths, rows, continuation_lengths, seed=1):
-    """Token lists: prompts of the given lengths; continuation b (of its length) extends prompts[rows[b]]."""
+def random_batch(prompt_lengths, continuation_lengths, seed=1):
+    """Token lists: prompts and continuations of the given lengths."""
     generator = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(1, VOCAB, (n,), generator=generator).tolist() for n in prompt_lengths]
     continuations = [torch.randint(1, VOCAB, (n,), generator=generator).tolist() for n in continuation_lengths]
@@ -130,7 +130,7 @@ CASES = {
 
 def case(name, dtype=torch.float64):
     prompt_lengths, rows, continuation_lengths = CASES[name]
-    prompts, continuations = random_batch(prompt_lengths, rows, continuation_lengths)
+    prompts, continuations = random_batch(prompt_lengths, continuation_lengths)
     weights = torch.randn(len(rows), max(continuation_lengths), generator=torch.Generator().manual_seed(2),
                           dtype=dtype)
     return prompts, rows, continuations, weights
@@ -201,7 +201,7 @@ def test_a_group_samples_the_same_alone_and_in_a_batch():
     """In float64 the probabilities in a batch equal those alone to ~1e-16, so a draw could only differ if it
     fell that close to the boundary between two tokens: the completions are the same, token for token."""
     model = random_model(4, 2, False, seed=3).double().eval()
-    prompts, _ = random_batch([5, 11, 8], [], [], seed=4)
+    prompts, _ = random_batch([5, 11, 8], [], seed=4)
     seeds = [101, 202, 303]
     free = sampled(model, prompts, seeds, eos=None)
     eos = int(free[:, :6].flatten().mode().values)      # a token common early on: rows end at different times
@@ -225,7 +225,7 @@ def test_a_group_samples_the_same_alone_and_in_a_batch():
 
 def test_generate_groups_is_greedy_decoding_of_each_prompt_at_temperature_0():
     model = random_model(4, 2, True, seed=5).double().eval()
-    prompts, _ = random_batch([6, 2, 9], [], [], seed=6)
+    prompts, _ = random_batch([6, 2, 9], [], seed=6)
     grouped = generate_groups(model, prompts, 2, [None] * 3, max_new_tokens=8)           # [3 * 2, 8]
     input_ids, attention_mask = pad_left(prompts, 0)
     expected = generate(model, input_ids, attention_mask, max_new_tokens=8)[:, input_ids.shape[1]:]
