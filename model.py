@@ -379,17 +379,8 @@ class Qwen2(nn.Module):
         attention kernel (on a CPU the copy is cheap next to the attention itself).
         """
         backbone = self.model
-        prompt_width = prompt_ids.shape[1]
         prompt_lengths = prompt_mask.sum(1)                                                 # [P]
-        # Each prompt runs alone, without its pads: padded to the longest, the spread of prompt lengths
-        # in the training pool would spend about a third of this pass on pads.
-        alone, last_states = [], []
-        for ids, length in zip(prompt_ids, prompt_lengths.tolist()):
-            alone.append(_RecordKeysValues())
-            positions = torch.arange(length, device=ids.device)[None]                          # [1, L]
-            last_states.append(backbone(ids[None, prompt_width - length:], positions, None, alone[-1])[:, -1])
-        prompts = _RecordKeysValues.left_padded(alone, prompt_width)        # per layer [P, kv, Lp, D]
-        last_states = torch.cat(last_states)                                                 # [P, H]
+        prompts, last_states = _prompts_alone(backbone, prompt_ids, prompt_lengths)
 
         continuation_length = continuation_ids.shape[1]
         offsets = torch.arange(continuation_length, device=continuation_ids.device)
@@ -430,6 +421,20 @@ class _RecordKeysValues:
             stacked.keys.append(torch.cat([pad(record.keys[layer]) for record in records]))
             stacked.values.append(torch.cat([pad(record.values[layer]) for record in records]))
         return stacked
+
+
+def _prompts_alone(backbone, prompt_ids, prompt_lengths):
+    """Run each of the left-padded prompts prompt_ids [P, Lp] alone, without its pads (padded to the longest,
+    the spread of prompt lengths in the training pool would spend about a third of the pass on pads).
+    Returns their keys/values left-padded back to [P, kv, Lp, D] per layer (a _RecordKeysValues) and the
+    final hidden state of each prompt's last token [P, H]."""
+    width = prompt_ids.shape[1]
+    alone, last_states = [], []
+    for ids, length in zip(prompt_ids, prompt_lengths.tolist()):
+        alone.append(_RecordKeysValues())
+        positions = torch.arange(length, device=ids.device)[None]                             # [1, L]
+        last_states.append(backbone(ids[None, width - length:], positions, None, alone[-1])[:, -1])  # [1, H]
+    return _RecordKeysValues.left_padded(alone, width), torch.cat(last_states)
 
 
 class _AfterPrompt:
@@ -655,8 +660,8 @@ def generate_groups(model: Qwen2, prompts, group_size: int, generators, max_new_
 
 def _generate_completion(model, input_ids, attention_mask, max_new_tokens, temperature, top_p, eos_token_id,
                          generators, pad_token_id, group_size=1):
-    """The decoding loop: one prefill pass over the P prompts input_ids [P, T], then one cached pass per
-    new token for all P x G rows (G = group_size; prompt p's samples are rows p*G ... p*G + G - 1)
+    """The decoding loop: a prefill pass over each of the P prompts input_ids [P, T], then one cached pass
+    per new token for all P x G rows (G = group_size; prompt p's samples are rows p*G ... p*G + G - 1)
     -> [P * G, n]. The rows form len(generators) equal blocks; block i draws from generators[i].
 
     A prompt's G samples share its row of the cache: each decode pass feeds that row G new tokens, one
@@ -674,25 +679,22 @@ def _generate_completion(model, input_ids, attention_mask, max_new_tokens, tempe
     weight = model.lm_head_weight                                                      # [V, H]
     cache = KVCache(model.config, prompts, prompt_length + G * max_new_tokens, weight.dtype, device)
 
-    padded = attention_mask is not None and not bool(attention_mask.all())
-    if padded:
-        positions = positions_from_mask(attention_mask)                                # [P, T]
-        mask = padded_causal_mask(attention_mask.bool(), prompt_length)
-    else:
-        positions = torch.arange(prompt_length, device=device).expand(prompts, prompt_length)
-        mask = None
+    prompt_is_token = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                       else attention_mask.bool())                                     # [P, T]
+    # Prefill: each prompt alone, without its pads; its keys/values fill its (left-padded) cache row.
+    prompt_lengths = prompt_is_token.sum(1)                                            # [P]
+    prefilled, hidden = _prompts_alone(model.model, input_ids, prompt_lengths)         # hidden [P, H]
+    for layer, (keys, values) in enumerate(zip(prefilled.keys, prefilled.values)):
+        cache.write(layer, keys, values)
+    cache.length = prompt_length
+    hidden = hidden.repeat_interleave(G, dim=0)                 # [B, H]: a group's first tokens share it
+    next_position = prompt_lengths[:, None].expand(-1, G).clone()                     # [P, G]
     # What each sample's query may see in a decode pass: its prompt's real tokens, then its own slots.
     visible = None
-    if padded or G > 1:
-        prompt_is_token = attention_mask.bool() if padded else torch.ones_like(input_ids, dtype=torch.bool)
+    if G > 1 or not bool(prompt_is_token.all()):
         own = torch.arange(G * max_new_tokens, device=device) % G == torch.arange(G, device=device)[:, None]
         visible = torch.cat((prompt_is_token[:, None, :].expand(-1, G, -1),
                              own.expand(prompts, -1, -1)), dim=2)[:, None]             # [P, 1, G, T + G*n]
-
-    hidden = model.model(input_ids, positions, mask, cache)[:, -1]                     # [P, H] last position
-    cache.length = prompt_length
-    hidden = hidden.repeat_interleave(G, dim=0)                 # [B, H]: a group's first tokens share it
-    next_position = (positions[:, -1:] + 1).expand(-1, G).clone()                      # [P, G]
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     completion = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
     produced = 0
