@@ -22,7 +22,8 @@ than the ratio of the two medians (also shown).
 --model is the trained tiny base of `make train`; when that folder does not exist the benchmark uses a
 randomly initialised model of the config's shape with a tokenizer trained on the corpus, and says so
 (the timing depends on the shapes, which are the same; its completions are gibberish, so most rewards sit
-at their floor). --data needs the corpus of `make data`.
+at their floor). --data needs the corpus of `make data`; --library, DOGA's script library of `make train`
+(without it the prompts carry no outlines, and are shorter than in training; the output says so).
 """
 import argparse
 import copy
@@ -46,8 +47,7 @@ import grpo  # noqa: E402
 from config import load_config  # noqa: E402
 from corpus import load_corpus, render_call_text  # noqa: E402
 from model import Qwen2, Qwen2Config, load_pretrained, load_with_tokenizer  # noqa: E402
-from retrieval import HashedTfidfEmbedder  # noqa: E402
-from reward import CompositeReward  # noqa: E402
+from reward import CompositeReward, fit_similarity_embedder  # noqa: E402
 from tokenizer import ChatTokenizer  # noqa: E402
 from training import learning_rate_at, make_optimizer  # noqa: E402
 
@@ -55,7 +55,7 @@ from training import learning_rate_at, make_optimizer  # noqa: E402
 PHASES = ("generate", "reward", "reference", "policy forward + backward", "optimizer")
 PATHS = {"full-sequence": False, "shared-prefix": True}
 # Metrics that describe the step's outcome (not its speed), compared between the two paths.
-COMPARED = ("reward_mean", "reward_std", "reward_bayes", "completion_len_mean", "kl", "loss", "grad_norm")
+COMPARED = ("reward_mean", "reward_std", "reward_bayes", "completion_len_mean", "kl", "entropy", "loss", "grad_norm")
 
 # CPU attention runs as one fused op that torch's flop counter has no formula for: count it as the two
 # products (and their backward) of plain attention, as the counter does for the GPU kernels.
@@ -100,6 +100,9 @@ def main():
     parser.add_argument("--config", default="configs/tiny.json")
     parser.add_argument("--model", default="runs/default/base")
     parser.add_argument("--data", default="data")
+    parser.add_argument("--library", default="runs/default/scripts",
+                        help="DOGA script library: grpo.outline_share of the prompts carry its outlines, as in "
+                             "`make train`")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(args.data, "train.jsonl")):
@@ -109,8 +112,10 @@ def main():
     settings = config.grpo
     reference, policy, tokenizer, label = load_models(config, args.model, args.data)
     reference.eval().requires_grad_(False)
-    samples, prompt_ids = grpo.load_prompt_pool(os.path.join(args.data, "train.jsonl"), tokenizer, settings)
-    embedder = HashedTfidfEmbedder().fit([s.reference for s in samples])
+    library = args.library if os.path.isdir(args.library) else None
+    samples, prompt_ids = grpo.load_prompt_pool(os.path.join(args.data, "train.jsonl"), tokenizer, settings,
+                                                library)
+    embedder = fit_similarity_embedder(samples)
     chosen = grpo.prompts_for_step(0, len(samples), settings.prompts_per_step, settings.seed)
     step_samples, step_prompts = [samples[i] for i in chosen], [prompt_ids[i] for i in chosen]
     seeds = [settings.seed * 1_000_003 + g for g in range(len(chosen))]
@@ -133,7 +138,8 @@ def main():
 
     load_before = os.getloadavg()
     print(f"{label}; {args.config}: {len(chosen)} prompts of {[len(p) for p in step_prompts]} tokens, "
-          f"{settings.num_generations} completions each of up to {settings.max_completion_length} tokens")
+          f"{settings.num_generations} completions each of up to {settings.max_completion_length} tokens; "
+          + (f"outlines from {library}" if library else f"no outlines ({args.library} not found)"))
     print(f"CPU, {torch.get_num_threads()} threads, float32; load average before: "
           + " ".join(f"{x:.2f}" for x in load_before) + f" ({os.cpu_count()} cores)")
 
