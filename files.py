@@ -11,18 +11,27 @@ torn one:
 * `replace_folder`: the same for a folder of files (a Hugging Face checkpoint, a GRPO checkpoint): it
   is written in a staging folder beside the target, flushed, and swapped in by rename;
 * the per-step logs: `MetricsLog` appends one JSON line per step, `truncate_jsonl` cuts a log back to a
-  resumed step (dropping a line torn by a crash), `read_jsonl` reads one back.
+  resumed step (dropping a line torn by a crash), `read_jsonl` reads one back, `last_logged_step` says
+  how far an interrupted run got;
+* what a run records of its inputs and who owns its folder: `fingerprint` (the SHA-256 of a file's
+  bytes) and `RunLock` (one run per folder, the holder named in `<folder>/.lock`).
 
 JSON is written as UTF-8 (ensure_ascii=False): a corpus with "José" in it stays readable.
-Left out on purpose: locking against two writers of the same file (one run owns its folder), and
-fsync of the containing folder after a single-file rename (the rename itself is atomic; the folder
-swap, whose several renames are what a checkpoint relies on, does sync its parent).
+Left out on purpose: locks on single files (a run owns its whole folder through RunLock), locks that
+work across machines on file systems without flock, and fsync of the containing folder after a
+single-file rename (the rename itself is atomic; the folder swap, whose several renames are what a
+checkpoint relies on, does sync its parent).
 """
 
+import fcntl
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 
 
@@ -73,19 +82,70 @@ def _fsync(path):
         os.close(descriptor)
 
 
+def _writer_tag():
+    """`<host>-<pid>`: which process is writing a staging folder, so that a later one can tell whether
+    that writer is gone (and its leftovers are garbage) or still at work."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+# `.<name>.saving-<host>-<pid>-<random>` is a folder being written; `.<name>.old-<host>-<pid>-<random>`
+# holds the folder it replaces during the swap. mkdtemp's random part has no '-', so the host may.
+_STAGING = re.compile(r"\.(?P<name>.+)\.(?P<kind>saving|old)-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+")
+
+
+def process_is_alive(host, pid):
+    """False only when `pid` ran on this machine and has exited; a process on another machine, or one
+    that belongs to another user, counts as alive (we cannot tell, so we leave its files alone)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(parent):
+    """Clean up after a writer that was killed in the middle of `replace_folder` in `parent`.
+
+    A staging folder of a dead writer is removed (a checkpoint of a 0.5B model is about 1 GB). A retired
+    `.old-` folder of a dead writer is removed too, except when the kill fell between the two renames of
+    the swap, leaving no folder at the target: then the old folder is put back, so a kill leaves the
+    old checkpoint or the new one, never none. Returns the names removed or restored.
+    """
+    if not os.path.isdir(parent):
+        return []
+    cleaned = []
+    for entry in sorted(os.listdir(parent), key=lambda e: ".old-" not in e):  # restore before deleting
+        match = _STAGING.fullmatch(entry)
+        if not match or process_is_alive(match["host"], int(match["pid"])):
+            continue
+        path, target = os.path.join(parent, entry), os.path.join(parent, match["name"])
+        retired = os.path.join(path, match["name"])
+        if match["kind"] == "old" and os.path.isdir(retired) and not os.path.exists(target):
+            os.rename(retired, target)
+        shutil.rmtree(path, ignore_errors=True)
+        cleaned.append(entry)
+    return cleaned
+
+
 @contextmanager
 def replace_folder(path):
     """Yield a new, empty staging folder beside `path`; when the block ends, it replaces `path`.
 
     Every file written into the staging folder is flushed to disk, then the old folder (if any) is
     renamed out of the way, the staging folder renamed to `path`, and the old one deleted. A crash
-    leaves either the old folder or the new one at `path` (plus a stray hidden staging folder), never
-    a mixture; an error inside the block removes the staging folder and leaves `path` as it was.
+    leaves either the old folder or the new one at `path` (plus a stray hidden staging folder, which
+    the next save into the same parent removes: `remove_stale_staging`), never a mixture; an error
+    inside the block removes the staging folder and leaves `path` as it was.
     """
     target = os.path.abspath(path)
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{name}.saving-", dir=parent)
+    remove_stale_staging(parent)
+    staging = tempfile.mkdtemp(prefix=f".{name}.saving-{_writer_tag()}-", dir=parent)
     try:
         yield staging
         for folder, _, names in os.walk(staging):
@@ -93,7 +153,7 @@ def replace_folder(path):
                 _fsync(os.path.join(folder, file))
         _fsync(staging)
         if os.path.exists(target):
-            retired = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+            retired = tempfile.mkdtemp(prefix=f".{name}.old-{_writer_tag()}-", dir=parent)
             os.rename(target, os.path.join(retired, name))
             try:
                 os.rename(staging, target)
@@ -136,6 +196,22 @@ def truncate_jsonl(path, last_step):
     write_text(path, "".join(kept))
 
 
+def last_logged_step(path):
+    """The highest step of a per-step JSONL log, skipping a line torn by a crash; None when it has none.
+    What an interrupted run reports as the step it reached."""
+    last = None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    last = json.loads(line)["step"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+    except OSError:
+        return None
+    return last
+
+
 class MetricsLog:
     """Appends one JSON object per step to `<out>/metrics.jsonl`.
 
@@ -153,3 +229,76 @@ class MetricsLog:
     def write(self, record):
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# What a run records of its inputs, and who owns a run folder.
+
+def fingerprint(path):
+    """`sha256:<hex digest>` of a file's bytes. A run records the fingerprints of its inputs (the base
+    model's weights, the corpus) so that a changed input is noticed even when its name, size and date
+    are the same. About 2 s per GB."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run folder; the message names it."""
+
+
+class RunLock:
+    """One run per folder: an exclusive `fcntl.flock` on `<folder>/.lock`, which names its holder.
+
+    Two runs writing one folder would interleave their metrics lines and overwrite each other's
+    checkpoints. The holder writes its pid, host and start time into the lock file, so the second run
+    can say who is in the way. The kernel drops a flock when its process dies, however it dies (kill -9
+    included), so a lock left by a dead run is simply taken over; its file still names the dead run
+    until the new holder rewrites it. Use as `with RunLock(folder):` or acquire()/release().
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.path = os.path.join(folder, self.NAME)
+        self.handle = None
+
+    def acquire(self):
+        os.makedirs(self.folder, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            try:
+                who = json.loads(holder)
+                who = f"pid {who['pid']} on {who['host']}, running since {who['started']}"
+            except (json.JSONDecodeError, KeyError, TypeError):
+                who = "a process that has not written its name yet"
+            raise RunLocked(f"{self.folder}: another run is using this folder ({who}; lock file {self.path}). "
+                            "Wait for it to end, or choose another output folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}) + "\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def release(self):
+        if self.handle is not None:
+            self.handle.truncate(0)
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

@@ -1,10 +1,28 @@
-"""files.py: atomic writes of one file and of a folder, and the per-step JSONL logs."""
+"""files.py: atomic writes of one file and of a folder, the per-step JSONL logs, what a killed save leaves
+behind, fingerprints and the run lock."""
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
-from files import MetricsLog, read_jsonl, replace_folder, truncate_jsonl, write_json, write_jsonl, write_text
+from files import (
+    MetricsLog,
+    RunLock,
+    RunLocked,
+    fingerprint,
+    read_jsonl,
+    replace_folder,
+    truncate_jsonl,
+    write_json,
+    write_jsonl,
+    write_text,
+)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_a_failed_write_leaves_the_old_file(tmp_path):
@@ -51,3 +69,72 @@ def test_metrics_log_resumes_and_drops_a_torn_line(tmp_path):
     MetricsLog(path)                                               # a fresh run starts an empty log
     assert read_jsonl(path) == []
     assert read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Leftovers of a killed writer, fingerprints, the run lock.
+
+def dead_pid():
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_killed_saves_leftovers_are_removed_by_the_next_save(tmp_path):
+    host = socket.gethostname()
+    with replace_folder(tmp_path / "step-000002") as staging:
+        write_text(os.path.join(staging, "weights"), "2")
+    # A kill in the middle of writing step 4: its staging folder stays behind.
+    leftover = tmp_path / f".step-000004.saving-{host}-{dead_pid()}-k1ll3d"
+    (leftover / "sub").mkdir(parents=True)
+    # A kill between the two renames of a swap of step 2: no step-000002, its old copy in a retired folder.
+    retired = tmp_path / f".step-000002.old-{host}-{dead_pid()}-abc_1"
+    retired.mkdir()
+    os.rename(tmp_path / "step-000002", retired / "step-000002")
+    # A live writer's staging folder (ours) is left alone.
+    alive = tmp_path / f".other.saving-{host}-{os.getpid()}-live"
+    alive.mkdir()
+    with replace_folder(tmp_path / "step-000006") as staging:
+        write_text(os.path.join(staging, "weights"), "6")
+    assert sorted(os.listdir(tmp_path)) == [alive.name, "step-000002", "step-000006"]
+    assert (tmp_path / "step-000002" / "weights").read_text() == "2"          # the old copy is back
+
+
+def test_fingerprint_changes_with_the_bytes(tmp_path):
+    write_text(tmp_path / "a", "same size")
+    first = fingerprint(tmp_path / "a")
+    assert first.startswith("sha256:") and first == fingerprint(tmp_path / "a")
+    write_text(tmp_path / "a", "same SIZE")
+    assert fingerprint(tmp_path / "a") != first
+
+
+HOLD = """
+import sys, time
+sys.path.insert(0, {root!r})
+from files import RunLock
+lock = RunLock({folder!r}).acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_run_lock_names_its_holder_and_a_dead_holder_is_taken_over(tmp_path):
+    folder = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD.format(root=ROOT, folder=folder)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLocked, match=rf"another run is using this folder \(pid {holder.pid} on "
+                                            rf"{socket.gethostname()}, running since"):
+            RunLock(folder).acquire()
+    finally:
+        holder.kill()                                              # kill -9: no chance to clean up
+        holder.wait()
+    assert str(holder.pid) in (tmp_path / "run" / ".lock").read_text()   # the dead holder's name stays
+    with RunLock(folder):
+        assert json.loads((tmp_path / "run" / ".lock").read_text())["pid"] == os.getpid()
+        with pytest.raises(RunLocked):
+            RunLock(folder).acquire()                              # one holder even within a process
+    with RunLock(folder):                                          # released at the end of the block
+        pass
