@@ -122,6 +122,9 @@ NEGATIVE = {"bayes_floor"}
 MODEL_KEYS = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "max_position_embeddings", "rope_theta", "rms_norm_eps",
               "tie_word_embeddings", "initializer_range"}
+# Those that count something: a whole number, never silently truncated (64.5 is not a width).
+MODEL_INTEGER_KEYS = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "max_position_embeddings"}
 
 
 @dataclass
@@ -195,6 +198,8 @@ def load_config(path):
         if key != "tie_word_embeddings" and (isinstance(value, bool) or not isinstance(value, (int, float))
                                              or not value > 0):
             raise ConfigError(f"{path}: model.{key} must be a number > 0, got {value!r}")
+        if key in MODEL_INTEGER_KEYS and not isinstance(value, int):
+            raise ConfigError(f"{path}: model.{key} must be a whole number, got {value!r}")
     for name, cls in sections.items():
         setattr(config, name, _section(path, name, cls, raw.get(name, {})))
     if config.grpo.epsilon_high < config.grpo.epsilon:

@@ -30,6 +30,7 @@ shared prompt), its generation loop and its checkpoint format change together (a
 shapes the weights, the KV cache and the file), so a reader checking the model against Qwen2 finds all
 of it here.
 """
+import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -41,7 +42,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from files import replace_folder
+from files import RunLock, fingerprint, replace_folder
 from kernels import fused_linear_logprobs
 from tokenizer import ChatTokenizer, check_tokenizer_fits
 
@@ -61,6 +62,8 @@ class CheckpointError(ValueError):
 
 # Fields a config.json must carry: without them the shapes of the weights are unknown.
 REQUIRED_HF_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+# Fields that count something: a fractional value is refused, never silently truncated by int().
+INTEGER_HF_FIELDS = REQUIRED_HF_FIELDS + ("num_key_value_heads", "max_position_embeddings", "head_dim")
 # Transformers' default rotary base for Qwen2 when config.json names none; used so that both tools read
 # the same file the same way.
 HF_DEFAULT_ROPE_THETA = 10000.0
@@ -116,6 +119,10 @@ class Qwen2Config:
             refuse("rope_parameters" if "rope_parameters" in hf else "rope_scaling",
                    f"asks for rope type {rope_type!r}; only the default rotary embedding is implemented")
         rope_theta = hf.get("rope_theta", rope.get("rope_theta", HF_DEFAULT_ROPE_THETA))
+        for field in INTEGER_HF_FIELDS:
+            value = hf.get(field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                refuse(field, f"is {value!r}; it must be a whole number")
         head_dim = hf["hidden_size"] // hf["num_attention_heads"]
         if hf.get("head_dim") not in (None, head_dim):
             refuse("head_dim", f"is {hf['head_dim']}; Qwen2 needs hidden_size / num_attention_heads = {head_dim}")
@@ -844,8 +851,26 @@ def load_with_tokenizer(path, dtype=None, device=None):
     return model, tokenizer
 
 
-def _is_weights_or_config(name: str) -> bool:
-    return name in (CONFIG_FILE, WEIGHTS_INDEX_FILE) or (name.startswith("model") and name.endswith(".safetensors"))
+def weights_fingerprint(path) -> str:
+    """files.fingerprint of a checkpoint's weights: of model.safetensors, or of the index and every shard
+    of a sharded checkpoint (combined into one). What a GRPO run records of the base model it started from."""
+    folder = Path(path)
+    index_file = folder / WEIGHTS_INDEX_FILE
+    if not index_file.is_file():
+        return fingerprint(folder / WEIGHTS_FILE)
+    try:
+        shards = set(json.loads(index_file.read_text())["weight_map"].values())
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{index_file}: not a valid safetensors index ({error!r})") from None
+    parts = [f"{name}:{fingerprint(folder / name)}" for name in sorted({WEIGHTS_INDEX_FILE} | shards)]
+    return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _carried_over(name: str) -> bool:
+    """Files of an existing folder that save_pretrained keeps: all but the weights, the config and a run lock."""
+    weights_or_config = name in (CONFIG_FILE, WEIGHTS_INDEX_FILE) or (name.startswith("model")
+                                                                      and name.endswith(".safetensors"))
+    return not weights_or_config and name != RunLock.NAME
 
 
 def save_pretrained(model: Qwen2, path) -> None:
@@ -866,6 +891,6 @@ def save_pretrained(model: Qwen2, path) -> None:
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         if target.is_dir():
             for entry in target.iterdir():
-                if not _is_weights_or_config(entry.name):
+                if _carried_over(entry.name):
                     copy = shutil.copytree if entry.is_dir() else shutil.copy2
                     copy(entry, staging / entry.name)

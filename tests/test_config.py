@@ -40,6 +40,8 @@ def test_defaults_and_overrides(tmp_path):
     ({"reward": {"bayes_floor": 0}}, r"reward\.bayes_floor must be < 0"),
     ({"model": {"hiden_size": 64}}, r"model\.hiden_size is not a known key"),
     ({"model": {"num_attention_heads": 0}}, r"model\.num_attention_heads must be a number > 0"),
+    ({"model": {"hidden_size": 64.5}}, r"model\.hidden_size must be a whole number, got 64\.5"),
+    ({"model": {"num_hidden_layers": 2.0}}, r"model\.num_hidden_layers must be a whole number, got 2\.0"),
     ("{oops", r"not valid JSON"),
 ])
 def test_bad_values_name_file_and_key(tmp_path, content, message):

@@ -332,6 +332,8 @@ BAD_CHECKPOINTS = {
                               ["config.json", "use_sliding_window"]),
     "config-yarn": (lambda f: rewrite_config(f, lambda c: c.update(rope_parameters={"rope_type": "yarn"})),
                     ["config.json", "rope_parameters", "yarn"]),
+    "config-fractional-width": (lambda f: rewrite_config(f, lambda c: c.update(hidden_size=32.5)),
+                                ["config.json", "hidden_size", "32.5", "whole number"]),
     "missing-weights": (lambda f: (f / "model.safetensors").unlink(), ["ckpt", "model.safetensors"]),
     "missing-tensor": (lambda f: rewrite_tensors(f, lambda t: t.pop("model.layers.1.mlp.up_proj.weight")),
                        ["model.safetensors", "missing tensor model.layers.1.mlp.up_proj.weight"]),
