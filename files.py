@@ -235,13 +235,19 @@ class MetricsLog:
 # What a run records of its inputs, and who owns a run folder.
 
 def fingerprint(path):
-    """`sha256:<hex digest>` of a file's bytes. A run records the fingerprints of its inputs (the base
-    model's weights, the corpus) so that a changed input is noticed even when its name, size and date
-    are the same. About 2 s per GB."""
+    """`sha256:<hex digest>` of a file's bytes, or of a folder's files (their names and fingerprints, in
+    name order). A run records the fingerprints of its inputs (the base model's weights, the corpus) so
+    that a changed input is noticed even when its name, size and date are the same. About 2 s per GB."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    if os.path.isdir(path):
+        for folder, _, names in sorted(os.walk(path)):
+            for name in sorted(names):
+                file = os.path.join(folder, name)
+                digest.update(f"{os.path.relpath(file, path)}\0{fingerprint(file)}\n".encode())
+    else:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return f"sha256:{digest.hexdigest()}"
 
 

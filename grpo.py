@@ -41,9 +41,10 @@ import json
 import os
 import random
 import re
+import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -53,7 +54,17 @@ from tqdm import tqdm
 from config import ConfigError, load_config
 from corpus import CorpusError, load_corpus, training_samples
 from doga import DogaPlanner, ScriptLibrary
-from files import MetricsLog, replace_folder, truncate_jsonl, write_json
+from files import (
+    MetricsLog,
+    RunLock,
+    RunLocked,
+    fingerprint,
+    last_logged_step,
+    remove_stale_staging,
+    replace_folder,
+    truncate_jsonl,
+    write_json,
+)
 from model import (
     CheckpointError,
     Continuations,
@@ -64,10 +75,19 @@ from model import (
     load_pretrained,
     load_with_tokenizer,
     save_pretrained,
+    weights_fingerprint,
 )
 from reward import BEHAVIOUR_KEYS, REWARD_KEYS, CompositeReward, fit_similarity_embedder
 from sales import is_good_turn
-from training import learning_rate_at, make_optimizer, resolve_device
+from training import (
+    TRAINER_STATE_FILE,
+    differences,
+    learning_rate_at,
+    load_trainer_state,
+    make_optimizer,
+    resolve_device,
+    save_trainer_state,
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,6 +115,12 @@ def load_prompt_pool(path, tokenizer, settings, library_dir=None):
     samples = [s for call, call_whispers in zip(calls, whispers) for s in training_samples(call, call_whispers)]
     if settings.reference_filter == "good":
         samples = [s for s in samples if is_good_turn(s.labels)]
+    if not calls:
+        raise ValueError(f"{path}: the corpus is empty (no calls)")
+    if not samples:
+        raise ValueError(f"{path}: none of its {len(calls)} calls has a salesperson turn to train on"
+                         + (" (grpo.reference_filter = 'good' keeps only turns labelled on-stage and faithful)"
+                            if settings.reference_filter == "good" else ""))
     ids = tokenizer.encode_batch(s.prompt for s in samples)
     kept = [(s, p) for s, p in zip(samples, ids) if len(p) <= settings.max_prompt_length]
     if not kept:
@@ -285,13 +311,14 @@ def global_sum(value):
     return tensor.item()
 
 
-def save_checkpoint(folder, policy, tokenizer, optimizer, step):
-    """HF-layout model + tokenizer + trainer state, swapped into place as one folder (files.replace_folder)."""
+def save_checkpoint(folder, policy, tokenizer, optimizer, step, identity):
+    """HF-layout model + tokenizer + trainer state (training.save_trainer_state) + the run record, swapped
+    into place as one folder (files.replace_folder)."""
     with replace_folder(folder) as staging:
         save_pretrained(policy, staging)
         tokenizer.save(staging)
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
-                   os.path.join(staging, "trainer_state.pt"))
+        save_trainer_state(staging, optimizer, step)
+        write_json(os.path.join(staging, RUN_RECORD), identity, indent=1)
 
 
 def latest_checkpoint(out_dir):
@@ -299,8 +326,100 @@ def latest_checkpoint(out_dir):
     if not os.path.isdir(root):
         return None
     done = sorted(d for d in os.listdir(root)
-                  if re.fullmatch(r"step-\d+", d) and os.path.exists(os.path.join(root, d, "trainer_state.pt")))
+                  if re.fullmatch(r"step-\d+", d) and os.path.exists(os.path.join(root, d, TRAINER_STATE_FILE)))
     return os.path.join(root, done[-1]) if done else None
+
+
+# ----------------------------------------------------------------------------------------------
+# What a run belongs to: recorded when it starts and in every checkpoint, checked on --resume.
+
+RUN_RECORD = "run.json"
+# What makes a folder hold a run: a fresh run refuses such a folder instead of mixing with it.
+RUN_FILES = (RUN_RECORD, "metrics.jsonl", "checkpoints", "final")
+# Knobs a resumed run may change: they decide how long it runs, what is logged, saved or evaluated, or
+# on which device, not what a step does. (`steps` too: after warmup GRPO's learning rate is constant and a
+# step's prompts depend on the step alone, so a longer run continues a shorter one exactly.)
+RESUMABLE_CHANGES = {"steps", "save_steps", "log_completion_steps", "eval_prompts", "device"}
+
+
+def run_identity(config, model_dir, data_dir, library_dir=None):
+    """What a GRPO run is made of: the config sections it reads (grpo, reward) and its inputs, each with its
+    path and a fingerprint of its content: the base model's weights, the training corpus, and the DOGA
+    script library when some prompts carry its outlines (None otherwise)."""
+    train_file = os.path.join(data_dir, "train.jsonl")
+    uses_library = library_dir is not None and config.grpo.outline_share > 0
+    return {"config": {"grpo": asdict(config.grpo), "reward": asdict(config.reward)},
+            "base_model": {"path": os.path.abspath(model_dir), "fingerprint": weights_fingerprint(model_dir)},
+            "data": {"path": os.path.abspath(train_file), "fingerprint": fingerprint(train_file)},
+            "library": ({"path": os.path.abspath(library_dir), "fingerprint": fingerprint(library_dir)}
+                        if uses_library else None)}
+
+
+RUN_INPUTS = {"base_model": "base model weights", "data": "training data", "library": "DOGA script library"}
+
+
+def identity_differences(recorded, current):
+    """What differs between a recorded run identity and this run's, one line each. Inputs are compared by
+    content: a base model or corpus that moved to another folder is the same input."""
+    def knobs(identity):
+        return {section: {k: v for k, v in values.items() if k not in RESUMABLE_CHANGES}
+                for section, values in identity["config"].items()}
+
+    def described(source):
+        return "none" if source is None else f"{source['path']} ({source['fingerprint'][:19]}...)"
+
+    lines = differences(knobs(recorded), knobs(current))
+    for key, what in RUN_INPUTS.items():
+        then, now = recorded.get(key), current[key]
+        if (then and then["fingerprint"]) != (now and now["fingerprint"]):
+            lines.append(f"{what}: {described(then)} when recorded, {described(now)} now")
+    return lines
+
+
+def claim_out_folder(out_dir, identity, resume):
+    """Check that `out_dir` may take this run; returns the checkpoint to resume from (None: start from the
+    base model). A fresh run refuses a folder that already holds a run; --resume refuses a run recorded
+    with another config, base model or corpus, naming what differs."""
+    if not resume:
+        found = [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))]
+        if found:
+            raise CheckpointError(f"{out_dir}: already holds a run ({', '.join(found)}): continue it with --resume, "
+                                  "or choose another --out")
+        return None
+    checkpoint = latest_checkpoint(out_dir)
+    record = os.path.join(checkpoint or out_dir, RUN_RECORD)
+    if not os.path.exists(record):
+        if checkpoint or any(os.path.exists(os.path.join(out_dir, name)) for name in RUN_FILES):
+            raise CheckpointError(f"{record}: missing, so nothing says which config, base model and data this run "
+                                  "was made with (it predates run records); start a fresh run in another --out")
+        return None
+    try:
+        with open(record, encoding="utf-8") as handle:
+            recorded = json.load(handle)
+        lines = identity_differences(recorded, identity)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{record}: unreadable run record ({error!r})") from None
+    if lines:
+        raise CheckpointError(f"{record}: --resume refused, this run was made with other inputs:\n  "
+                              + "\n  ".join(lines) + "\nResume with the same config, base model and data, or start "
+                              "a fresh run in another --out")
+    return checkpoint
+
+
+def on_main_process(action, main_process):
+    """Run `action` on rank 0 alone and give every rank its result; an error it raises is raised on every
+    rank, so that no rank is left waiting in a collective for one that stopped."""
+    outcome = [None, None]
+    if main_process:
+        try:
+            outcome[0] = action()
+        except (CheckpointError, RunLocked, OSError) as error:
+            outcome[1] = error
+    if dist.is_initialized():
+        dist.broadcast_object_list(outcome, src=0)
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]
 
 
 @torch.no_grad()
@@ -364,33 +483,47 @@ def grpo_step(policy, reference, reward_fn, optimizer, tokenizer, samples, promp
 
 
 def train(config, model_dir, data_dir, out_dir, resume=False, audit=False, library_dir=None):
-    settings = config.grpo
+    """GRPO from the model in `model_dir` on `data_dir`/train.jsonl into `out_dir` (with `library_dir`, a DOGA
+    script library whose outlines some prompts carry). Rank 0 holds the lock on `out_dir` (files.RunLock) for
+    the whole run; a second run into the same folder is refused."""
     rank, world_size = init_processes()
-    if settings.prompts_per_step % world_size:
-        raise ConfigError(f"{config.source}: grpo.prompts_per_step ({settings.prompts_per_step}) must be "
+    if config.grpo.prompts_per_step % world_size:
+        raise ConfigError(f"{config.source}: grpo.prompts_per_step ({config.grpo.prompts_per_step}) must be "
                           f"divisible by the number of processes ({world_size})")
+    lock = RunLock(out_dir)
+    on_main_process(lambda: lock.acquire() and None, rank == 0)   # nothing to hand to the other ranks
+    try:
+        return _train(config, model_dir, data_dir, out_dir, resume, audit, library_dir, rank, world_size)
+    finally:
+        lock.release()
+
+
+def _train(config, model_dir, data_dir, out_dir, resume, audit, library_dir, rank, world_size):
+    settings = config.grpo
     device = resolve_device(settings.device)
     if device == "cuda" and world_size > 1:
         device = f"cuda:{torch.cuda.current_device()}"   # bound to LOCAL_RANK by init_processes()
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[settings.dtype]
     torch.manual_seed(settings.seed)
     main_process = rank == 0
-    os.makedirs(out_dir, exist_ok=True)
 
+    def claim():
+        for folder in (out_dir, os.path.join(out_dir, "checkpoints")):
+            remove_stale_staging(folder)      # what a kill during a save left behind
+        identity = run_identity(config, model_dir, data_dir, library_dir)
+        checkpoint = claim_out_folder(out_dir, identity, resume)
+        if not os.path.exists(os.path.join(out_dir, RUN_RECORD)):
+            write_json(os.path.join(out_dir, RUN_RECORD), identity, indent=1)
+        return identity, checkpoint
+
+    identity, checkpoint = on_main_process(claim, main_process)
     reference, tokenizer = load_with_tokenizer(model_dir, dtype=dtype, device=device)
     reference.eval().requires_grad_(False)
-    checkpoint = latest_checkpoint(out_dir) if resume else None
     policy = load_pretrained(checkpoint or model_dir, dtype=dtype, device=device)
     optimizer = make_optimizer(policy, settings.learning_rate, settings.weight_decay)
     start_step = 0
     if checkpoint:
-        try:
-            state = torch.load(os.path.join(checkpoint, "trainer_state.pt"), weights_only=False)
-        except Exception as error:  # torch raises many kinds for a damaged file
-            raise CheckpointError(f"{checkpoint}/trainer_state.pt: unreadable ({error})") from None
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start_step = state["step"]
+        start_step = load_trainer_state(checkpoint, optimizer)
         if main_process:
             print(f"resuming from {checkpoint} at step {start_step}")
     if resume and not checkpoint and main_process:
@@ -429,7 +562,7 @@ def train(config, model_dir, data_dir, out_dir, resume=False, audit=False, libra
                             settings.num_generations)
             if settings.save_steps and (step + 1) % settings.save_steps == 0:
                 save_checkpoint(os.path.join(out_dir, "checkpoints", f"step-{step + 1:06d}"),
-                                policy, tokenizer, optimizer, step + 1)
+                                policy, tokenizer, optimizer, step + 1, identity)
         if world_size > 1:
             dist.barrier()
     if audit_file:
@@ -523,17 +656,36 @@ def main():
     parser.add_argument("--library", help="DOGA script library (doga.py build): grpo.outline_share of the "
                                           "training prompts carry its outlines, as the agent prompts at inference")
     args = parser.parse_args()
+    config, trained = None, False
     try:
         config = load_config(args.config)
         policy, reference, reward_fn, tokenizer = train(config, args.model, args.data, args.out,
                                                         resume=args.resume, audit=args.audit,
                                                         library_dir=args.library)
-    except (ConfigError, CorpusError, CheckpointError, ValueError, OSError) as error:
+        trained = True
+        if not args.no_summary and (not dist.is_initialized() or dist.get_rank() == 0):
+            summarize(config, policy, reference, reward_fn, tokenizer, args.data, args.out)
+    except (ConfigError, CorpusError, CheckpointError, RunLocked, ValueError, OSError) as error:
         raise SystemExit(f"error: {error}")
-    if not args.no_summary and (not dist.is_initialized() or dist.get_rank() == 0):
-        summarize(config, policy, reference, reward_fn, tokenizer, args.data, args.out)
+    except KeyboardInterrupt:
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(f"\n{interruption_note(args.out, config and config.grpo.steps, trained)}", file=sys.stderr)
+        raise SystemExit(130) from None   # 128 + SIGINT, what a shell reports for Ctrl-C
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def interruption_note(out_dir, total_steps, trained):
+    """One line for a Ctrl-C: how far the run got (its metrics log) and how to go on (--resume)."""
+    if trained:
+        return f"interrupted during the held-out summary; training had finished: the model is in {out_dir}/final"
+    last = last_logged_step(os.path.join(out_dir, "metrics.jsonl"))
+    done = 0 if last is None else last + 1
+    checkpoint = latest_checkpoint(out_dir)
+    since = (f"from its latest checkpoint, {checkpoint}" if checkpoint else
+             "from the base model (no checkpoint was saved yet)")
+    return (f"interrupted after {done}{f' of {total_steps}' if total_steps else ''} steps: run the same command "
+            f"with --resume to continue {since}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,11 @@ import dataclasses
 import json
 import math
 import os
+import pickle
+import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,6 +22,7 @@ import torch.multiprocessing as mp
 import grpo
 from config import Config, GRPOConfig
 from corpus import render_call_text, write_corpus
+from files import RunLock, RunLocked, fingerprint
 from model import Qwen2, Qwen2Config, load_pretrained, save_pretrained, sequence_logprobs
 from reward import BEHAVIOUR_KEYS, REWARD_KEYS, TERMS
 from simulate import simulate_call
@@ -55,11 +60,11 @@ def setup(tmp_path_factory):
     return root, Config(grpo=settings, source="test")
 
 
-def run(setup_, out, monkeypatch, **overrides):
+def run(setup_, out, monkeypatch, resume=False, base=None, data=None, **overrides):
     root, config = setup_
     config = dataclasses.replace(config, grpo=dataclasses.replace(config.grpo, **overrides))
     monkeypatch.setattr(grpo, "CompositeReward", LetterReward)
-    grpo.train(config, str(root / "base"), str(root), str(out), audit=True)
+    grpo.train(config, str(base or root / "base"), str(data or root), str(out), resume=resume, audit=True)
     return out
 
 
@@ -90,7 +95,18 @@ def test_metrics_audit_and_checkpoints(setup, tmp_path, monkeypatch):
     group = [a["advantage"] for a in audit[:4]]
     assert sum(group) == pytest.approx(0, abs=1e-5)                 # advantages are centred per group
     assert sorted(os.listdir(out / "checkpoints")) == ["step-000002", "step-000004"]
+    assert sorted(os.listdir(out / "checkpoints" / "step-000002")) == [
+        "config.json", "model.safetensors", "optimizer.safetensors", "run.json", "tokenizer.json",
+        "trainer_state.json"]                                       # no pickle anywhere
     assert (out / "final" / "model.safetensors").exists()
+    record = json.loads((out / "checkpoints" / "step-000004" / "run.json").read_text())
+    root, config = setup
+    assert record["config"]["grpo"] == dataclasses.asdict(config.grpo)
+    assert record["base_model"] == {"path": str(root / "base"),
+                                    "fingerprint": fingerprint(root / "base" / "model.safetensors")}
+    assert record["data"] == {"path": str(root / "train.jsonl"), "fingerprint": fingerprint(root / "train.jsonl")}
+    assert record["library"] is None                                # no outlines in the prompts
+    assert json.loads((out / "run.json").read_text()) == record
 
 
 def test_resume_continues_exactly(setup, tmp_path, monkeypatch):
@@ -209,3 +225,147 @@ def test_several_iterations_per_batch(setup, tmp_path, monkeypatch):
     moved = [r for r in ratios if r is not None and abs(r["mean"] - 1) > 1e-6]
     assert moved and all(all(map(lambda v: v == v and abs(v) < 1e6, r.values())) for r in moved)
     assert all(r["loss"] == r["loss"] for r in metrics(out))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints hold no code, belong to one run, and one run at a time uses a folder.
+
+class Payload:
+    """Unpickling this runs `code`: what a tampered pickle file could do to whoever loads it."""
+
+    def __init__(self, code):
+        self.code = code
+
+    def __reduce__(self):
+        return exec, (self.code,)
+
+
+@pytest.fixture(scope="module")
+def finished(setup, tmp_path_factory):
+    """A finished two-step run with a checkpoint at step 2; each test works on its own copy (`copy_of`)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return run(setup, tmp_path_factory.mktemp("finished") / "run", monkeypatch, steps=2, save_steps=2)
+
+
+def copy_of(run_folder, tmp_path):
+    return shutil.copytree(run_folder, tmp_path / "run")
+
+
+def test_resume_never_runs_code_from_a_checkpoint(setup, finished, tmp_path, monkeypatch):
+    out = copy_of(finished, tmp_path)
+    checkpoint = out / "checkpoints" / "step-000002"
+    marker = tmp_path / "payload-ran"
+    (checkpoint / "trainer_state.pt").write_bytes(pickle.dumps(Payload(f"open({str(marker)!r}, 'w')")))
+    run(setup, out, monkeypatch, resume=True, steps=4)               # a longer run, continued
+    assert not marker.exists()
+    assert [r["step"] for r in metrics(out)] == [0, 1, 2, 3]
+
+    for name in ("optimizer.safetensors", "trainer_state.json"):    # the files resume does read
+        shutil.copytree(checkpoint, tmp_path / "tampered" / "checkpoints" / "step-000002")
+        shutil.copy(out / "run.json", tmp_path / "tampered")
+        (tmp_path / "tampered" / "checkpoints" / "step-000002" / name).write_bytes(
+            pickle.dumps(Payload(f"open({str(marker)!r}, 'w')")))
+        with pytest.raises(grpo.CheckpointError, match=f"step-000002/{name}: unreadable"):
+            run(setup, tmp_path / "tampered", monkeypatch, resume=True)
+        assert not marker.exists()
+        shutil.rmtree(tmp_path / "tampered")
+
+
+def test_a_fresh_run_refuses_a_used_folder_and_resume_refuses_other_inputs(setup, finished, tmp_path, monkeypatch):
+    root, _ = setup
+    out = copy_of(finished, tmp_path)
+    with pytest.raises(grpo.CheckpointError, match=r"already holds a run \(run.json, metrics.jsonl, checkpoints, "
+                                                   r"final\): continue it with --resume, or choose another --out"):
+        run(setup, out, monkeypatch)
+    # A kill during the save of step 4 left a staging folder: the next start removes it.
+    leftover = out / "checkpoints" / f".step-000004.saving-{socket.gethostname()}-{dead_pid()}-x"
+    leftover.mkdir()
+
+    with pytest.raises(grpo.CheckpointError, match=r"grpo.learning_rate: 0.001 when recorded, 0.002 now"):
+        run(setup, out, monkeypatch, resume=True, learning_rate=2e-3)
+    assert not leftover.exists()
+
+    data = tmp_path / "data"                                        # the same corpus less one call
+    data.mkdir()
+    lines = (root / "train.jsonl").read_text().splitlines(keepends=True)
+    (data / "train.jsonl").write_text("".join(lines[:-1]))
+    shutil.copy(root / "test.jsonl", data)
+    with pytest.raises(grpo.CheckpointError, match=rf"training data: {root}/train.jsonl \(sha256:.*\) when "
+                                                   rf"recorded, {data}/train.jsonl \(sha256:.*\) now"):
+        run(setup, out, monkeypatch, resume=True, data=data)
+
+    base = tmp_path / "base"                                        # the base model, one weight changed
+    model = load_pretrained(str(root / "base"))
+    with torch.no_grad():
+        model.model.norm.weight[0] += 1
+    save_pretrained(model, str(base))
+    shutil.copy(root / "base" / "tokenizer.json", base)
+    with pytest.raises(grpo.CheckpointError, match=r"base model weights: .*/base \(sha256:.*\) when recorded, "
+                                                   r".*/base \(sha256:.*\) now"):
+        run(setup, out, monkeypatch, resume=True, base=base)
+
+    moved = tmp_path / "moved-base"                                 # the same weights elsewhere: accepted
+    shutil.copytree(root / "base", moved)
+    run(setup, out, monkeypatch, resume=True, base=moved, steps=3)
+    assert [r["step"] for r in metrics(out)] == [0, 1, 2]
+
+
+def test_resume_refuses_a_run_that_recorded_nothing(setup, finished, tmp_path, monkeypatch):
+    out = copy_of(finished, tmp_path)
+    for record in (out / "run.json", out / "checkpoints" / "step-000002" / "run.json"):
+        record.unlink()
+    with pytest.raises(grpo.CheckpointError, match=r"step-000002/run.json: missing, so nothing says which config"):
+        run(setup, out, monkeypatch, resume=True)
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(setup, tmp_path, monkeypatch):
+    with RunLock(str(tmp_path / "run")):
+        with pytest.raises(RunLocked, match=rf"another run is using this folder \(pid {os.getpid()} on "):
+            run(setup, tmp_path / "run", monkeypatch)
+        root, _ = setup
+        monkeypatch.setattr(sys, "argv", ["grpo.py", "--model", str(root / "base"), "--data", str(root),
+                                          "--out", str(tmp_path / "run")])
+        with pytest.raises(SystemExit, match=r"^error: .*another run is using this folder"):
+            grpo.main()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_ctrl_c_ends_with_one_line_naming_the_step_and_resume(setup, tmp_path, monkeypatch, capsys):
+    root, _ = setup
+    real_audit = grpo.write_audit
+
+    def interrupted_in_step_3(audit_file, step, *args):
+        real_audit(audit_file, step, *args)
+        if step == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(grpo, "write_audit", interrupted_in_step_3)
+    monkeypatch.setattr(grpo, "CompositeReward", LetterReward)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"grpo": {"steps": 4, "prompts_per_step": 2, "num_generations": 4,
+                                           "max_completion_length": 10, "mask_truncated_completions": False,
+                                           "max_prompt_length": 2048, "save_steps": 2, "log_completion_steps": 0}}))
+    monkeypatch.setattr(sys, "argv", ["grpo.py", "--config", str(config), "--model", str(root / "base"), "--data",
+                                      str(root), "--out", str(tmp_path / "run"), "--audit", "--no-summary"])
+    with pytest.raises(SystemExit) as exit_:
+        grpo.main()
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted after 3 of 4 steps: run the same command with --resume to continue from its latest "
+        f"checkpoint, {tmp_path / 'run'}/checkpoints/step-000002")
+    RunLock(str(tmp_path / "run")).acquire().release()             # the lock went with the run
+
+
+def test_an_empty_corpus_says_so(setup, tmp_path):
+    root, config = setup
+    (tmp_path / "train.jsonl").write_text("")
+    tokenizer = ChatTokenizer.load(str(root / "base"))
+    with pytest.raises(ValueError, match=r"train.jsonl: the corpus is empty \(no calls\)"):
+        grpo.load_prompt_pool(str(tmp_path / "train.jsonl"), tokenizer, config.grpo)
+
+
+def dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
