@@ -14,14 +14,22 @@ each salesperson turn, exactly as the DOGA agent prompts at inference, so the ba
 the outlines are context, not corpus, so they get no loss. The base stays a model of the corpus as simulated,
 its deliberate mistakes included: cleaning the data with the Manager's labels is the SFT arm's business.
 
-Left out: resuming a pretraining run (it takes minutes; GRPO, the long stage, resumes exactly), and packing
-several calls into one row (rows are padded to the longest of their batch instead; batches are drawn from
-rows of similar length, so little compute goes to padding).
+A pretraining run owns its --out folder (files.RunLock) and refuses one that already holds a model:
+replacing the base of an existing GRPO run would leave that run's final model beside a base it did not
+start from. The tokenizer it trains is recorded (`tokenizer_record.json`: the corpus, the vocabulary size
+and the text pipeline it was made with), so that a rerun reuses it only when it still fits.
+
+Left out: resuming a pretraining run (it takes minutes; GRPO, the long stage, resumes exactly; an
+interrupted pretraining is started again), and packing several calls into one row (rows are padded to the
+longest of their batch instead; batches are drawn from rows of similar length, so little compute goes to
+padding).
 """
 
 import argparse
+import json
 import os
 import random
+import sys
 import time
 
 import torch
@@ -30,7 +38,7 @@ from tqdm import tqdm
 from config import ConfigError, load_config
 from corpus import CorpusError, call_messages, load_corpus, render_call_text, training_samples
 from doga import DogaPlanner, ScriptLibrary
-from files import MetricsLog
+from files import MetricsLog, RunLock, RunLocked, fingerprint, last_logged_step, remove_stale_staging, write_json
 from kernels import fused_linear_logprobs
 from model import CheckpointError, Qwen2, Qwen2Config, count_parameters, load_with_tokenizer, save_pretrained
 from tokenizer import ChatTokenizer, format_assistant, render_chat
@@ -40,13 +48,50 @@ from training import learning_rate_at, make_optimizer
 # ----------------------------------------------------------------------------------------------
 # Data: one row per call (base) or masked salesperson turns (SFT).
 
-def get_tokenizer(out_dir, calls, vocab_size):
-    """Load `<out>/tokenizer.json`, or train one on the rendered calls when none exists."""
-    if os.path.exists(os.path.join(out_dir, "tokenizer.json")):
-        return ChatTokenizer.load(out_dir)
+TOKENIZER_RECORD = "tokenizer_record.json"
+
+
+def text_pipeline(tokenizer):
+    """The parts of a tokenizer.json that cut text into pieces before any learnt merge applies: the
+    normalizer, the pre-tokenizer, the decoder and the special tokens."""
+    spec = json.loads(tokenizer.tokenizer.to_str())
+    return {key: spec.get(key) for key in ("normalizer", "pre_tokenizer", "decoder", "added_tokens")}
+
+
+def get_tokenizer(out_dir, corpus_file, calls, vocab_size):
+    """`<out>/tokenizer.json` when this module made it from the same inputs, else a new one trained on the calls.
+
+    Beside the tokenizer, `tokenizer_record.json` says what made it: the corpus (fingerprint), the
+    vocabulary size asked for, the text pipeline of ChatTokenizer.train (read off a tokenizer trained on
+    no text: the pipeline does not depend on the text), and the tokenizer file's own fingerprint. A
+    tokenizer.json the record does not describe came from elsewhere and is refused: training on it would
+    silently use another tokenizer's ids. One the record describes, made from other inputs (another
+    corpus, vocabulary size or pipeline), is this module's own stale artifact and is trained again.
+    """
+    path, record_path = os.path.join(out_dir, "tokenizer.json"), os.path.join(out_dir, TOKENIZER_RECORD)
+    wanted = {"corpus": fingerprint(corpus_file), "vocab_size": vocab_size,
+              "pipeline": text_pipeline(ChatTokenizer.train([], vocab_size))}
+    if os.path.exists(path):
+        try:
+            with open(record_path, encoding="utf-8") as handle:
+                record = json.load(handle)
+            ours = record["tokenizer"] == fingerprint(path)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            record, ours = None, False
+        if not ours:
+            why = "it has changed since" if record else f"there is no readable {TOKENIZER_RECORD} beside it"
+            raise ValueError(f"{path}: not made by pretrain.py for this folder ({why}); training on it would use "
+                             "another tokenizer's ids. Delete it, or choose another --out")
+        stale = [key for key in wanted if record.get(key) != wanted[key]]
+        if not stale:
+            print(f"{path}: made from the same corpus, vocabulary size and pipeline, reused")
+            return ChatTokenizer.load(path)
+        print(f"{path}: made for another {', '.join(stale).replace('_', ' ')}, trained again")
     print(f"training a {vocab_size}-token byte-level BPE tokenizer on {len(calls)} calls")
     tokenizer = ChatTokenizer.train((render_call_text(call) for call in calls), vocab_size)
     tokenizer.save(out_dir)
+    write_json(record_path, {**wanted, "corpus_file": os.path.abspath(corpus_file), "tokenizer": fingerprint(path)},
+               indent=1)
     return tokenizer
 
 
@@ -130,16 +175,27 @@ def causal_lm_loss(model, inputs, targets):
 # Training.
 
 def train(config, data_dir, out_dir, sft=False, init=None, library_dir=None):
+    """Pretrain (or with `sft`, fine-tune `init`) into `out_dir`, holding the folder's lock for the run."""
+    with RunLock(out_dir):
+        found = [name for name in ("config.json", "model.safetensors") if os.path.exists(os.path.join(out_dir, name))]
+        if found:
+            raise ValueError(f"{out_dir}: already holds a model ({', '.join(found)}); pretraining would replace it. "
+                             "Delete the folder, or choose another --out")
+        remove_stale_staging(os.path.dirname(os.path.abspath(out_dir)))   # a save killed last time
+        return _train(config, data_dir, out_dir, sft, init, library_dir)
+
+
+def _train(config, data_dir, out_dir, sft, init, library_dir):
     settings = config.pretrain
     torch.manual_seed(settings.seed)
-    os.makedirs(out_dir, exist_ok=True)
-    calls = load_corpus(os.path.join(data_dir, "train.jsonl"))
+    corpus_file = os.path.join(data_dir, "train.jsonl")
+    calls = load_corpus(corpus_file)
 
     if init:  # SFT from an existing model (ours or a real checkpoint): keep its tokenizer
         model, tokenizer = load_with_tokenizer(init)
         tokenizer.save(out_dir)
     else:
-        tokenizer = get_tokenizer(out_dir, calls, config.tokenizer.vocab_size)
+        tokenizer = get_tokenizer(out_dir, corpus_file, calls, config.tokenizer.vocab_size)
         model_config = Qwen2Config.from_hf_dict({**config.model, "vocab_size": tokenizer.vocab_size,
                                                  "eos_token_id": tokenizer.eos_id,
                                                  "bos_token_id": tokenizer.endoftext_id},
@@ -180,8 +236,7 @@ def train(config, data_dir, out_dir, sft=False, init=None, library_dir=None):
         log.write({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr,
                    "tokens_per_s": tokens / (time.time() - started)})
         progress.set_postfix(loss=f"{loss.item():.3f}")
-    save_pretrained(model, out_dir)
-    tokenizer.save(out_dir)
+    save_pretrained(model, out_dir)   # tokenizer.json and its record, already in out_dir, are carried over
     print(f"saved {out_dir} (final loss {loss.item():.3f})")
     return model, tokenizer
 
@@ -197,11 +252,18 @@ def main():
     parser.add_argument("--library", help="DOGA script library (doga.py build): pretrain.outline_share of the "
                                           "calls carry its outlines, as the agent prompts at inference")
     args = parser.parse_args()
+    config = None
     try:
         config = load_config(args.config)
         train(config, args.data, args.out, sft=args.sft, init=args.init, library_dir=args.library)
-    except (ConfigError, CorpusError, CheckpointError, ValueError, OSError) as error:
+    except (ConfigError, CorpusError, CheckpointError, RunLocked, ValueError, OSError) as error:
         raise SystemExit(f"error: {error}")
+    except KeyboardInterrupt:
+        last = last_logged_step(os.path.join(args.out, "metrics.jsonl"))
+        done = 0 if last is None else last + 1
+        print(f"\ninterrupted after {done}{f' of {config.pretrain.steps}' if config else ''} steps; no model was saved "
+              "(pretraining does not resume): run the same command again to start over", file=sys.stderr)
+        raise SystemExit(130) from None   # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 if __name__ == "__main__":

@@ -1,10 +1,18 @@
-"""pretrain.py's data: one row per call from its system prompt, outlines with no loss, batches of similar length."""
-import pytest
+"""pretrain.py: its data (one row per call from its system prompt, outlines with no loss, batches of
+similar length), the tokenizer it reuses only when it still fits, the folder it refuses, and Ctrl-C."""
+import json
+import sys
 
-from corpus import render_call_text
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+import pretrain
+from config import Config, PretrainConfig, TokenizerConfig
+from corpus import render_call_text, write_corpus
+from files import RunLock, fingerprint, write_json
 from pretrain import batches_of_similar_length, call_rows
 from simulate import simulate_call
-from tokenizer import ChatTokenizer
+from tokenizer import SPECIAL_TOKENS, ChatTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +59,104 @@ def test_batches_of_similar_length_see_every_row_once_a_pass():
                    [list(range(i, i + 4)) for i in range(0, 40, 4)]) / 10
     assert spread < shuffled
     assert batches == batches_of_similar_length(lengths, batch_size=4, steps=30, seed=0, pool=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# The tokenizer, the folder, Ctrl-C.
+
+MODEL = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+         "num_key_value_heads": 1, "tie_word_embeddings": True}
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    """Two corpus folders of different calls, and the calls of the first."""
+    root = tmp_path_factory.mktemp("corpora")
+    calls = [simulate_call(i, seed=3) for i in range(12)]
+    for name, chosen in (("a", calls[:8]), ("b", calls[4:])):
+        write_corpus(str(root / name / "train.jsonl"), chosen)
+    return root, calls[:8]
+
+
+def test_the_tokenizer_is_reused_only_when_it_fits(corpora, tmp_path, capsys):
+    root, calls = corpora
+    corpus = str(root / "a" / "train.jsonl")
+    out = str(tmp_path)
+    first = pretrain.get_tokenizer(out, corpus, calls, 300)
+    assert first.vocab_size == 300
+    assert json.loads((tmp_path / "tokenizer_record.json").read_text())["tokenizer"] == fingerprint(
+        tmp_path / "tokenizer.json")
+    pretrain.get_tokenizer(out, corpus, calls, 300)
+    assert "reused" in capsys.readouterr().out
+
+    assert pretrain.get_tokenizer(out, corpus, calls, 320).vocab_size == 320      # another vocabulary size
+    assert "made for another vocab size, trained again" in capsys.readouterr().out
+    pretrain.get_tokenizer(out, str(root / "b" / "train.jsonl"), calls, 320)      # another corpus
+    assert "made for another corpus, trained again" in capsys.readouterr().out
+
+    # One made by an older pretrain.py whose pre-tokenizer split on whitespace: the pipeline differs.
+    old = Tokenizer(models.BPE())
+    old.pre_tokenizer = pre_tokenizers.Whitespace()
+    old.train_from_iterator([render_call_text(c) for c in calls],
+                            trainers.BpeTrainer(vocab_size=320, special_tokens=list(SPECIAL_TOKENS)))
+    ChatTokenizer(old).save(out)
+    write_json(tmp_path / "tokenizer_record.json",
+               {"corpus": fingerprint(corpus), "vocab_size": 320,
+                "pipeline": pretrain.text_pipeline(ChatTokenizer(old)),
+                "tokenizer": fingerprint(tmp_path / "tokenizer.json")})
+    rebuilt = pretrain.get_tokenizer(out, corpus, calls, 320)
+    assert "made for another pipeline, trained again" in capsys.readouterr().out
+    assert pretrain.text_pipeline(rebuilt) != pretrain.text_pipeline(ChatTokenizer(old))
+
+
+def test_a_tokenizer_from_elsewhere_is_refused(corpora, tmp_path):
+    root, calls = corpora
+    corpus = str(root / "a" / "train.jsonl")
+    ChatTokenizer.train([render_call_text(c) for c in calls[:3]], 300).save(str(tmp_path))   # same size, other ids
+    with pytest.raises(ValueError, match=r"tokenizer.json: not made by pretrain.py for this folder \(there is no "
+                                         r"readable tokenizer_record.json beside it\)"):
+        pretrain.get_tokenizer(str(tmp_path), corpus, calls, 300)
+    (tmp_path / "tokenizer.json").unlink()
+    pretrain.get_tokenizer(str(tmp_path), corpus, calls, 300)
+    ChatTokenizer.train([render_call_text(c) for c in calls[:3]], 300).save(str(tmp_path))   # swapped afterwards
+    with pytest.raises(ValueError, match=r"not made by pretrain.py for this folder \(it has changed since\)"):
+        pretrain.get_tokenizer(str(tmp_path), corpus, calls, 300)
+
+
+def tiny_config(steps=3):
+    return Config(tokenizer=TokenizerConfig(vocab_size=300), model=dict(MODEL),
+                  pretrain=PretrainConfig(steps=steps, batch_size=2, seq_len=32, warmup_steps=1), source="test")
+
+
+def test_pretraining_refuses_a_folder_that_holds_a_model(corpora, tmp_path):
+    root, _ = corpora
+    pretrain.train(tiny_config(), str(root / "a"), str(tmp_path / "base"))
+    assert not (tmp_path / "base" / ".lock").exists()              # the lock is not carried into the model
+    with pytest.raises(ValueError, match=r"base: already holds a model \(config.json, model.safetensors\); "
+                                         r"pretraining would replace it"):
+        pretrain.train(tiny_config(), str(root / "a"), str(tmp_path / "base"))
+
+
+def test_ctrl_c_ends_with_one_line_naming_the_step(corpora, tmp_path, monkeypatch, capsys):
+    root, _ = corpora
+    real_loss, calls = pretrain.causal_lm_loss, []
+
+    def interrupted_in_step_3(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_loss(*args)
+    monkeypatch.setattr(pretrain, "causal_lm_loss", interrupted_in_step_3)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"tokenizer": {"vocab_size": 300}, "model": MODEL,
+                                  "pretrain": {"steps": 5, "batch_size": 2, "seq_len": 32, "warmup_steps": 1}}))
+    monkeypatch.setattr(sys, "argv", ["pretrain.py", "--config", str(config), "--data", str(root / "a"),
+                                      "--out", str(tmp_path / "base")])
+    with pytest.raises(SystemExit) as exit_:
+        pretrain.main()
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("interrupted after 2 of 5 steps; no model was saved (pretraining does "
+                                            "not resume): run the same command again to start over")
+    RunLock(str(tmp_path / "base")).acquire().release()             # the lock went with the run
