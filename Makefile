@@ -11,8 +11,8 @@ RUN    ?= runs/$(if $(filter tiny,$(NAME)),default,$(NAME))
 # Each config has its own corpus (its size is in the config): data/ for the default, data/<name>/ else.
 DATA   ?= data$(if $(filter tiny,$(NAME)),,/$(NAME))
 MODEL  ?=
-# The corpus size is part of the config (its "data" section); read it once here.
-DIALOGUES = $(shell $(PYTHON) -c "import json; print(json.load(open('$(CONFIG)'))['data']['dialogues'])")
+# RESUME=1: continue an interrupted `make train` (pretraining is kept when it finished; GRPO gets --resume).
+RESUME ?=
 
 # Idle OpenMP threads sleep instead of spinning: on a shared or busy machine spinning threads slowed
 # training about 5x here (measured while other jobs shared the 2 cores).
@@ -21,7 +21,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # made one 1000 x 1024 product 60 times slower (15 ms instead of 0.25 ms, measured here).
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install test bench data train eval ablations chat clean
+.PHONY: install test bench data train eval ablations chat clean FORCE
 
 install: $(VENV)/.installed
 
@@ -42,11 +42,17 @@ bench: install
 	$(PY) bench/retrieval.py
 	$(PY) bench/grpo_step.py
 
-# The simulated corpus: three agents write calls, then a split by call into train and test.
+# The simulated corpus: three agents write calls, then a split by call into train and test. Its size, seed
+# and noise are the config's data section, read by config.py (missing keys take their defaults).
+# $(DATA)/recipe.json records them and is rewritten only when they change, so make simulates again exactly
+# when the config asks for another corpus than the one in $(DATA).
 data: $(DATA)/train.jsonl
 
-$(DATA)/train.jsonl: | install
-	$(PY) simulate.py --dialogues $(DIALOGUES) --seed 0 --out $(DATA)/calls.jsonl
+$(DATA)/recipe.json: FORCE | install
+	$(PY) simulate.py --config $(CONFIG) --recipe $@
+
+$(DATA)/train.jsonl: $(DATA)/recipe.json
+	$(PY) simulate.py --config $(CONFIG) --out $(DATA)/calls.jsonl
 	$(PY) corpus.py split $(DATA)/calls.jsonl --train $(DATA)/train.jsonl --test $(DATA)/test.jsonl
 
 # The whole pipeline: corpus -> tokenizer + tiny base model -> GRPO directly on the base -> summary.
@@ -56,10 +62,13 @@ $(DATA)/train.jsonl: | install
 train: install data
 	$(PY) doga.py build --corpus $(DATA)/train.jsonl --out $(RUN)/scripts
 ifeq ($(MODEL),)
-	$(PY) pretrain.py --config $(CONFIG) --data $(DATA) --out $(RUN)/base --library $(RUN)/scripts
-	$(PY) grpo.py --config $(CONFIG) --model $(RUN)/base --data $(DATA) --out $(RUN) --library $(RUN)/scripts
+	$(if $(RESUME),test -f $(RUN)/base/model.safetensors || )$(PY) pretrain.py --config $(CONFIG) --data $(DATA) \
+		--out $(RUN)/base --library $(RUN)/scripts
+	$(PY) grpo.py --config $(CONFIG) --model $(RUN)/base --data $(DATA) --out $(RUN) --library $(RUN)/scripts \
+		$(if $(RESUME),--resume)
 else
-	$(PY) grpo.py --config $(CONFIG) --model $(MODEL) --data $(DATA) --out $(RUN) --library $(RUN)/scripts
+	$(PY) grpo.py --config $(CONFIG) --model $(MODEL) --data $(DATA) --out $(RUN) --library $(RUN)/scripts \
+		$(if $(RESUME),--resume)
 endif
 
 chat: install
@@ -77,3 +86,5 @@ ablations: install data
 
 clean:
 	rm -rf runs reports/*/checkpoints
+
+FORCE:

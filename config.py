@@ -2,7 +2,7 @@
 
 A config file (configs/*.json) has one section per stage:
 
-    data      how many calls the simulation writes
+    data      the simulated corpus: how many calls, the simulation's seed and its share of mistakes
     tokenizer the BPE vocabulary size (tiny model only; a real checkpoint brings its own)
     model     Hugging Face Qwen2 config fields for the tiny from-scratch model
     pretrain  causal-LM training of the base model (and the SFT baseline)
@@ -25,6 +25,8 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     dialogues: int = 2000          # simulated calls; 10% are held out as the test split
+    seed: int = 0                  # the simulation's seed: the same seed writes the same calls on any machine
+    noise: float = 0.2             # share of the scripted salesperson's turns that are realistic mistakes
 
 
 @dataclass
@@ -114,7 +116,7 @@ CHOICES = {
 POSITIVE = {"dialogues", "vocab_size", "steps", "batch_size", "seq_len", "learning_rate", "max_grad_norm",
             "num_generations", "num_iterations", "temperature", "max_prompt_length", "max_completion_length",
             "prompts_per_step", "eval_prompts"}
-UNIT_INTERVAL = {"min_lr_ratio", "epsilon", "epsilon_high", "top_p", "outline_share"}
+UNIT_INTERVAL = {"min_lr_ratio", "epsilon", "epsilon_high", "top_p", "outline_share", "noise"}
 # Every other number must be >= 0, except these, which must be < 0 (a floor on log-probabilities).
 NEGATIVE = {"bayes_floor"}
 # The tiny model's architecture: Qwen2Config fields (model.py reads them as a Hugging Face config.json).

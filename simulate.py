@@ -30,10 +30,17 @@ generator with ranges (world/personas.json), which keeps every number checkable.
 CLI:
     python simulate.py --dialogues N --seed S --out PATH [--noise P] [--domains A,B]
                        [--backend scripted|llm --model DIR]
+    python simulate.py --config CONFIG --out PATH       (N, S and P from the config's data section)
+    python simulate.py --config CONFIG --recipe PATH    (write what the corpus is made from, if it changed)
     python simulate.py --stats PATH
+
+`--recipe` is how `make data` notices a stale corpus: it writes the parameters (a JSON object) to PATH
+only when they differ from what PATH holds, so PATH's date changes exactly when the corpus must be
+simulated again, and make rebuilds the corpus when PATH is newer than it.
 """
 
 import argparse
+import json
 import math
 import random
 import sys
@@ -41,7 +48,9 @@ from collections import Counter
 
 from tqdm import tqdm
 
+from config import ConfigError, DataConfig, load_config
 from corpus import CorpusError, chat_messages, load_corpus, write_corpus
+from files import write_json
 from sales import (
     OUTCOMES,
     SALES_INTENTS,
@@ -61,7 +70,7 @@ from tokenizer import split_thought
 
 
 MAX_TURNS = 20        # the Manager ends a call that runs this long (outcome: declined)
-DEFAULT_NOISE = 0.2
+DEFAULT_NOISE = DataConfig.noise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -541,11 +550,14 @@ def generate_corpus(dialogues, seed, noise=DEFAULT_NOISE, domains=None, backend=
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Simulate sales calls (Customer, Salesperson, Manager) into a JSONL "
                                                  "corpus.")
+    parser.add_argument("--config", help="take --dialogues, --seed and --noise from this config's data section")
     parser.add_argument("--dialogues", type=int, help="number of calls to simulate")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, help=f"default: {DataConfig.seed}")
     parser.add_argument("--out", help="output JSONL path (written atomically)")
-    parser.add_argument("--noise", type=float, default=DEFAULT_NOISE,
-                        help="share of salesperson turns that are mistakes")
+    parser.add_argument("--noise", type=float, help=f"share of salesperson turns that are mistakes (default: "
+                                                    f"{DataConfig.noise})")
+    parser.add_argument("--recipe", metavar="PATH", help="write what the corpus is made from to PATH when it "
+                                                         "differs from what PATH holds, and exit")
     parser.add_argument("--domains", default=None, help="comma-separated domains (default: all)")
     parser.add_argument("--backend", choices=("scripted", "llm"), default="scripted")
     parser.add_argument("--model", default=None, help="local instruct checkpoint folder (llm backend)")
@@ -555,8 +567,19 @@ def main(argv=None):
         if args.stats:
             print_stats(corpus_stats(load_corpus(args.stats)))
             return 0
-        if args.dialogues is None or args.out is None:
-            parser.error("--dialogues and --out are required (or --stats PATH)")
+        if args.config:   # its data section, missing keys at config.py's defaults; an explicit flag wins
+            data = load_config(args.config).data
+            for key in ("dialogues", "seed", "noise"):
+                if getattr(args, key) is None:
+                    setattr(args, key, getattr(data, key))
+        args.seed = DataConfig.seed if args.seed is None else args.seed
+        args.noise = DataConfig.noise if args.noise is None else args.noise
+        if args.dialogues is None or (args.out is None and args.recipe is None):
+            parser.error("--dialogues (or --config) and --out (or --recipe) are required, or --stats PATH")
+        if args.recipe:
+            update_recipe(args.recipe, {"dialogues": args.dialogues, "seed": args.seed, "noise": args.noise,
+                                        "domains": args.domains, "backend": args.backend, "model": args.model})
+            return 0
         if args.dialogues < 1:
             parser.error("--dialogues must be at least 1")
         if not 0.0 <= args.noise <= 1.0:
@@ -577,9 +600,21 @@ def main(argv=None):
         if backend is not None:
             print(f"llm fallbacks to scripted text: {dict(backend.fallbacks)} of {dict(backend.attempts)} attempts")
         return 0
-    except (CorpusError, ValueError, OSError) as error:
+    except (ConfigError, CorpusError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def update_recipe(path, recipe):
+    """Write `recipe` to `path` unless it already holds it (then its date stays: nothing to rebuild)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if json.load(handle) == recipe:
+                return
+            print(f"{path}: the corpus was made from other parameters, it will be simulated again")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    write_json(path, recipe, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""`make train` with the smoke config: the whole pipeline, from simulation to the held-out summary."""
+"""`make data` follows the config; `make train` with the smoke config: the whole pipeline, from simulation
+to the held-out summary."""
 import json
 import os
 import subprocess
 
-from config import load_config
+from config import DataConfig, load_config
 from model import load_pretrained
 from reward import BEHAVIOUR_KEYS, REWARD_KEYS
 
@@ -33,3 +34,27 @@ def test_make_train_smoke(tmp_path):
     assert summary["prompts"] == config.grpo.eval_prompts
     assert set(summary["base"]) == set(summary["grpo"]) == set(REWARD_KEYS + BEHAVIOUR_KEYS)
     assert "held-out reward" in result.stdout
+
+
+def make_data(config, data):
+    result = subprocess.run(["make", "-C", ROOT, "data", f"CONFIG={config}", f"DATA={data}"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return sum(1 for name in ("train.jsonl", "test.jsonl") for _ in open(data / name))
+
+
+def test_make_data_simulates_again_when_the_config_asks_for_another_corpus(tmp_path):
+    config, data = tmp_path / "config.json", tmp_path / "data"
+    config.write_text(json.dumps({"data": {"dialogues": 6}}))
+    assert make_data(config, data) == 6
+    made = (data / "train.jsonl").stat().st_mtime_ns
+    assert make_data(config, data) == 6 and (data / "train.jsonl").stat().st_mtime_ns == made   # up to date
+    config.write_text(json.dumps({"data": {"dialogues": 8}}))
+    assert make_data(config, data) == 8
+    made = (data / "train.jsonl").stat().st_mtime_ns
+    config.write_text(json.dumps({"data": {"dialogues": 8, "noise": 0.5}}))
+    assert make_data(config, data) == 8 and (data / "train.jsonl").stat().st_mtime_ns != made
+    assert json.load(open(data / "recipe.json"))["noise"] == 0.5
+    config.write_text(json.dumps({"grpo": {"steps": 3}}))         # no data section: config.py's defaults
+    assert make_data(config, data) == DataConfig().dialogues
