@@ -137,11 +137,16 @@ def load_corpus(path, skip_invalid=False):
     A bad line raises CorpusError naming the file, the line number and the field; with skip_invalid=True
     bad lines are skipped and their count is reported on stderr (never silently)."""
     calls, seen_ids, skipped = [], {}, 0
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as handle:   # bytes: a line that is not UTF-8 is reported like any other bad line
+        for line_number, raw in enumerate(handle, start=1):
             try:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise CorpusError(f"not UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the "
+                                      "line)") from None
+                if not line.strip():
+                    continue
                 try:
                     call = json.loads(line)
                 except json.JSONDecodeError as error:

@@ -95,6 +95,15 @@ def test_bad_json_and_duplicate_ids(corpus_file):
         load_corpus(corpus_file)
 
 
+def test_a_byte_that_is_not_utf8_names_file_and_line(corpus_file):
+    lines = corpus_file.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b'"text": "', b'"text": "Caf\xe9 ', 1)      # a Latin-1 byte, not UTF-8
+    corpus_file.write_bytes(b"".join(lines))
+    with pytest.raises(CorpusError, match=rf"^{corpus_file}:3: not UTF-8 \(byte 0xe9 at byte \d+ of the line\)"):
+        load_corpus(corpus_file)
+    assert len(load_corpus(corpus_file, skip_invalid=True)) == len(lines) - 1
+
+
 def test_skip_invalid_skips_and_says_how_many(corpus_file, calls, capsys):
     lines = corpus_file.read_text().splitlines()
     lines[1], lines[7] = "not json", lines[7].replace('"outcome": "', '"outcome": "x')
