@@ -674,24 +674,37 @@ def print_intent_report(report, out=sys.stdout):
 
 
 def chat(model_dir, library_dir, product_id=None, persona_seed=0):
+    """Talk to the DOGA agent as the customer. The call ends with /quit or end of input (Ctrl-D); a message
+    too long for the model's prompt is refused with a note, and the call goes on."""
     world = load_world()
     products = {p["id"]: p for domain in world.products.values() for p in domain}
     product = products[product_id] if product_id else next(iter(products.values()))
     visible = make_persona(product["domain"], product, random.Random(persona_seed))["visible"]
     agent = DogaAgent(*load_with_tokenizer(model_dir), ScriptLibrary.load(library_dir))
     print(f"product {product['id']} ({product['name']}); you are: {json.dumps(visible)}")
-    print("type as the customer; /outline shows the last outline, /quit ends the call")
-    turns = []
+    print("type as the customer; /outline shows the last outline, /quit or Ctrl-D ends the call")
+    turns, outline = [], None
     while True:
-        thought, reply, outline = agent.respond({"product": product, "customer": {"visible": visible}, "turns": turns})
-        turns.append({"role": "sales", "text": reply})       # the stage moves by what was said, not planned
-        print(f"[thought] {thought}\nsalesperson> {reply}")
+        try:
+            thought, reply, outline = agent.respond({"product": product, "customer": {"visible": visible},
+                                                     "turns": turns})
+            turns.append({"role": "sales", "text": reply})   # the stage moves by what was said, not planned
+            print(f"[thought] {thought}\nsalesperson> {reply}")
+        except PromptTooLong as error:
+            if not turns or turns[-1]["role"] != "customer":
+                raise
+            turns.pop()
+            print(f"(that message does not fit the model's prompt: {error}. Say it in fewer words)")
         while True:
-            line = input("you> ").strip()
+            try:
+                line = input("you> ").strip()
+            except EOFError:
+                print("\ncall ended")
+                return
             if line == "/quit":
                 return
             if line == "/outline":
-                print(outline.render())
+                print(outline.render() if outline else "(no outline yet)")
             elif line:
                 turns.append({"role": "customer", "text": line})
                 break
@@ -732,6 +745,9 @@ def main(argv=None):
     except (CorpusError, ValueError, OSError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted" + (": call ended" if args.command == "chat" else ""), file=sys.stderr)
+        return 130   # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import doga
 from corpus import training_samples
 from doga import (
     DogaAgent,
@@ -22,7 +23,7 @@ from doga import (
     fill_slots,
     track_call,
 )
-from model import Qwen2, Qwen2Config
+from model import Qwen2, Qwen2Config, save_pretrained
 from sales import MISTAKE_INTENTS, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, load_world, slot_values
 from simulate import make_persona, run_call, simulate_call
 from tokenizer import ChatTokenizer, render_chat
@@ -224,3 +225,47 @@ def test_doga_prompt_is_the_training_prompt(library, tokenizer, calls):
     text = tokenizer.decode(ids)
     assert len(ids) <= full // 2 and text.startswith("<|im_start|>system\nYou are a telesales agent")
     assert text.endswith(f"{outline.whisper()}<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.fixture(scope="module")
+def chat_folders(library, tokenizer, tmp_path_factory):
+    """A tiny random model (with its tokenizer) and the library, saved where `doga.py chat` reads them."""
+    root = tmp_path_factory.mktemp("chat")
+    torch.manual_seed(0)
+    model = Qwen2(Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    save_pretrained(model, str(root / "model"))
+    tokenizer.save(str(root / "model"))
+    library.save(str(root / "scripts"))
+    return ["chat", "--model", str(root / "model"), "--library", str(root / "scripts")]
+
+
+def typed(monkeypatch, lines):
+    """Feed `lines` to input() one by one; an exception class in the list is raised instead."""
+    lines = iter(lines)
+
+    def fake_input(prompt=""):
+        line = next(lines)
+        if isinstance(line, type):
+            raise line
+        return line
+    monkeypatch.setattr("builtins.input", fake_input)
+
+
+def test_chat_ends_cleanly_on_ctrl_d_and_ctrl_c(chat_folders, monkeypatch, capsys):
+    typed(monkeypatch, ["Hello?", EOFError])
+    assert doga.main(chat_folders) == 0
+    out = capsys.readouterr().out
+    assert out.count("salesperson> ") == 2 and out.rstrip().endswith("call ended")
+    typed(monkeypatch, [KeyboardInterrupt])
+    assert doga.main(chat_folders) == 130
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "interrupted: call ended" and "Traceback" not in captured.err
+
+
+def test_chat_survives_a_message_too_long_for_the_prompt(chat_folders, monkeypatch, capsys):
+    typed(monkeypatch, [" ".join(["tell me everything about the price"] * 400), "And the price?", "/quit"])
+    assert doga.main(chat_folders) == 0
+    out = capsys.readouterr().out
+    assert "that message does not fit the model's prompt: " in out and "more than max_prompt_length" in out
+    assert out.count("salesperson> ") == 2                        # the call went on after the refusal
