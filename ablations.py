@@ -25,6 +25,7 @@ CLI:
 import argparse
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict
 
@@ -34,7 +35,7 @@ from config import ConfigError, load_config
 from corpus import load_corpus, split_calls, write_corpus
 from doga import ScriptLibrary
 from evaluate import EvalSettings, evaluate_system, make_eval_setup
-from files import read_jsonl, write_json
+from files import RunLock, read_jsonl, write_json
 from report import write_report
 
 
@@ -75,15 +76,26 @@ def arm_config(plan, work_dir, name, extra=None):
     return load_config(path)
 
 
-def train_once(model_dir, recipe, train):
+def train_once(model_dir, recipe, train, folder=None):
     """Run train() unless model_dir already holds a model made by the same recipe (a JSON dict of
-    config sections, starting model and data), so that a rerun of make ablations resumes by arm."""
+    config sections, starting model and data), so that a rerun of make ablations resumes by arm.
+
+    Otherwise the arm's `folder` (its run folder; default model_dir) is removed first when it exists:
+    it holds an arm made by another recipe or left unfinished, and pretrain.py and grpo.py refuse to
+    train into a folder that holds a run. It is this module's own work folder, and the run lock (held
+    while removing) makes sure no running arm is in it.
+    """
     stamp = os.path.join(model_dir, "recipe.json")
     if os.path.exists(stamp) and os.path.exists(os.path.join(model_dir, "config.json")):
         with open(stamp) as handle:
             if json.load(handle) == recipe:
                 print(f"{model_dir}: already trained by this recipe, reused")
                 return model_dir
+    folder = folder or model_dir
+    if os.path.exists(folder):
+        print(f"{folder}: made by another recipe or unfinished, trained again from scratch")
+        with RunLock(folder):
+            shutil.rmtree(folder)
     train()
     write_json(stamp, recipe, indent=1)
     return model_dir
@@ -150,14 +162,15 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
                             ("grpo_no_bayes", no_bayes_config, base)):
         out = os.path.join(work_dir, name)
         models[name] = train_once(os.path.join(out, "final"), recipe(cfg, init, "grpo", "reward"),
-                                  lambda cfg=cfg, init=init, out=out: grpo.train(cfg, init, data_dir, out))
+                                  lambda cfg=cfg, init=init, out=out: grpo.train(cfg, init, data_dir, out), out)
     holdout_base = os.path.join(work_dir, "holdout", "base")
     train_once(holdout_base, recipe(config, None, *pretrain_sections, data=holdout_id),
                lambda: pretrain.train(config, holdout_data, holdout_base))
     holdout_out = os.path.join(work_dir, "holdout", "grpo")
     models["holdout_grpo"] = train_once(os.path.join(holdout_out, "final"),
                                         recipe(config, holdout_base, "grpo", "reward", data=holdout_id),
-                                        lambda: grpo.train(config, holdout_base, holdout_data, holdout_out))
+                                        lambda: grpo.train(config, holdout_base, holdout_data, holdout_out),
+                                        holdout_out)
     trained_at = time.time()
 
     # Evaluation: every system under the same reward (the common config's weights, bayes included).

@@ -28,3 +28,19 @@ def test_ablation_plan_and_arm_configs(tmp_path):
                                      "eval": {"turns_per_stag": 2}}))
     with pytest.raises(ConfigError, match="turns_per_stag"):
         ablations.load_plan(str(plan_path))
+
+
+def test_an_arm_of_another_recipe_is_trained_again_in_a_clean_folder(tmp_path):
+    arm = tmp_path / "grpo"
+    (arm / "final").mkdir(parents=True)
+    (arm / "metrics.jsonl").write_text('{"step": 0}\n')               # an unfinished run of another recipe
+    seen = []
+
+    def train():
+        seen.append(sorted(p.name for p in arm.iterdir()) if arm.exists() else None)
+        (arm / "final").mkdir(parents=True)
+        (arm / "final" / "config.json").write_text("{}")
+    assert ablations.train_once(str(arm / "final"), {"lr": 1}, train, str(arm)) == str(arm / "final")
+    assert seen == [None]                                           # trained into an empty place
+    ablations.train_once(str(arm / "final"), {"lr": 1}, lambda: seen.append("again"), str(arm))
+    assert seen == [None]                                           # the same recipe: reused
