@@ -9,12 +9,14 @@ import json
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
 import evaluate
 import grpo
 import pretrain
+from bounds import dot_bound
 from config import RewardConfig, load_config
 from corpus import render_call_text, write_corpus
 from doga import ScriptLibrary
@@ -90,7 +92,9 @@ def test_reference_answers_score_similarity_one_and_intent_appropriate(scorer):
     answers = [(format_assistant("Say what a good salesperson says.", s.reference), False) for _, s in selected]
     records = evaluate.score_turns(selected, answers, reward_fn)
     for record, (_, sample) in zip(records, selected):
-        assert record["similarity"] == pytest.approx(1.0, abs=1e-5)
+        # the float32 sum of squares of a unit vector: within gamma_m of 1 (tests/test_reward.py says why)
+        nonzero = np.count_nonzero(reward_fn.embedder.encode([sample.reference])[0])
+        assert abs(record["similarity"] - 1) <= dot_bound(nonzero + 3)
         assert record["intent_appropriate"] and record["reply_intent"] == sample.intent
         assert record["format"] == 1.0 and record["faithfulness"] == 1.0
         assert record["reply_words"] == len(sample.reference.split())

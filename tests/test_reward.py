@@ -1,5 +1,10 @@
 """Composite reward: each term on hand-made cases; `bayes` against a direct float64 computation; and the
-reward rewards selling: hand-made replies to real corpus turns are ordered as a sales coach would order them."""
+reward rewards selling: hand-made replies to real corpus turns are ordered as a sales coach would order them.
+
+Tolerances follow from error bounds (tests/bounds.py): `bayes` within a small factor of the error the
+direct computation makes in float32 on the same inputs; a similarity, one float32 dot product of unit
+vectors, within gamma_m of the exact value for its m non-zero terms.
+"""
 import copy
 import re
 
@@ -7,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from bounds import assert_within_reference_error, dot_bound, unit_roundoff
 from config import RewardConfig
 from corpus import render_call_text, training_samples
 from model import Qwen2, Qwen2Config
@@ -28,11 +34,11 @@ def tiny():
     return calls, tokenizer, model, samples, fit_similarity_embedder(samples)
 
 
-def direct_bayes(model, tokenizer, prompt, thought, reference):
-    """float64, no batching, no kernel: the answer text encoded whole after the prompt, full logits,
-    log_softmax gathered by hand; a token belongs to the thought (reference) when the text decoded
-    before it ends inside the thought (at or after the start of the reference)."""
-    model64 = copy.deepcopy(model).double()
+def direct_bayes(model, tokenizer, prompt, thought, reference, dtype=torch.float64):
+    """No batching, no kernel, in `dtype` (float64: the exact value): the answer text encoded whole after
+    the prompt, full logits, log_softmax gathered by hand; a token belongs to the thought (reference) when
+    the text decoded before it ends inside the thought (at or after the start of the reference)."""
+    model64 = copy.deepcopy(model).to(dtype)
     prompt_ids = tokenizer.encode(prompt)
     answer = format_assistant(thought, reference)
     answer_ids = tokenizer.encode(answer)
@@ -40,7 +46,7 @@ def direct_bayes(model, tokenizer, prompt, thought, reference):
     thought_start = answer.index(thought)
     reference_start = answer.rindex(reference)
     ids = torch.tensor([prompt_ids + answer_ids])
-    logprobs = torch.log_softmax(model64(ids)[0].double(), dim=-1)          # [T, V]
+    logprobs = torch.log_softmax(model64(ids)[0], dim=-1)                   # [T, V]
 
     def mean_over(chosen):
         positions = [len(prompt_ids) + i for i, keep in enumerate(chosen) if keep]
@@ -55,11 +61,11 @@ def test_bayes_matches_float64_direct_computation(tiny):
     thoughts = ["Ask about their orders first.", "Price worries them.", "x", "Close now.", "Explain the steps."]
     prior, likelihood = bayes_terms(model, tokenizer, [tokenizer.encode(s.prompt) for s in chosen], thoughts,
                                     [s.reference for s in chosen])
-    for i, (sample, thought) in enumerate(zip(chosen, thoughts)):   # batch rows differ in length: padding
-        expected_prior, expected_likelihood = direct_bayes(model, tokenizer, sample.prompt, thought,
-                                                           sample.reference)
-        assert prior[i].item() == pytest.approx(expected_prior, abs=1e-4)
-        assert likelihood[i].item() == pytest.approx(expected_likelihood, abs=1e-4)
+    exact, plain = [], []                                           # batch rows differ in length: padding
+    for sample, thought in zip(chosen, thoughts):
+        exact.append(direct_bayes(model, tokenizer, sample.prompt, thought, sample.reference))
+        plain.append(direct_bayes(model, tokenizer, sample.prompt, thought, sample.reference, torch.float32))
+    assert_within_reference_error(torch.stack([prior, likelihood], 1), np.array(plain), np.array(exact))
 
 
 def test_bayes_runs_a_prompt_shared_by_several_rows_once_with_the_same_result(tiny):
@@ -95,10 +101,13 @@ def test_terms_and_weighted_total(tiny):
     terms = reward([sample] * 7, [tokenizer.encode(sample.prompt)] * 7, completions, truncated)
 
     assert terms["format"].tolist() == [1, 1, 1, 0, 0, 0, 0]
-    assert terms["similarity"][0].item() == pytest.approx(1.0, abs=1e-5)       # reply == reference
     masked = [mask_values(text, sample.product, sample.visible) for text in (wrong, sample.reference)]
     vectors = embedder.encode(masked).astype(np.float64)
-    assert terms["similarity"][1].item() == pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-5)
+    # reply == reference: the float32 sum of squares of a unit vector (entries rounded to float32: 2u on
+    # the sum; the products: u) is within gamma_m of 1, m its non-zero entries.
+    assert abs(terms["similarity"][0].item() - 1) <= dot_bound(np.count_nonzero(vectors[1]) + 3)
+    m = np.count_nonzero(vectors[0] * vectors[1])                  # the terms of the dot product
+    assert abs(terms["similarity"][1].item() - vectors[0] @ vectors[1]) <= dot_bound(m) + unit_roundoff()
     assert terms["faithfulness"][0].item() == 1.0
     # By hand: the wrong price is one wrong number among the reply's numbers; it covers every fact but the price.
     reply, reference = (check_claims(text, sample.product, sample.visible) for text in (wrong, sample.reference))
@@ -111,9 +120,10 @@ def test_terms_and_weighted_total(tiny):
     for row in (3, 4, 5, 6):
         assert terms["similarity"][row] == 0 and terms["faithfulness"][row] == 0 and terms["manager"][row] == 0
         assert terms["bayes"][row].item() == 2 * config.bayes_floor
-    prior, likelihood = bayes_terms(model, tokenizer, [tokenizer.encode(sample.prompt)],
-                                    ["Quote the real price."], [sample.reference])
-    assert terms["bayes"][0].item() == pytest.approx(max(prior.item(), -10) + max(likelihood.item(), -10), abs=1e-5)
+    exact = direct_bayes(model, tokenizer, sample.prompt, "Quote the real price.", sample.reference)
+    plain = direct_bayes(model, tokenizer, sample.prompt, "Quote the real price.", sample.reference, torch.float32)
+    assert min(exact) > config.bayes_floor                          # the floor does not apply: no clamp
+    assert_within_reference_error(terms["bayes"][:1], [sum(plain)], [sum(exact)])
     expected_total = (1.0 * terms["format"] + 2.0 * terms["similarity"] + 0.5 * terms["faithfulness"]
                       + 0.7 * terms["manager"] + 0.1 * terms["bayes"])
     torch.testing.assert_close(terms["total"], expected_total)
