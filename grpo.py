@@ -34,6 +34,11 @@ Simplified, and why:
   probabilities, which padding can change; see model.generate_groups). This is what makes runs
   reproducible, resumable and identical across process counts.
 * No vLLM-style serving, no gradient accumulation, no reward models: the lean loop of the method.
+
+The run folder: rank 0 locks it (files.RunLock) for the whole run and records what the run is made of
+(`run.json`: the grpo and reward config sections, the base model's and the corpus's fingerprints), also
+in every checkpoint. A fresh run refuses a folder that already holds a run; `--resume` refuses a
+checkpoint recorded with other inputs. A checkpoint holds safetensors and JSON only, never a pickle.
 """
 
 import argparse

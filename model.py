@@ -856,7 +856,11 @@ def weights_fingerprint(path) -> str:
     of a sharded checkpoint (combined into one). What a GRPO run records of the base model it started from."""
     folder = Path(path)
     index_file = folder / WEIGHTS_INDEX_FILE
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: checkpoint folder not found")
     if not index_file.is_file():
+        if not (folder / WEIGHTS_FILE).is_file():
+            raise CheckpointError(f"{folder}: no weights found (expected {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE})")
         return fingerprint(folder / WEIGHTS_FILE)
     try:
         shards = set(json.loads(index_file.read_text())["weight_map"].values())
