@@ -22,7 +22,8 @@ import torch.multiprocessing as mp
 import grpo
 from bounds import dot_bound
 from config import Config, GRPOConfig
-from corpus import render_call_text, write_corpus
+from corpus import load_corpus, render_call_text, write_corpus
+from doga import ScriptLibrary
 from files import RunLock, RunLocked, fingerprint
 from model import Qwen2, Qwen2Config, load_pretrained, save_pretrained, sequence_logprobs
 from reward import BEHAVIOUR_KEYS, REWARD_KEYS, TERMS
@@ -61,11 +62,12 @@ def setup(tmp_path_factory):
     return root, Config(grpo=settings, source="test")
 
 
-def run(setup_, out, monkeypatch, resume=False, base=None, data=None, **overrides):
+def run(setup_, out, monkeypatch, resume=False, base=None, data=None, library=None, **overrides):
     root, config = setup_
     config = dataclasses.replace(config, grpo=dataclasses.replace(config.grpo, **overrides))
     monkeypatch.setattr(grpo, "CompositeReward", LetterReward)
-    grpo.train(config, str(base or root / "base"), str(data or root), str(out), resume=resume, audit=True)
+    grpo.train(config, str(base or root / "base"), str(data or root), str(out), resume=resume, audit=True,
+               library_dir=library and str(library))
     return out
 
 
@@ -325,6 +327,24 @@ def test_a_fresh_run_refuses_a_used_folder_and_resume_refuses_other_inputs(setup
     shutil.copytree(root / "base", moved)
     run(setup, out, monkeypatch, resume=True, base=moved, steps=3)
     assert [r["step"] for r in metrics(out)] == [0, 1, 2]
+
+
+def test_the_script_library_is_part_of_what_a_run_is(setup, finished, tmp_path, monkeypatch):
+    """With outline_share > 0 the prompts carry DOGA's outlines: the library is an input like the corpus."""
+    root, _ = setup
+    calls = load_corpus(str(root / "train.jsonl"))
+    ScriptLibrary.build(calls, progress=False).save(str(tmp_path / "scripts"))
+    with pytest.raises(grpo.CheckpointError, match=r"DOGA script library: none when recorded, .*scripts "
+                                                   r"\(sha256:.*\) now"):
+        run(setup, copy_of(finished, tmp_path), monkeypatch, resume=True, library=tmp_path / "scripts")
+
+    out = run(setup, tmp_path / "outlined", monkeypatch, library=tmp_path / "scripts", steps=2, save_steps=2)
+    ScriptLibrary.build(calls, progress=False).save(str(tmp_path / "scripts"))    # as every `make train` does
+    run(setup, out, monkeypatch, resume=True, library=tmp_path / "scripts", steps=3)   # the same bytes: accepted
+    assert [r["step"] for r in metrics(out)] == [0, 1, 2]
+    ScriptLibrary.build(calls[:-2], progress=False).save(str(tmp_path / "scripts"))   # from other calls
+    with pytest.raises(grpo.CheckpointError, match=r"DOGA script library: .*scripts \(sha256:.*\) when recorded"):
+        run(setup, out, monkeypatch, resume=True, library=tmp_path / "scripts", steps=4)
 
 
 def test_resume_refuses_a_run_that_recorded_nothing(setup, finished, tmp_path, monkeypatch):
