@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 
+import torch
+
 from config import DataConfig, load_config
 from model import load_pretrained
 from reward import BEHAVIOUR_KEYS, REWARD_KEYS
@@ -28,8 +30,14 @@ def test_make_train_smoke(tmp_path):
         assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(run / folder))
     assert load_pretrained(str(run / "final")).config.num_hidden_layers == config.model["num_hidden_layers"]
     assert (run / "scripts").is_dir()
-    steps = [json.loads(line)["step"] for line in open(run / "metrics.jsonl")]
-    assert steps == list(range(config.grpo.steps))
+    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [r["step"] for r in records] == list(range(config.grpo.steps))
+    # The smoke run trains: some group has a reward spread, so some step has a gradient, and the final
+    # weights are not the base's (tests built on this run would otherwise pass for the wrong reason).
+    assert min(r["zero_std_groups"] for r in records) < config.grpo.prompts_per_step
+    assert max(r["grad_norm"] for r in records) > 0
+    base, final = (load_pretrained(str(run / folder)).state_dict() for folder in ("base", "final"))
+    assert any(not torch.equal(base[name], final[name]) for name in base)
     summary = json.load(open(run / "summary.json"))
     assert summary["prompts"] == config.grpo.eval_prompts
     assert set(summary["base"]) == set(summary["grpo"]) == set(REWARD_KEYS + BEHAVIOUR_KEYS)
