@@ -9,11 +9,12 @@ For a prompt (the call so far) with reference reply A*, a completion `<think>Th<
 * similarity    cosine of reply and A* under the TF-IDF embedder of retrieval.py, both with their names and
                 numbers masked (sales.mask_values): it measures the phrasing of the move, so repeating the
                 customer's name or a number is no likeness.
-* faithfulness  precision x coverage over *distinct* claims (sales.check_claims, the checker the Manager
-                labels with): precision is the share of the reply's numbers the sheet or profile supports
-                (another product's or company's name counts as wrong, the product's own name does not raise
-                it); coverage is the share of A*'s facts the reply states, so a claim-free reply earns
-                nothing where A* gives facts. A forbidden promise scores 0.
+* faithfulness  precision x coverage - (1 - precision), over *distinct* claims (sales.check_claims, the
+                checker the Manager labels with), in [-1, 1]: precision is the share of the reply's numbers the
+                sheet or profile supports (another product's or company's name counts as wrong, the product's
+                own name does not raise it); coverage is the share of A*'s facts the reply states. A claim-free
+                reply earns nothing where A* gives facts, and a wrong claim costs: leaving a fact out beats
+                getting it wrong. A forbidden promise scores -1.
 * manager       the Manager's view of the move (sales.stage_move on the reply's intent in the stage the call
                 was in): 1 for the move A* made, 0.5 for another on-stage move, 0 for an off-stage move or a
                 mistake (pressure, a generic pitch).
@@ -33,8 +34,8 @@ Otherwise it runs each distinct prompt once, and the answers of its rows (a GRPO
 prompt's keys and values (model.continuation_logprobs).
 
 A malformed or truncated completion never raises: it gets format 0, similarity, faithfulness and manager 0
-and bayes = 2 * bayes_floor, the lowest value the term can take. Every term is returned separately for logs
-and audits. Weights and their reasons live in config.RewardConfig.
+(what it says is not judged) and bayes = 2 * bayes_floor, the lowest value the term can take. Every term is
+returned separately for logs and audits. Weights and their reasons live in config.RewardConfig.
 
 Left out: a learned reward model or LLM judge (evaluate.py has the optional judge), and any reward for
 the customer's reaction (that is the closed-loop evaluation's job, not a per-turn training signal).
@@ -88,20 +89,24 @@ def bayes_terms(model, tokenizer, prompt_ids, thoughts, references, shared_prefi
 
 
 def faithfulness_score(reply, reference):
-    """Faithfulness of a reply from its ClaimCheck and the reference's: precision x coverage, in [0, 1].
+    """Faithfulness of a reply from its ClaimCheck and the reference's, in [-1, 1]: facts earn, falsehoods cost.
+
+        faithfulness = precision x coverage - (1 - precision)
 
     precision  distinct supported numbers / (distinct numbers + distinct wrong names), 1 when there are none.
                The product's and the company's own names are facts, but they do not raise precision: naming
                the product cannot excuse a wrong price.
     coverage   share of the reference's distinct facts the reply states, 1 when the reference states none.
-    A forbidden promise scores 0."""
+    So the reference's facts said right score 1, nothing checkable where the reference gives facts 0, and
+    a wrong number -1: leaving a fact out always beats getting it wrong, as it does with a real customer.
+    A forbidden promise scores -1."""
     if reply.forbidden:
-        return 0.0
+        return -1.0
     numbers = sum(kind == "number" for kind, _ in reply.facts)
     checked = numbers + len(reply.wrong)
     precision = numbers / checked if checked else 1.0
     coverage = len(reply.facts & reference.facts) / len(reference.facts) if reference.facts else 1.0
-    return precision * coverage
+    return precision * coverage - (1.0 - precision)
 
 
 def fit_similarity_embedder(samples):

@@ -112,9 +112,10 @@ def test_terms_and_weighted_total(tiny):
     # By hand: the wrong price is one wrong number among the reply's numbers; it covers every fact but the price.
     reply, reference = (check_claims(text, sample.product, sample.visible) for text in (wrong, sample.reference))
     numbers = sum(kind == "number" for kind, _ in reply.facts)
-    expected = numbers / (numbers + 1) * (len(reference.facts) - 1) / len(reference.facts)
+    precision = numbers / (numbers + 1)
+    expected = precision * (len(reference.facts) - 1) / len(reference.facts) - (1 - precision)
     assert terms["faithfulness"][1].item() == pytest.approx(expected)
-    assert terms["faithfulness"][2].item() == 0.0                               # forbidden promise
+    assert terms["faithfulness"][2].item() == -1.0                              # forbidden promise
     assert terms["manager"][0].item() == 1.0                                    # the reference's own move
     # malformed or truncated: the defined floor on every term, no exception
     for row in (3, 4, 5, 6):
@@ -183,7 +184,9 @@ def test_a_minimal_answer_scores_below_a_correct_one(tiny):
 
 
 def test_a_wrong_number_scores_below_leaving_it_out(tiny):
-    for sample in turns_with_facts(tiny):
+    # diagnose_with_numbers: the reference's only facts are the customer's numbers, so leaving one out and
+    # getting it wrong both miss it; the wrong one must still score lower
+    for sample in turns_with_facts(tiny) + turns_with_facts(tiny, intents=("diagnose_with_numbers",)):
         number = spoken_numbers(sample.reference)[0]
         digits = re.sub(r"[^\d.]", "", number)
         wrong = sample.reference.replace(number, number.replace(digits, str(int(float(digits)) + 17)), 1)
