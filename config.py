@@ -57,8 +57,10 @@ class RewardConfig:
     format 1.0       the answer must be parseable before anything else can be scored;
     similarity 1.0   cosine in [0, 1] of reply and reference with names and numbers masked: the phrasing of
                      the move, never a shared name;
-    faithfulness 1.0 claim precision x coverage of the reference's facts, in [0, 1]; a forbidden promise
-                     scores 0. Equal to the move terms: a fluent but false reply is worse than a clumsy true one;
+    faithfulness 1.0 precision x coverage - (1 - precision) over distinct claims, in [-1, 1]; a forbidden
+                     promise scores -1. Equal to the move terms: a fluent but false reply is worse than a clumsy
+                     true one (weight 2 cut unsupported facts to nearly 0 but the agent skipped the diagnosis
+                     move: intent appropriateness fell 0.97 -> 0.86, README's research arms);
     manager 1.0      the Manager's view of the move in [0, 1]: the reference's move 1, another on-stage move
                      0.5, off-stage or a mistake 0. The customer reacts to the move first, so it weighs as
                      much as the facts;
