@@ -3,8 +3,9 @@
 The plan (configs/ablations.json, `load_plan`) names a base config, overrides for every trained arm, the
 SFT stage's pretraining overrides, a domain to hold out and the evaluation settings. The arms:
 
-* base (pretrain.py), SFT (pretrain.py --sft on the base), SFT then GRPO, direct GRPO, and GRPO without
-  the Bayesian reward (reward.bayes = 0), each measured with static and with DOGA prompting;
+* base (pretrain.py), SFT (pretrain.py --sft on the base), SFT then GRPO, direct GRPO, GRPO without
+  the Bayesian reward (reward.bayes = 0), and GRPO trained on static prompts only (grpo.outline_share = 0,
+  where direct GRPO trains as DOGA prompts), each measured with static and with DOGA prompting;
 * direct GRPO with DOGA whose predicted intents are flipped at 20% (`doga_noisy`);
 * a domain held out of training: base and GRPO trained on the other domains, and both it and the
   all-domain GRPO model measured on that domain's test calls and products.
@@ -12,7 +13,8 @@ SFT stage's pretraining overrides, a domain to hold out and the evaluation setti
 Every system is measured by evaluate.evaluate_system on the same turns and customers, under the same
 reward (the common config's weights, the frozen base as the Bayesian reference), and report.py writes
 the report. Each arm is trained once per recipe (`train_once`: config sections, starting model and
-data), so a rerun of `make ablations` resumes arm by arm.
+data), so a rerun of `make ablations` resumes arm by arm; the default run's base and GRPO model are reused
+when they were made exactly as an arm would be (`default_base_matches`, `default_grpo_matches`).
 
 Left out, and why: several seeds per arm and paired significance tests (a CPU budget of about one hour
 for all arms; the report's 95% intervals say how far one run can be trusted).
@@ -113,6 +115,20 @@ def default_base_matches(base_dir, config):
             and len(read_jsonl(os.path.join(base_dir, "metrics.jsonl"))) == config.pretrain.steps)
 
 
+def default_grpo_matches(run_dir, config, base, data_dir, library_dir):
+    """runs/default's GRPO model is the direct-GRPO arm when its run record (grpo.py's run.json) names the same
+    config, base model, corpus and library, and the run finished all its steps."""
+    try:
+        with open(os.path.join(run_dir, grpo.RUN_RECORD)) as handle:
+            recorded = json.load(handle)
+        finished = len(read_jsonl(os.path.join(run_dir, "metrics.jsonl"))) >= config.grpo.steps
+        same = not grpo.identity_differences(recorded, grpo.run_identity(config, base, data_dir, library_dir))
+        return (same and finished and recorded["config"]["grpo"]["steps"] == config.grpo.steps
+                and os.path.exists(os.path.join(run_dir, "final", "model.safetensors")))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return False
+
+
 def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir=None):
     started = time.time()
     plan = load_plan(plan_path)
@@ -120,14 +136,15 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
     config = arm_config(plan, work_dir, "common")
     sft_config = arm_config(plan, work_dir, "sft", {"pretrain": plan.get("sft", {})})
     no_bayes_config = arm_config(plan, work_dir, "grpo_no_bayes", {"reward": {"bayes": 0.0}})
+    static_config = arm_config(plan, work_dir, "grpo_static", {"grpo": {"outline_share": 0.0}})
     train_file = os.path.join(data_dir, "train.jsonl")
     train_calls = load_corpus(train_file)
     test_calls = load_corpus(os.path.join(data_dir, "test.jsonl"))
     data_id = {"train": os.path.abspath(train_file), "bytes": os.path.getsize(train_file)}
 
-    def recipe(cfg, init, *sections, data=data_id):
-        return {"init": init, "data": data, **{s: asdict(getattr(cfg, s)) if s != "model" else cfg.model
-                                                for s in sections}}
+    def recipe(cfg, init, *sections, data=data_id, library=None):
+        return {"init": init, "data": data, "library": library,
+                **{s: asdict(getattr(cfg, s)) if s != "model" else cfg.model for s in sections}}
 
     # The held-out domain: its calls leave the training split (split_calls puts them all in "test").
     domain = plan["holdout_domain"]
@@ -145,31 +162,39 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
     holdout_library_dir = os.path.join(work_dir, "holdout", "scripts")
     ScriptLibrary.build(holdout_train).save(holdout_library_dir)
 
-    # Models. Every trained arm's checkpoints live under work_dir (gitignored runs/).
+    # Models. Every trained arm's checkpoints live under work_dir (gitignored runs/). Pretraining and GRPO
+    # prompt with the outlines of the library built from the calls they train on, as `make train` does.
     pretrain_sections = ("tokenizer", "model", "pretrain")
     if default_base_matches(os.path.join(default_run, "base"), config):
         base = os.path.join(default_run, "base")
         print(f"base: reusing {base}")
     else:
         base = os.path.join(work_dir, "base")
-        train_once(base, recipe(config, None, *pretrain_sections),
-                   lambda: pretrain.train(config, data_dir, base))
+        train_once(base, recipe(config, None, *pretrain_sections, library=library_dir),
+                   lambda: pretrain.train(config, data_dir, base, library_dir=library_dir))
     models = {"base": base}
     models["sft"] = train_once(os.path.join(work_dir, "sft"), recipe(sft_config, base, "pretrain"),
                                lambda: pretrain.train(sft_config, data_dir, os.path.join(work_dir, "sft"),
                                                       sft=True, init=base))
     for name, cfg, init in (("grpo", config, base), ("sft_grpo", config, models["sft"]),
-                            ("grpo_no_bayes", no_bayes_config, base)):
+                            ("grpo_no_bayes", no_bayes_config, base), ("grpo_static", static_config, base)):
+        if name == "grpo" and default_grpo_matches(default_run, config, base, data_dir, library_dir):
+            models[name] = os.path.join(default_run, "final")
+            print(f"grpo: reusing {models[name]}")
+            continue
         out = os.path.join(work_dir, name)
-        models[name] = train_once(os.path.join(out, "final"), recipe(cfg, init, "grpo", "reward"),
-                                  lambda cfg=cfg, init=init, out=out: grpo.train(cfg, init, data_dir, out), out)
+        models[name] = train_once(os.path.join(out, "final"), recipe(cfg, init, "grpo", "reward", library=library_dir),
+                                  lambda cfg=cfg, init=init, out=out: grpo.train(cfg, init, data_dir, out,
+                                                                                 library_dir=library_dir), out)
     holdout_base = os.path.join(work_dir, "holdout", "base")
-    train_once(holdout_base, recipe(config, None, *pretrain_sections, data=holdout_id),
-               lambda: pretrain.train(config, holdout_data, holdout_base))
+    train_once(holdout_base, recipe(config, None, *pretrain_sections, data=holdout_id, library=holdout_library_dir),
+               lambda: pretrain.train(config, holdout_data, holdout_base, library_dir=holdout_library_dir))
     holdout_out = os.path.join(work_dir, "holdout", "grpo")
     models["holdout_grpo"] = train_once(os.path.join(holdout_out, "final"),
-                                        recipe(config, holdout_base, "grpo", "reward", data=holdout_id),
-                                        lambda: grpo.train(config, holdout_base, holdout_data, holdout_out),
+                                        recipe(config, holdout_base, "grpo", "reward", data=holdout_id,
+                                               library=holdout_library_dir),
+                                        lambda: grpo.train(config, holdout_base, holdout_data, holdout_out,
+                                                           library_dir=holdout_library_dir),
                                         holdout_out)
     trained_at = time.time()
 
@@ -177,7 +202,7 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
     library, holdout_library = ScriptLibrary.load(library_dir), ScriptLibrary.load(holdout_library_dir)
     setup = make_eval_setup(config, settings, train_calls, test_calls, base, judge_dir=judge_dir)
     systems = {}
-    for model_name in ("base", "sft", "sft_grpo", "grpo", "grpo_no_bayes"):
+    for model_name in ("base", "sft", "sft_grpo", "grpo", "grpo_no_bayes", "grpo_static"):
         for prompting in ("static", "doga"):
             name = f"{model_name}/{prompting}"
             systems[name] = evaluate_system(name, models[model_name], library, prompting, setup, out_dir)
@@ -190,9 +215,9 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
             systems[name] = evaluate_system(name, models[model_name], model_library, prompting, domain_setup, out_dir)
             systems[name]["eval_domain"] = domain
 
-    grpo_runs = (("grpo", ("grpo",)), ("sft_grpo", ("sft_grpo",)), ("grpo_no_bayes", ("grpo_no_bayes",)),
-                 ("holdout_grpo", ("holdout", "grpo")))
-    curves = {"grpo": {name: read_jsonl(os.path.join(work_dir, *path, "metrics.jsonl")) for name, path in grpo_runs},
+    grpo_runs = {name: os.path.dirname(models[name])
+                 for name in ("grpo", "sft_grpo", "grpo_no_bayes", "grpo_static", "holdout_grpo")}
+    curves = {"grpo": {name: read_jsonl(os.path.join(run, "metrics.jsonl")) for name, run in grpo_runs.items()},
               "pretrain": {"base": read_jsonl(os.path.join(base, "metrics.jsonl")),
                            "sft": read_jsonl(os.path.join(models["sft"], "metrics.jsonl")),
                            "holdout base": read_jsonl(os.path.join(holdout_base, "metrics.jsonl"))}}

@@ -8,8 +8,11 @@ has never been optimised for any reward. With `--sft` it instead trains on the s
 (prompt tokens masked out of the loss): the "SFT then GRPO" baseline of the paper's ablation.
 
 Each call is one row that starts at its system prompt (never mid-call, so every number the model learns to
-say stands in its context, the product sheet and profile above it: copying it is learnable, guessing it is
-not). Train as it infers: with a DOGA script library, `outline_share` of the calls carry DOGA's outline before
+say stands in its context, the product sheet and profile above it). What the tiny default base learns from
+that, measured (README, research arms): it says each product's own facts right once trained long enough
+(unsupported facts per closed-loop call 4.7 after 400 steps, 1.7 after 800), by tying them to the product
+rather than by copying: on repeated random tokens it never predicts the copy (no induction heads), and the
+customer's own numbers, which change every call, are the facts it still gets wrong. Train as it infers: with a DOGA script library, `outline_share` of the calls carry DOGA's outline before
 each salesperson turn, exactly as the DOGA agent prompts at inference, so the base learns to read outlines;
 the outlines are context, not corpus, so they get no loss. The base stays a model of the corpus as simulated,
 its deliberate mistakes included: cleaning the data with the Manager's labels is the SFT arm's business.

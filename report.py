@@ -42,19 +42,22 @@ def paper_claims(systems):
                ("Direct GRPO beats SFT then GRPO", "grpo/doga", "sft_grpo/doga", "higher"),
                ("Direct GRPO beats SFT alone (implied by the paper's main result)", "grpo/doga", "sft/doga", "higher"),
                ("Removing the Bayesian reward hurts", "grpo/doga", "grpo_no_bayes/doga", "higher"),
-               ("Intent-label noise degrades DOGA", "grpo/doga", "grpo/doga_noisy", "higher")]
+               ("Intent-label noise degrades DOGA", "grpo/doga", "grpo/doga_noisy", "higher"),
+               ("Not the paper's: GRPO on DOGA's prompts beats GRPO on static prompts, with DOGA", "grpo/doga",
+                "grpo_static/doga", "higher")]
     claims += [("Transfers to a domain held out of training", name, name.replace("holdout_grpo", "grpo"), "close")
                for name in systems if name.startswith("holdout_grpo")]
     return claims
 
 
 def claim_verdict(first, second, direction):
-    """Measured difference of the capability score (intent appropriateness) and of conversion, and a
-    verdict: the sign against the paper's direction, 'within noise' when the 95% intervals overlap."""
+    """Measured conversion (the closed loop, the headline), capability score (intent appropriateness) and total
+    reward of both systems, and a verdict on conversion: the sign against the paper's direction, 'within
+    noise' when the two 95% intervals overlap."""
     a, b = first["overall"]["intent_appropriateness"], second["overall"]["intent_appropriateness"]
     ca, cb = first["closed_loop"]["conversion"], second["closed_loop"]["conversion"]
-    difference = a["value"] - b["value"]
-    overlap = a["low"] <= b["high"] and b["low"] <= a["high"]
+    difference = ca["value"] - cb["value"]
+    overlap = ca["low"] <= cb["high"] and cb["low"] <= ca["high"]
     if direction == "close":
         verdict = "agrees" if overlap or difference >= 0 else "disagrees"
     elif difference == 0:
@@ -63,9 +66,9 @@ def claim_verdict(first, second, direction):
         verdict = "agrees in direction, within noise" if overlap else "agrees"
     else:
         verdict = "disagrees in direction, within noise" if overlap else "disagrees"
-    measured = (f"capability {a['value']:.0%} vs {b['value']:.0%} ({difference:+.0%}); total reward "
-                f"{first['overall']['total']:.3f} vs {second['overall']['total']:.3f}; conversion "
-                f"{ca['value']:.0%} vs {cb['value']:.0%}")
+    measured = (f"conversion {ca['value']:.0%} [{ca['low']:.0%}, {ca['high']:.0%}] vs {cb['value']:.0%} "
+                f"[{cb['low']:.0%}, {cb['high']:.0%}] ({difference:+.0%}); capability {a['value']:.0%} vs "
+                f"{b['value']:.0%}; total reward {first['overall']['total']:.3f} vs {second['overall']['total']:.3f}")
     return measured, verdict
 
 

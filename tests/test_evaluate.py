@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+import ablations
 import evaluate
 import grpo
 import pretrain
+import report
 from bounds import dot_bound
 from config import RewardConfig, load_config
 from corpus import render_call_text, write_corpus
@@ -246,6 +248,12 @@ def test_report_from_a_smoke_run(tmp_path):
     pretrain.train(config, str(data), str(run / "base"))
     grpo.train(config, str(run / "base"), str(data), str(run))
     ScriptLibrary.build(calls[:50], progress=False).save(str(run / "scripts"))
+    # make ablations reuses this run as its direct-GRPO arm only when it was made exactly as the arm would be.
+    assert ablations.default_grpo_matches(str(run), config, str(run / "base"), str(data), None)
+    assert not ablations.default_grpo_matches(str(run), config, str(run / "base"), str(data), str(run / "scripts"))
+    other = load_config(str(tmp_path / "config.json"))
+    other.reward.bayes = 0.0
+    assert not ablations.default_grpo_matches(str(run), other, str(run / "base"), str(data), None)
 
     settings = evaluate.EvalSettings(turns_per_stage=1, calls_per_product=1, batch_size=32)
     out = tmp_path / "report"
@@ -275,3 +283,18 @@ def test_report_from_a_smoke_run(tmp_path):
     assert "| system | opening | business_analysis |" in markdown and "| grpo/doga |" in markdown
     assert "DOGA beats static prompting" in markdown and "training_and_capabilities.png" in markdown
     assert (out / "training_and_capabilities.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_claim_verdict_judges_conversion_by_its_intervals():
+    def system(conversion, low, high, capability=0.5):
+        return {"overall": {"intent_appropriateness": {"value": capability, "low": 0.4, "high": 0.6}, "total": 1.0},
+                "closed_loop": {"conversion": {"value": conversion, "low": low, "high": high}}}
+    # Conversion decides, whatever the capability score says.
+    assert report.claim_verdict(system(0.6, 0.5, 0.7, 0.1), system(0.3, 0.2, 0.4, 0.9), "higher")[1] == "agrees"
+    assert report.claim_verdict(system(0.5, 0.4, 0.6), system(0.4, 0.3, 0.5), "higher")[1] == \
+        "agrees in direction, within noise"
+    assert report.claim_verdict(system(0.2, 0.1, 0.3), system(0.6, 0.5, 0.7), "higher")[1] == "disagrees"
+    assert report.claim_verdict(system(0.2, 0.1, 0.3), system(0.6, 0.5, 0.7), "close")[1] == "disagrees"
+    assert report.claim_verdict(system(0.5, 0.4, 0.6), system(0.6, 0.5, 0.7), "close")[1] == "agrees"
+    measured = report.claim_verdict(system(0.6, 0.5, 0.7), system(0.3, 0.2, 0.4), "higher")[0]
+    assert measured.startswith("conversion 60% [50%, 70%] vs 30% [20%, 40%] (+30%)")
