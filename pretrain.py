@@ -12,8 +12,10 @@ say stands in its context, the product sheet and profile above it). What the tin
 that, measured (README, research arms): it says each product's own facts right once trained long enough
 (unsupported facts per closed-loop call 4.7 after 400 steps, 1.7 after 800), by tying them to the product
 rather than by copying: on repeated random tokens it never predicts the copy (no induction heads), and the
-customer's own numbers, which change every call, are the facts it still gets wrong. Train as it infers: with a DOGA script library, `outline_share` of the calls carry DOGA's outline before
-each salesperson turn, exactly as the DOGA agent prompts at inference, so the base learns to read outlines;
+customer's own numbers, which change every call, are the facts it still gets wrong.
+
+Train as it infers: with a DOGA script library, `outline_share` of the calls carry DOGA's outline before each
+salesperson turn, exactly as the DOGA agent prompts at inference, so the base learns to read outlines;
 the outlines are context, not corpus, so they get no loss. The base stays a model of the corpus as simulated,
 its deliberate mistakes included: cleaning the data with the Manager's labels is the SFT arm's business.
 

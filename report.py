@@ -192,8 +192,9 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
                      f"{_interval(c['off_stage_per_call'], '.2f')} |")
     lines += ["", "## The paper's claims beside what we measured",
               "The paper's findings are stated qualitatively (no numbers copied). Verdict: the sign of the "
-              "capability-score difference against the paper's direction; 'within noise' when the two 95% "
-              "intervals overlap.", "", "| claim (paper) | systems | measured | verdict |", "|---|---|---|---|"]
+              "difference in closed-loop conversion (the headline) against the paper's direction; 'within "
+              "noise' when the two 95% intervals overlap.", "",
+              "| claim (paper) | systems | measured | verdict |", "|---|---|---|---|"]
     lines += [f"| {c['claim']} | {c['systems']} | {c['measured']} | {c['verdict']} |" for c in claims]
     lines += ["", "## Training curves and capability scores", "", "![training curves and capability scores]"
               "(training_and_capabilities.png)", "", "## Provenance", "", "```", json.dumps(meta, indent=1), "```", ""]
