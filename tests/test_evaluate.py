@@ -119,16 +119,18 @@ def test_wrong_price_malformed_and_truncated_answers(scorer):
     answers = [(format_assistant("Quote it.", wrong), False),                   # a wrong price
                ("no thought block, just talk", False),                           # malformed
                (format_assistant("Quote it.", sample.reference), True),          # cut at the length limit
-               (format_assistant("Greet.", "Good morning, lovely weather today."), False)]   # another intent
-    records = evaluate.score_turns([priced] * 4, answers, reward_fn)
-    assert 0.0 <= records[0]["faithfulness"] < 1.0 and records[0]["format"] == 1.0
+               (format_assistant("Greet.", "Good morning, lovely weather today."), False),   # another intent
+               (format_assistant("Quote it.", sample.reference), False)]         # the reference itself
+    records = evaluate.score_turns([priced] * 5, answers, reward_fn)
+    # Faithfulness is in [-1, 1]; the wrong price costs against the reference's own facts.
+    assert -1.0 <= records[0]["faithfulness"] < records[4]["faithfulness"] and records[0]["format"] == 1.0
     assert records[1]["format"] == 0.0 and records[1]["total"] < records[0]["total"]
     assert records[2]["format"] == 0.0 and records[2]["truncated"]
     assert not records[3]["intent_appropriate"]
     summary = evaluate.aggregate_turns(records)["overall"]
     assert summary["intent_appropriateness"]["value"] == pytest.approx(
-        sum(r["intent_appropriate"] for r in records) / 4)
-    assert summary["truncated"] == 0.25
+        sum(r["intent_appropriate"] for r in records) / 5)
+    assert summary["truncated"] == 0.2
 
 
 # ----------------------------------------------------------------------------------------------
