@@ -11,7 +11,6 @@ import random
 
 import numpy as np
 import pytest
-import torch
 
 import ablations
 import evaluate
@@ -20,14 +19,15 @@ import pretrain
 import report
 from bounds import dot_bound
 from config import RewardConfig, load_config
-from corpus import render_call_text, write_corpus
+from corpus import write_corpus
 from doga import ScriptLibrary
-from model import Qwen2, Qwen2Config, save_pretrained
+from model import save_pretrained
 from retrieval import HashedTfidfEmbedder
 from reward import CompositeReward
 from sales import STAGES, load_world
 from simulate import Salesperson, run_call, simulate_call
-from tokenizer import ChatTokenizer, format_assistant
+from tiny import tiny_chat_model
+from tokenizer import format_assistant
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -76,11 +76,7 @@ def test_mean_interval_by_hand():
 @pytest.fixture(scope="module")
 def scorer():
     calls = [simulate_call(i, seed=11, noise=0.0) for i in range(16)]
-    tokenizer = ChatTokenizer.train([render_call_text(c) for c in calls], vocab_size=400)
-    torch.manual_seed(0)
-    model = Qwen2(Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                              rope_theta=1e4)).eval()
+    tokenizer, model = tiny_chat_model(calls)
     embedder = HashedTfidfEmbedder().fit([t["text"] for c in calls for t in c["turns"]])
     reward_fn = CompositeReward(RewardConfig(), model, tokenizer, embedder)
     return calls, tokenizer, model, reward_fn

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 import model as qwen
 from bounds import assert_within_reference_error, dot_bound, unit_roundoff
 from model import CheckpointError, Qwen2, Qwen2Config, generate, load_pretrained, save_pretrained
+from tiny import move_weights_off_init_
 
 
 VOCAB = 97
@@ -34,13 +35,7 @@ def make_reference(heads, kv_heads, tied, seed=0):
         num_attention_heads=heads, num_key_value_heads=kv_heads, rope_theta=5000.0 + 100 * seed,
         rms_norm_eps=1e-5, tie_word_embeddings=tied, max_position_embeddings=256)
     reference = transformers.Qwen2ForCausalLM._from_config(hf_config, attn_implementation="eager").eval()
-    with torch.no_grad():
-        for name, parameter in reference.named_parameters():
-            if name.endswith("norm.weight"):
-                parameter.uniform_(0.5, 1.5)
-            else:
-                parameter.normal_(0.0, 0.15)
-    return reference
+    return move_weights_off_init_(reference, 0.15)
 
 
 def ours_from(reference) -> Qwen2:

@@ -14,22 +14,18 @@ import torch
 
 from bounds import assert_within_reference_error, dot_bound, unit_roundoff
 from config import RewardConfig
-from corpus import render_call_text, training_samples
-from model import Qwen2, Qwen2Config
+from corpus import training_samples
 from reward import CompositeReward, bayes_terms, fit_similarity_embedder
 from sales import NUMBER, check_claims, fill, is_good_turn, load_world, mask_values, slot_values
 from simulate import simulate_call
-from tokenizer import ChatTokenizer, format_assistant
+from tiny import tiny_chat_model
+from tokenizer import format_assistant
 
 
 @pytest.fixture(scope="module")
 def tiny():
     calls = [simulate_call(i, seed=3, noise=0.0) for i in range(12)]
-    tokenizer = ChatTokenizer.train([render_call_text(c) for c in calls], vocab_size=400)
-    torch.manual_seed(0)
-    model = Qwen2(Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                              rope_theta=1e4)).eval()
+    tokenizer, model = tiny_chat_model(calls)
     samples = [s for c in calls for s in training_samples(c) if is_good_turn(s.labels)]
     return calls, tokenizer, model, samples, fit_similarity_embedder(samples)
 

@@ -25,6 +25,7 @@ from model import (
     pad_right,
     sequence_logprobs,
 )
+from tiny import move_weights_off_init_
 
 
 VOCAB = 61
@@ -40,13 +41,7 @@ def random_model(heads, kv_heads, tied, seed=0):
     model = Qwen2(Qwen2Config(vocab_size=VOCAB, hidden_size=heads * 8, intermediate_size=40, num_hidden_layers=2,
                               num_attention_heads=heads, num_key_value_heads=kv_heads, rope_theta=1e4,
                               tie_word_embeddings=tied))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("norm.weight"):
-                parameter.uniform_(0.5, 1.5)
-            else:
-                parameter.normal_(0.0, 0.3)
-    return model
+    return move_weights_off_init_(model, 0.3)
 
 
 def random_batch(prompt_lengths, continuation_lengths, seed=1):
