@@ -117,13 +117,13 @@ def default_base_matches(base_dir, config):
 
 def default_grpo_matches(run_dir, config, base, data_dir, library_dir):
     """runs/default's GRPO model is the direct-GRPO arm when its run record (grpo.py's run.json) names the same
-    config, base model, corpus and library, and the run finished all its steps."""
+    config (its number of steps included), base model, corpus and library, and the run finished (grpo.py
+    writes final/ after its last step only)."""
     try:
         with open(os.path.join(run_dir, grpo.RUN_RECORD)) as handle:
             recorded = json.load(handle)
-        finished = len(read_jsonl(os.path.join(run_dir, "metrics.jsonl"))) >= config.grpo.steps
         same = not grpo.identity_differences(recorded, grpo.run_identity(config, base, data_dir, library_dir))
-        return (same and finished and recorded["config"]["grpo"]["steps"] == config.grpo.steps
+        return (same and recorded["config"]["grpo"]["steps"] == config.grpo.steps
                 and os.path.exists(os.path.join(run_dir, "final", "model.safetensors")))
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return False
