@@ -36,9 +36,10 @@ Simplified, and why:
 * No vLLM-style serving, no gradient accumulation, no reward models: the lean loop of the method.
 
 The run folder: rank 0 locks it (files.RunLock) for the whole run and records what the run is made of
-(`run.json`: the grpo and reward config sections, the base model's and the corpus's fingerprints), also
-in every checkpoint. A fresh run refuses a folder that already holds a run; `--resume` refuses a
-checkpoint recorded with other inputs. A checkpoint holds safetensors and JSON only, never a pickle.
+(`run.json`: the grpo and reward config sections, the fingerprints of the base model, the corpus and the
+DOGA library its prompts use), also in every checkpoint. A fresh run refuses a folder that already holds
+a run; `--resume` refuses a checkpoint recorded with other inputs. A checkpoint holds safetensors and
+JSON only, never a pickle.
 """
 
 import argparse
@@ -384,7 +385,7 @@ def identity_differences(recorded, current):
 def claim_out_folder(out_dir, identity, resume):
     """Check that `out_dir` may take this run; returns the checkpoint to resume from (None: start from the
     base model). A fresh run refuses a folder that already holds a run; --resume refuses a run recorded
-    with another config, base model or corpus, naming what differs."""
+    with another config, base model, corpus or library, naming what differs."""
     if not resume:
         found = [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))]
         if found:
