@@ -9,6 +9,9 @@ apart:
 * the stage machine, three questions asked everywhere: may an intent follow the current stage
   (`is_legal_move`), where does a turn move the call (`stage_move`, the Manager's move), and is a
   labelled turn a good one to learn from (`is_good_turn`: on-stage and faithful);
+* how a customer takes a move (`customer_reaction`: interest gain, annoyance, reaction), which the simulated
+  Customer applies, and the customer of a recorded call replayed to any turn (`replay_customer`), which the
+  optional customer-reaction reward asks;
 * world/: product sheets, business rules, persona ranges and utterance templates (`load_world`);
 * how values are spoken (`slot_values`: "$49", "a, b and c"), which the prompts, the templates and
   DOGA's slots share;
@@ -111,6 +114,63 @@ def is_good_turn(labels):
     """A salesperson turn worth learning from, by the Manager's labels: on-stage and faithful. The corpus
     is noisy on purpose; its mistakes are never a reference to aim at."""
     return labels["on_stage"] and labels["faithful"]
+
+
+# ----------------------------------------------------------------------------------------------
+# How a customer takes a move: simulate.Customer applies it in every call; reward.py's optional reaction
+# term asks it about a candidate reply at a recorded turn.
+
+GOOD_TURN_GAIN = {"diagnose_with_numbers": 0.08, "present_product": 0.06, "explain_features": 0.05,
+                  "explain_pricing": 0.05, "explain_signup_steps": 0.05, "explain_activation": 0.04,
+                  "ask_business_situation": 0.04, "state_purpose": 0.03, "greet_and_introduce": 0.02}
+ANSWERED_OBJECTION_GAIN = 0.12
+
+
+def customer_reaction(intent, false_claim, stage_before, times_heard, open_objection):
+    """A customer's immediate reaction to a salesperson move with `intent` (a false claim or forbidden promise
+    in it: `false_claim`) said in `stage_before`, having heard that intent `times_heard` times before and with
+    `open_objection` (a type, or None) unanswered. Returns (interest gain before noise, annoyance, the
+    customer's reaction intent or None, whether the move answers the open objection)."""
+    gain, annoyance, reaction, answered = 0.0, 0, None, False
+    if false_claim:
+        gain, annoyance, reaction = -0.12, 1, "challenge_claim"
+    if intent == "pressure_close":
+        gain, annoyance, reaction = gain - 0.15, annoyance + 2, reaction or "annoyed"
+    elif intent == "generic_pitch":
+        gain, annoyance, reaction = gain - 0.08, annoyance + 1, reaction or "unimpressed"
+    elif not is_legal_move(intent, stage_before):
+        gain, annoyance, reaction = gain - 0.08, annoyance + 1, reaction or "confused"
+    elif times_heard >= 2 and intent not in ("ask_for_commitment",):
+        gain, annoyance, reaction = gain - 0.05, annoyance + 1, reaction or "unimpressed"
+    elif intent.startswith("handle_"):
+        handled = intent[len("handle_"):-len("_objection")]
+        if open_objection == handled:
+            answered, gain = True, gain + ANSWERED_OBJECTION_GAIN
+        elif open_objection is not None:
+            gain, annoyance, reaction = gain - 0.04, annoyance + 1, reaction or "repeat_objection"
+    elif reaction is None:
+        gain += GOOD_TURN_GAIN.get(intent, 0.0)
+    return gain, annoyance, reaction, answered
+
+
+def replay_customer(persona, turns):
+    """The customer of a recorded call (corpus format) after `turns`, from the recorded intents and labels:
+    (Counter of the moves it heard, objections not yet raised, the open objection or None, patience left).
+    Exactly the bookkeeping simulate.Customer.respond does; its interest, which has noise, is not replayed."""
+    heard, pending = Counter(), list(persona["hidden"]["objections"])
+    open_objection, patience, stage = None, persona["hidden"]["patience"], STAGES[0]
+    for turn in turns:
+        if turn["role"] == "sales":
+            _, annoyance, _, answered = customer_reaction(turn["intent"], not turn["labels"]["faithful"], stage,
+                                                          heard[turn["intent"]], open_objection)
+            heard[turn["intent"]] += 1
+            open_objection = None if answered else open_objection
+            patience -= annoyance
+        elif turn["intent"].startswith("raise_"):
+            open_objection = turn["intent"][len("raise_"):-len("_objection")]
+            pending.remove(open_objection)
+        stage = turn["stage"]
+    return heard, pending, open_objection, patience
 
 
 # ----------------------------------------------------------------------------------------------

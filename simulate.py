@@ -58,6 +58,7 @@ from sales import (
     STAGES,
     check_claims,
     classify_sales_intent,
+    customer_reaction,
     domain_texts,
     fill,
     is_legal_move,
@@ -157,9 +158,6 @@ class Manager:
 # ----------------------------------------------------------------------------------------------
 # The Customer: reacts to what the salesperson says.
 
-GOOD_TURN_GAIN = {"diagnose_with_numbers": 0.08, "present_product": 0.06, "explain_features": 0.05,
-                  "explain_pricing": 0.05, "explain_signup_steps": 0.05, "explain_activation": 0.04,
-                  "ask_business_situation": 0.04, "state_purpose": 0.03, "greet_and_introduce": 0.02}
 PRODUCT_TALK = ("present_product", "explain_features", "explain_pricing")
 
 
@@ -190,26 +188,11 @@ class Customer:
         """React to one salesperson utterance. Returns (intent, text)."""
         intent = classify_sales_intent(text, stage_before)
         check = check_claims(text, self.product, self.visible)
+        gain, annoyance, reaction, answered = customer_reaction(intent, bool(check.forbidden or check.unsupported),
+                                                                stage_before, self.heard[intent], self.open_objection)
         self.heard[intent] += 1
-        gain, annoyance, reaction = 0.0, 0, None
-        if check.forbidden or check.unsupported:
-            gain, annoyance, reaction = -0.12, 1, "challenge_claim"
-        if intent == "pressure_close":
-            gain, annoyance, reaction = gain - 0.15, annoyance + 2, reaction or "annoyed"
-        elif intent == "generic_pitch":
-            gain, annoyance, reaction = gain - 0.08, annoyance + 1, reaction or "unimpressed"
-        elif not is_legal_move(intent, stage_before):
-            gain, annoyance, reaction = gain - 0.08, annoyance + 1, reaction or "confused"
-        elif self.heard[intent] > 2 and intent not in ("ask_for_commitment",):
-            gain, annoyance, reaction = gain - 0.05, annoyance + 1, reaction or "unimpressed"
-        elif intent.startswith("handle_"):
-            handled = intent[len("handle_"):-len("_objection")]
-            if self.open_objection == handled:
-                self.open_objection, gain = None, gain + 0.12
-            elif self.open_objection is not None:
-                gain, annoyance, reaction = gain - 0.04, annoyance + 1, reaction or "repeat_objection"
-        elif reaction is None:
-            gain += GOOD_TURN_GAIN.get(intent, 0.0)
+        if answered:
+            self.open_objection = None
         self.interest = min(1.0, max(0.0, self.interest + gain + self.rng.gauss(0.0, 0.03)))
         self.patience -= annoyance
         if self.patience <= 0:

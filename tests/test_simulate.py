@@ -9,7 +9,17 @@ import pytest
 
 import simulate
 from corpus import load_corpus, validate_call
-from sales import MISTAKE_INTENTS, OUTCOMES, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, check_claims, load_world
+from sales import (
+    MISTAKE_INTENTS,
+    OUTCOMES,
+    SALES_INTENTS,
+    STAGE_TRANSITIONS,
+    STAGES,
+    check_claims,
+    customer_reaction,
+    load_world,
+    replay_customer,
+)
 from simulate import generate_corpus, make_persona, run_call
 
 
@@ -121,6 +131,44 @@ def test_faithfulness_labels_agree_with_the_product_sheets(calls):
             checked_wrong += 1
             assert not _claims_hold(turn["text"], call) or names_other, turn["text"]
     assert checked_wrong > 20
+
+
+def test_a_customer_replayed_from_the_record_is_the_one_that_played(monkeypatch):
+    """sales.replay_customer (the state the customer-reaction reward asks) against the live customer of each
+    call: before every salesperson turn, the same moves heard, objections not yet raised, open objection and
+    patience; and sales.customer_reaction in that state gives the reaction and the hang-up the call recorded."""
+    live = {}                                    # turn index -> the live customer's state before that turn
+    respond = simulate.Customer.respond
+
+    def recording(self, text, stage_before, history):
+        live[len(history) - 1] = (dict(self.heard), list(self.pending), self.open_objection, self.patience)
+        return respond(self, text, stage_before, history)
+
+    monkeypatch.setattr(simulate.Customer, "respond", recording)
+    reactions = {"challenge_claim", "annoyed", "unimpressed", "confused"}
+    checked, reacted = 0, 0
+    for index in range(150):
+        live.clear()
+        call = simulate.simulate_call(index, seed=13, noise=0.4)
+        states, turns = dict(live), call["turns"]
+        for at, turn in enumerate(turns):
+            if turn["role"] != "sales" or at + 1 >= len(turns):
+                continue
+            heard, pending, open_objection, patience = replay_customer(call["customer"], turns[:at])
+            assert (dict(heard), pending, open_objection, patience) == states[at]
+            stage_before = turns[at - 1]["stage"] if at else STAGES[0]
+            _, annoyance, reaction, _ = customer_reaction(turn["intent"], not turn["labels"]["faithful"],
+                                                          stage_before, heard[turn["intent"]], open_objection)
+            answer = turns[at + 1]["intent"]
+            if answer == "hang_up":
+                assert patience - annoyance <= 0
+            elif reaction is not None:
+                assert answer == reaction
+                reacted += 1
+            else:
+                assert answer not in reactions
+            checked += 1
+    assert checked > 500 and reacted > 50
 
 
 def test_an_external_salesperson_plays_against_the_customer():
