@@ -3,7 +3,11 @@ customers, for each system of `make eval`.
 
 A *system* is a model with a prompting: `static` (doga.StaticAgent, one few-shot block), `doga`
 (doga.DogaAgent, a fresh outline every turn) or `doga_noisy` (DOGA whose intent classifier's predictions
-are flipped to another legal intent at rate `label_noise`, 20%). Every system is measured the same way:
+are flipped to another legal intent at rate `label_noise`, 20%). One more, `doga_copied`, is a diagnosis
+rather than a system: DOGA, with every reply that is a library template said with
+other numbers than the call's replaced by that template filled for the call (`copy_numbers`), so that it
+measures what the model would sell if it could copy a number from its context, everything else its own.
+Every system is measured the same way:
 
 * **Turn level** (`select_turns`, `score_turns`). On held-out test calls, the salesperson turns the
   Manager labelled good (on-stage and faithful: a deliberate mistake of the noisy corpus is no reference
@@ -25,9 +29,9 @@ are flipped to another legal intent at rate `label_noise`, 20%). Every system is
   (sampled), then counted as missing, never guessed.
 
 `make eval` (`evaluate_run`) measures one trained run: the base model and the GRPO policy, each with
-static and DOGA prompting. Per system it writes every scored turn and played call under
-<out>/systems/; report.py writes the report (tables, the paper's claims beside what we measured, a plot);
-ablations.py trains and measures every arm of the paper's comparisons the same way.
+static and DOGA prompting, and each with DOGA and the copy oracle. Per system it writes every scored turn
+and played call under <out>/systems/; report.py writes the report (tables, the paper's claims beside what
+we measured, a plot); ablations.py trains and measures every arm of the paper's comparisons the same way.
 
 For speed, replies are generated in batches (model.generate_completions, left-padded): the agent's own
 prompt assembly (`Agent.prompt`, what Agent.respond prompts with), then one batched generation, ~10x
@@ -59,18 +63,27 @@ from tqdm import tqdm
 
 from config import ConfigError, load_config
 from corpus import load_corpus, training_samples
-from doga import STAGE_GOALS, DogaAgent, DogaPlanner, IntentClassifier, ScriptLibrary, StaticAgent, track_call
+from doga import (
+    STAGE_GOALS,
+    DogaAgent,
+    DogaPlanner,
+    IntentClassifier,
+    ScriptLibrary,
+    StaticAgent,
+    fill_slots,
+    track_call,
+)
 from files import read_jsonl, write_jsonl
 from model import generate_completions, load_with_tokenizer
 from report import write_report
 from reward import REWARD_KEYS, CompositeReward, fit_similarity_embedder
-from sales import STAGES, check_claims, classify_sales_intent, is_good_turn, load_world
+from sales import STAGES, check_claims, classify_sales_intent, is_good_turn, load_world, slot_values
 from simulate import DEFAULT_NOISE, Salesperson, make_persona, run_call
-from tokenizer import split_thought
+from tokenizer import format_assistant, split_thought
 from training import resolve_device
 
 
-PROMPTINGS = ("static", "doga", "doga_noisy")
+PROMPTINGS = ("static", "doga", "doga_noisy", "doga_copied")
 
 
 @dataclass
@@ -156,7 +169,7 @@ def make_agent(model, tokenizer, library, prompting, config, settings):
                   "max_new_tokens": config.grpo.max_completion_length, "temperature": 0.0}
     if prompting == "static":
         return StaticAgent(model, tokenizer, library, **generation)
-    if prompting == "doga":
+    if prompting in ("doga", "doga_copied"):
         return DogaAgent(model, tokenizer, library, **generation)
     if prompting == "doga_noisy":
         noisy = IntentClassifier(library, label_noise=settings.label_noise, seed=settings.seed)
@@ -179,10 +192,34 @@ def generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size, temper
     return results
 
 
-def agent_answers(agent, views, batch_size):
-    """The agent's raw answers [(text, truncated)] for many calls so far, generated in batches."""
+def agent_answers(agent, views, batch_size, copied=False):
+    """The agent's raw answers [(text, truncated)] for many calls so far, generated in batches; with `copied`,
+    each passed through copy_numbers (the doga_copied diagnosis)."""
     prompts = [agent.prompt(view)[0] for view in views]
-    return generate_batch(agent.model, agent.tokenizer, prompts, agent.max_new_tokens, batch_size)
+    answers = generate_batch(agent.model, agent.tokenizer, prompts, agent.max_new_tokens, batch_size)
+    if not copied:
+        return answers
+    templates = [m["text"] for m in agent.library.templates.metadata]
+    return [(copy_numbers(text, view, templates), truncated) for (text, truncated), view in zip(answers, views)]
+
+
+SPOKEN_NUMBER = re.compile(r"\d[\d,.]*\d|\d")
+
+
+def copy_numbers(text, view, templates):
+    """The copy oracle: when the reply of answer `text` is one of `templates` (the script library's) filled
+    with other numbers than this call's, the answer with that template filled with this call's values;
+    otherwise `text` unchanged. Only numbers differ, so the move, the wording and every name stay the model's."""
+    answer = split_thought(text)
+    if not answer.well_formed:
+        return text
+    values = slot_values(view["product"], view["customer"]["visible"])
+    shape = SPOKEN_NUMBER.sub("#", answer.reply)
+    for template in templates:
+        filled = fill_slots(template, values)
+        if filled and filled != answer.reply and SPOKEN_NUMBER.sub("#", filled) == shape:
+            return format_assistant(answer.thought, filled)
+    return text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -471,14 +508,14 @@ def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
     device = resolve_device(setup.config.grpo.device)
     model, tokenizer = load_with_tokenizer(model_dir, device=device)
     agent = make_agent(model.eval(), tokenizer, library, prompting, setup.config, setup.settings)
-    batch_size = setup.settings.batch_size
+    batch_size, copied = setup.settings.batch_size, prompting == "doga_copied"
     print(f"\n== {name}: {len(setup.turns)} turns, {len(setup.products)} products x "
           f"{setup.settings.calls_per_product} calls")
 
     views = [call_so_far(call, sample.turn_index) for call, sample in setup.turns]
     answers = []
     for start in tqdm(range(0, len(views), batch_size), desc=f"{name} turns", unit="batch"):
-        answers += agent_answers(agent, views[start:start + batch_size], batch_size)
+        answers += agent_answers(agent, views[start:start + batch_size], batch_size, copied)
     records = score_turns(setup.turns, answers, setup.reward_fn)
     if setup.judge:
         scores, attempts = setup.judge.score([s for _, s in setup.turns], [r["reply"] for r in records])
@@ -487,7 +524,7 @@ def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
 
     def speak(call_views):
         return [(a.thought, a.reply) for a in
-                (split_thought(text) for text, _ in agent_answers(agent, call_views, batch_size))]
+                (split_thought(text) for text, _ in agent_answers(agent, call_views, batch_size, copied))]
 
     calls = play_calls(speak, setup.jobs(), desc=f"{name} calls")
 
@@ -539,7 +576,7 @@ def reference_rows(setup, library, out_dir, noise=DEFAULT_NOISE):
 # `make eval`: one trained run, base vs GRPO, each static and DOGA.
 
 def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=None, judge_dir=None,
-                 promptings=("static", "doga")):
+                 promptings=("static", "doga", "doga_copied")):
     started = time.time()
     config = load_config(config_path)
     base_dir = base_dir or os.path.join(run_dir, "base")
@@ -568,7 +605,8 @@ def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=Non
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Evaluate one trained run: base vs GRPO, each static and DOGA.")
+    parser = argparse.ArgumentParser(description="Evaluate one trained run: base vs GRPO, each static, "
+                                                 "DOGA and DOGA with the copy oracle.")
     parser.add_argument("--config", default="configs/tiny.json")
     parser.add_argument("--run", default="runs/default", help="run folder with base/, final/ and scripts/")
     parser.add_argument("--base", default=None, help="base model folder (default: <run>/base)")

@@ -182,7 +182,10 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
                      f"{o['reply_words']:.1f} ({o['reference_words']:.1f}) | {o['truncated']:.0%} |")
     lines += ["", "## Closed loop against simulated customers",
               "Rates with Wilson 95% intervals; per-call means with Student-t 95% intervals. The rows in italics "
-              "play the same customers without a trained model.", "",
+              "play the same customers without a trained model. A `doga_copied` row is a diagnosis, not a system: "
+              "the model with DOGA, each reply that is a library template said with other numbers than the "
+              "call's replaced by that template with the call's numbers (evaluate.copy_numbers): what the model "
+              "would sell if it could copy a number from its context.", "",
               "| system | calls | conversion | hang-up | turns per call | unfaithful turns per call | "
               "unsupported facts per call | off-stage turns per call |", "|" + "---|" * 8]
     for name, result in list(systems.items()) + [(f"*{name}*", row) for name, row in references.items()]:

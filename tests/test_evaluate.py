@@ -8,6 +8,7 @@ checks that both engines agree."""
 import json
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from doga import ScriptLibrary
 from model import save_pretrained
 from retrieval import HashedTfidfEmbedder
 from reward import CompositeReward
-from sales import STAGES, load_world
+from sales import STAGES, fill, load_world, slot_values
 from simulate import Salesperson, run_call, simulate_call
 from tiny import tiny_chat_model
 from tokenizer import format_assistant
@@ -258,7 +259,8 @@ def test_report_from_a_smoke_run(tmp_path):
     evaluate.evaluate_run(str(tmp_path / "config.json"), str(run), str(data), str(out), settings)
 
     report = json.load(open(out / "report.json"))
-    assert set(report["systems"]) == {"base/static", "base/doga", "grpo/static", "grpo/doga"}
+    assert set(report["systems"]) == {f"{model}/{prompting}" for model in ("base", "grpo")
+                                      for prompting in ("static", "doga", "doga_copied")}
     for name, system in report["systems"].items():
         assert set(system["capabilities"]) == set(STAGES)
         for summary in list(system["capabilities"].values()) + [system["overall"]]:
@@ -281,6 +283,23 @@ def test_report_from_a_smoke_run(tmp_path):
     assert "| system | opening | business_analysis |" in markdown and "| grpo/doga |" in markdown
     assert "DOGA beats static prompting" in markdown and "training_and_capabilities.png" in markdown
     assert (out / "training_and_capabilities.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_copy_oracle_fixes_the_numbers_of_a_template_and_nothing_else():
+    call = simulate_call(3, seed=5, noise=0.0)
+    view = evaluate.call_so_far(call, 0)
+    values = slot_values(call["product"], call["customer"]["visible"])
+    numbered = load_world().sales_templates["diagnose_with_numbers"]["texts"][call["domain"]][0]
+    right = fill(numbered, values)
+    assert re.search(r"\d", right)
+    wrong = re.sub(r"\d+", lambda m: str(int(m.group(0)) + 7), right)           # the same sentence, other numbers
+    other = "Thanks for your time today."
+    templates = [numbered, other]
+    assert evaluate.copy_numbers(format_assistant("Use them.", wrong), view, templates) == \
+        format_assistant("Use them.", right)
+    for text in (format_assistant("Fine.", right), format_assistant("Other words.", wrong + " Really."),
+                 "no thought block " + wrong):
+        assert evaluate.copy_numbers(text, view, templates) == text         # right already, reworded, malformed
 
 
 def test_claim_verdict_judges_conversion_by_its_intervals():
