@@ -46,7 +46,7 @@ from doga import DogaPlanner, ScriptLibrary
 from files import MetricsLog, RunLock, RunLocked, fingerprint, last_logged_step, remove_stale_staging, write_json
 from kernels import fused_linear_logprobs
 from model import CheckpointError, Qwen2, Qwen2Config, count_parameters, load_with_tokenizer, save_pretrained
-from tokenizer import ChatTokenizer, format_assistant, render_chat
+from tokenizer import SPECIAL_TOKENS, ChatTokenizer, format_assistant, render_chat
 from training import learning_rate_at, make_optimizer
 
 
@@ -169,6 +169,47 @@ def pad_batch(rows, value):
     return torch.tensor([row + [value] * (width - len(row)) for row in rows])
 
 
+COPY_LENGTH, COPY_BATCH = 24, 32   # a copy exercise: 24 random tokens twice; 32 exercises a step
+
+
+def copy_exercises(tokenizer, generator):
+    """One batch of copy exercises -> (inputs, targets) [COPY_BATCH, 2 x COPY_LENGTH - 1]: COPY_LENGTH random
+    ordinary tokens, then the same again, the loss on the repeat only (its first token excepted). Nothing
+    but the earlier copy predicts the repeat, so the only way down is an attention head that finds the
+    previous occurrence of the current token and reads what followed it (an induction head)."""
+    special = {tokenizer.tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
+    ordinary = torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special])
+    tokens = ordinary[torch.randint(len(ordinary), (COPY_BATCH, COPY_LENGTH), generator=generator)]
+    sequences = torch.cat([tokens, tokens], dim=1)                          # [B, 2L]
+    targets = sequences[:, 1:].clone()
+    targets[:, :COPY_LENGTH] = -100                         # the first half and the repeat's first token
+    return sequences[:, :-1], targets
+
+
+def copy_warmup(model, optimizer, tokenizer, settings):
+    """settings.copy_warmup_steps steps of copy exercises before the corpus. Returns the last batch's share of
+    repeat tokens predicted (top-1)."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    progress = tqdm(range(settings.copy_warmup_steps), desc="copy warm-up")
+    for step in progress:
+        lr = learning_rate_at(step, settings.copy_warmup_steps, settings.learning_rate, settings.warmup_steps,
+                              settings.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        inputs, targets = copy_exercises(tokenizer, generator)
+        loss = causal_lm_loss(model, inputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+        optimizer.step()
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+    with torch.no_grad():
+        predicted = model(inputs).argmax(-1)                                # [B, T]
+    copied = (predicted == targets)[targets != -100].float().mean().item()
+    print(f"copy warm-up: {settings.copy_warmup_steps} steps, repeat tokens predicted {copied:.1%}")
+    return copied
+
+
 def causal_lm_loss(model, inputs, targets):
     """Mean next-token negative log-likelihood over targets != -100, via the fused log-prob kernel."""
     hidden = model.hidden_states(inputs)                          # [B, T, H]
@@ -220,10 +261,12 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
           f"{settings.steps} steps of {settings.batch_size}")
 
     optimizer = make_optimizer(model, settings.learning_rate, settings.weight_decay)
+    model.train()
+    if settings.copy_warmup_steps and not init:
+        copy_warmup(model, optimizer, tokenizer, settings)
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"))
     batches = batches_of_similar_length([len(row) for row in inputs], settings.batch_size, settings.steps,
                                         settings.seed)
-    model.train()
     progress = tqdm(range(settings.steps), desc="sft" if sft else "pretrain")
     for step, batch in zip(progress, batches):
         started = time.time()

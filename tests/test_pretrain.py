@@ -160,3 +160,40 @@ def test_ctrl_c_ends_with_one_line_naming_the_step(corpora, tmp_path, monkeypatc
     assert err.strip().splitlines()[-1] == ("interrupted after 2 of 5 steps; no model was saved (pretraining does "
                                             "not resume): run the same command again to start over")
     RunLock(str(tmp_path / "base")).acquire().release()             # the lock went with the run
+
+
+def test_copy_exercises_hide_everything_but_the_repeat(tokenizer):
+    import torch
+    inputs, targets = pretrain.copy_exercises(tokenizer, torch.Generator().manual_seed(0))
+    L = pretrain.COPY_LENGTH
+    assert inputs.shape == targets.shape == (pretrain.COPY_BATCH, 2 * L - 1)
+    assert (targets[:, :L] == -100).all() and (targets[:, L:] != -100).all()  # the repeat's first token unpredictable
+    assert torch.equal(targets[:, L:], inputs[:, 1:L])                 # the rest of the repeat: the first half again
+    special = {tokenizer.tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+    assert not set(inputs.flatten().tolist()) & special
+
+
+def test_the_copy_warm_up_teaches_copying_from_the_context(tokenizer, monkeypatch):
+    """A fresh model predicts the repeat of random tokens at chance; after the warm-up, from the context
+    (an induction head: nothing else can predict a random token). The loss runs on the kernels' PyTorch
+    engine (the same math; tests/test_kernels.py checks both): 250 steps in Triton's interpreter take minutes."""
+    monkeypatch.setenv("KERNELS_BACKEND", "torch")
+    import torch
+
+    from model import Qwen2, Qwen2Config
+    from training import make_optimizer
+    torch.manual_seed(0)
+    config = Qwen2Config.from_hf_dict({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                       "num_attention_heads": 4, "num_key_value_heads": 2,
+                                       "vocab_size": tokenizer.vocab_size}, source="test")
+    model = Qwen2(config)
+    settings = PretrainConfig(copy_warmup_steps=250, learning_rate=4e-3, warmup_steps=10)
+
+    def copied():
+        inputs, targets = pretrain.copy_exercises(tokenizer, torch.Generator().manual_seed(99))
+        with torch.no_grad():
+            return (model(inputs).argmax(-1) == targets)[targets != -100].float().mean().item()
+
+    before = copied()
+    after = pretrain.copy_warmup(model, make_optimizer(model, 4e-3, 0.1), tokenizer, settings)
+    assert before < 0.05 and after > 0.9 and copied() > 0.9
