@@ -172,14 +172,14 @@ def pad_batch(rows, value):
 COPY_LENGTH, COPY_BATCH = 24, 32   # a copy exercise: 24 random tokens twice; 32 exercises a step
 
 
-def copy_exercises(tokenizer, generator):
-    """One batch of copy exercises -> (inputs, targets) [COPY_BATCH, 2 x COPY_LENGTH - 1]: COPY_LENGTH random
+def copy_exercises(tokenizer, generator, count=COPY_BATCH):
+    """`count` copy exercises -> (inputs, targets) [count, 2 x COPY_LENGTH - 1]: COPY_LENGTH random
     ordinary tokens, then the same again, the loss on the repeat only (its first token excepted). Nothing
     but the earlier copy predicts the repeat, so the only way down is an attention head that finds the
     previous occurrence of the current token and reads what followed it (an induction head)."""
     special = {tokenizer.tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
     ordinary = torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special])
-    tokens = ordinary[torch.randint(len(ordinary), (COPY_BATCH, COPY_LENGTH), generator=generator)]
+    tokens = ordinary[torch.randint(len(ordinary), (count, COPY_LENGTH), generator=generator)]
     sequences = torch.cat([tokens, tokens], dim=1)                          # [B, 2L]
     targets = sequences[:, 1:].clone()
     targets[:, :COPY_LENGTH] = -100                         # the first half and the repeat's first token
@@ -264,6 +264,7 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
     model.train()
     if settings.copy_warmup_steps and not init:
         copy_warmup(model, optimizer, tokenizer, settings)
+    copy_generator = torch.Generator().manual_seed(settings.seed + 1)
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"))
     batches = batches_of_similar_length([len(row) for row in inputs], settings.batch_size, settings.steps,
                                         settings.seed)
@@ -276,8 +277,13 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
             group["lr"] = lr
         batch_targets = pad_batch([targets[i] for i in batch], -100)                   # [B, T]
         loss = causal_lm_loss(model, pad_batch([inputs[i] for i in batch], tokenizer.pad_id), batch_targets)
+        if settings.copy_exercises_per_step:    # keep the copying skill while the corpus is learnt
+            loss_total = loss + causal_lm_loss(model, *copy_exercises(tokenizer, copy_generator,
+                                                                      settings.copy_exercises_per_step))
+        else:
+            loss_total = loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
         optimizer.step()
         tokens = int((batch_targets != -100).sum())
