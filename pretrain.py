@@ -14,6 +14,11 @@ that, measured (README, research arms): it says each product's own facts right o
 rather than by copying: on repeated random tokens it never predicts the copy (no induction heads), and the
 customer's own numbers, which change every call, are the facts it still gets wrong.
 
+Optional, off by default: copy exercises (random tokens, then the same again) before the corpus
+(`copy_warmup_steps`) and in every corpus step (`copy_exercises_per_step`). They teach this model to copy
+from its context within 200 steps, but it still says memorised numbers in its sentences (README, research
+arms), so the default does without them.
+
 Train as it infers: with a DOGA script library, `outline_share` of the calls carry DOGA's outline before each
 salesperson turn, exactly as the DOGA agent prompts at inference, so the base learns to read outlines;
 the outlines are context, not corpus, so they get no loss. The base stays a model of the corpus as simulated,
