@@ -177,14 +177,18 @@ def pad_batch(rows, value):
 COPY_LENGTH, COPY_BATCH = 24, 32   # a copy exercise: 24 random tokens twice; 32 exercises a step
 
 
-def copy_exercises(tokenizer, generator, count=COPY_BATCH):
-    """`count` copy exercises -> (inputs, targets) [count, 2 x COPY_LENGTH - 1]: COPY_LENGTH random
-    ordinary tokens, then the same again, the loss on the repeat only (its first token excepted). Nothing
-    but the earlier copy predicts the repeat, so the only way down is an attention head that finds the
-    previous occurrence of the current token and reads what followed it (an induction head)."""
+def ordinary_token_ids(tokenizer):
+    """Every token id but the ChatML special tokens -> LongTensor: what copy exercises are drawn from."""
     special = {tokenizer.tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
-    ordinary = torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special])
-    tokens = ordinary[torch.randint(len(ordinary), (count, COPY_LENGTH), generator=generator)]
+    return torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special])
+
+
+def copy_exercises(vocabulary, generator, count=COPY_BATCH):
+    """`count` copy exercises -> (inputs, targets) [count, 2 x COPY_LENGTH - 1]: COPY_LENGTH random tokens of
+    `vocabulary` (ordinary_token_ids), then the same again, the loss on the repeat only (its first token
+    excepted). Nothing but the earlier copy predicts the repeat, so the only way down is an attention head
+    that finds the previous occurrence of the current token and reads what followed it (an induction head)."""
+    tokens = vocabulary[torch.randint(len(vocabulary), (count, COPY_LENGTH), generator=generator)]
     sequences = torch.cat([tokens, tokens], dim=1)                          # [B, 2L]
     targets = sequences[:, 1:].clone()
     targets[:, :COPY_LENGTH] = -100                         # the first half and the repeat's first token
@@ -194,25 +198,31 @@ def copy_exercises(tokenizer, generator, count=COPY_BATCH):
 def copy_warmup(model, optimizer, tokenizer, settings):
     """settings.copy_warmup_steps steps of copy exercises before the corpus. Returns the last batch's share of
     repeat tokens predicted (top-1)."""
-    generator = torch.Generator().manual_seed(settings.seed)
+    vocabulary, generator = ordinary_token_ids(tokenizer), torch.Generator().manual_seed(settings.seed)
     progress = tqdm(range(settings.copy_warmup_steps), desc="copy warm-up")
     for step in progress:
-        lr = learning_rate_at(step, settings.copy_warmup_steps, settings.learning_rate, settings.warmup_steps,
-                              settings.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        inputs, targets = copy_exercises(tokenizer, generator)
+        inputs, targets = copy_exercises(vocabulary, generator)
         loss = causal_lm_loss(model, inputs, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-        optimizer.step()
+        optimizer_step(model, optimizer, loss, step, settings.copy_warmup_steps, settings)
         progress.set_postfix(loss=f"{loss.item():.3f}")
     with torch.no_grad():
         predicted = model(inputs).argmax(-1)                                # [B, T]
     copied = (predicted == targets)[targets != -100].float().mean().item()
     print(f"copy warm-up: {settings.copy_warmup_steps} steps, repeat tokens predicted {copied:.1%}")
     return copied
+
+
+def optimizer_step(model, optimizer, loss, step, total_steps, settings):
+    """One update on `loss` at the schedule's learning rate for `step` of `total_steps`, gradients clipped.
+    Returns (learning rate, gradient norm before clipping)."""
+    lr = learning_rate_at(step, total_steps, settings.learning_rate, settings.warmup_steps, settings.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+    optimizer.step()
+    return lr, grad_norm
 
 
 def causal_lm_loss(model, inputs, targets):
@@ -269,28 +279,20 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
     model.train()
     if settings.copy_warmup_steps and not init:
         copy_warmup(model, optimizer, tokenizer, settings)
-    copy_generator = torch.Generator().manual_seed(settings.seed + 1)
+    vocabulary, copy_generator = ordinary_token_ids(tokenizer), torch.Generator().manual_seed(settings.seed + 1)
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"))
     batches = batches_of_similar_length([len(row) for row in inputs], settings.batch_size, settings.steps,
                                         settings.seed)
     progress = tqdm(range(settings.steps), desc="sft" if sft else "pretrain")
     for step, batch in zip(progress, batches):
         started = time.time()
-        lr = learning_rate_at(step, settings.steps, settings.learning_rate, settings.warmup_steps,
-                              settings.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         batch_targets = pad_batch([targets[i] for i in batch], -100)                   # [B, T]
         loss = causal_lm_loss(model, pad_batch([inputs[i] for i in batch], tokenizer.pad_id), batch_targets)
+        copy_loss = 0.0                     # the logged loss stays the corpus's
         if settings.copy_exercises_per_step:    # keep the copying skill while the corpus is learnt
-            loss_total = loss + causal_lm_loss(model, *copy_exercises(tokenizer, copy_generator,
-                                                                      settings.copy_exercises_per_step))
-        else:
-            loss_total = loss
-        optimizer.zero_grad(set_to_none=True)
-        loss_total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-        optimizer.step()
+            copy_loss = causal_lm_loss(model, *copy_exercises(vocabulary, copy_generator,
+                                                              settings.copy_exercises_per_step))
+        lr, grad_norm = optimizer_step(model, optimizer, loss + copy_loss, step, settings.steps, settings)
         tokens = int((batch_targets != -100).sum())
         log.write({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr,
                    "tokens_per_s": tokens / (time.time() - started)})

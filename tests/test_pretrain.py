@@ -164,7 +164,7 @@ def test_ctrl_c_ends_with_one_line_naming_the_step(corpora, tmp_path, monkeypatc
 
 def test_copy_exercises_hide_everything_but_the_repeat(tokenizer):
     import torch
-    inputs, targets = pretrain.copy_exercises(tokenizer, torch.Generator().manual_seed(0))
+    inputs, targets = pretrain.copy_exercises(pretrain.ordinary_token_ids(tokenizer), torch.Generator().manual_seed(0))
     L = pretrain.COPY_LENGTH
     assert inputs.shape == targets.shape == (pretrain.COPY_BATCH, 2 * L - 1)
     assert (targets[:, :L] == -100).all() and (targets[:, L:] != -100).all()  # the repeat's first token unpredictable
@@ -190,7 +190,8 @@ def test_the_copy_warm_up_teaches_copying_from_the_context(tokenizer, monkeypatc
     settings = PretrainConfig(copy_warmup_steps=250, learning_rate=4e-3, warmup_steps=10)
 
     def copied():
-        inputs, targets = pretrain.copy_exercises(tokenizer, torch.Generator().manual_seed(99))
+        inputs, targets = pretrain.copy_exercises(pretrain.ordinary_token_ids(tokenizer),
+                                                  torch.Generator().manual_seed(99))
         with torch.no_grad():
             return (model(inputs).argmax(-1) == targets)[targets != -100].float().mean().item()
 
