@@ -4,10 +4,9 @@ customers, for each system of `make eval`.
 A *system* is a model with a prompting: `static` (doga.StaticAgent, one few-shot block), `doga`
 (doga.DogaAgent, a fresh outline every turn) or `doga_noisy` (DOGA whose intent classifier's predictions
 are flipped to another legal intent at rate `label_noise`, 20%). One more, `doga_copied`, is a diagnosis
-rather than a system: DOGA, with every reply that is a library template said with
-other numbers than the call's replaced by that template filled for the call (`copy_numbers`), so that it
-measures what the model would sell if it could copy a number from its context, everything else its own.
-Every system is measured the same way:
+rather than a system: DOGA, with every reply that is a library template said with other numbers than the
+call's replaced by that template filled for the call (`copy_numbers`): what the model would sell if it
+could copy a number from its context, everything else its own. Every system is measured the same way:
 
 * **Turn level** (`select_turns`, `score_turns`). On held-out test calls, the salesperson turns the
   Manager labelled good (on-stage and faithful: a deliberate mistake of the noisy corpus is no reference

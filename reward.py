@@ -37,9 +37,9 @@ With w_bayes = 0 the reference pass is skipped and both parts read as the floor 
 Otherwise it runs each distinct prompt once, and the answers of its rows (a GRPO group) attend to that
 prompt's keys and values (model.continuation_logprobs).
 
-A malformed or truncated completion never raises: it gets format 0, similarity, faithfulness, manager and reaction 0
-(what it says is not judged) and bayes = 2 * bayes_floor, the lowest value the term can take. Every term is
-returned separately for logs and audits. Weights and their reasons live in config.RewardConfig.
+A malformed or truncated completion never raises: it gets format 0, similarity, faithfulness, manager and
+reaction 0 (what it says is not judged) and bayes = 2 * bayes_floor, the lowest value the term can take.
+Every term is returned separately for logs and audits. Weights and their reasons live in config.RewardConfig.
 
 Left out: a learned reward model or LLM judge (evaluate.py has the optional judge). The reaction term reads
 the simulator's own rules, which a real deployment does not have: that is why it is off by default.
