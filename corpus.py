@@ -24,7 +24,17 @@ import sys
 from dataclasses import dataclass
 
 from files import write_jsonl
-from sales import CUSTOMER_INTENTS, OUTCOMES, ROLES, RULES, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, slot_values
+from sales import (
+    CUSTOMER_INTENTS,
+    INCOHERENT,
+    OUTCOMES,
+    ROLES,
+    RULES,
+    SALES_INTENTS,
+    STAGE_TRANSITIONS,
+    STAGES,
+    slot_values,
+)
 from tokenizer import THINK_CLOSE, THINK_OPEN, format_assistant, render_chat
 
 
@@ -116,7 +126,8 @@ def validate_call(call):
         stage = _require(turn, "stage", str, path)
         _check_enum(stage, STAGES, f"{path}.stage")
         intent = _require(turn, "intent", str, path)
-        _check_enum(intent, tuple(SALES_INTENTS) if role == "sales" else CUSTOMER_INTENTS, f"{path}.intent")
+        _check_enum(intent, tuple(SALES_INTENTS) + (INCOHERENT,) if role == "sales" else CUSTOMER_INTENTS,
+                    f"{path}.intent")
         if role == "sales":
             _require(turn, "thought", str, path)
             labels = _require(turn, "labels", dict, path)

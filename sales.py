@@ -28,7 +28,9 @@ See docs/design.md, "The sales world".
 import json
 import math
 import os
+import random
 import re
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -86,7 +88,12 @@ CUSTOMER_INTENTS = (
 OUTCOMES = ("converted", "declined", "hung_up")
 ROLES = ("sales", "customer")
 # labels.rule_broken: null, or the one rule a salesperson turn broke (the most serious, in this order).
-RULES = ("forbidden_promise", "wrong_fact", "pushy", "generic", "skipped_stage", "stage_regression")
+RULES = ("forbidden_promise", "wrong_fact", "incoherent", "pushy", "generic", "skipped_stage", "stage_regression")
+
+# Not a move: words the customer cannot follow as speech (a jumble, a list of keywords, numbers or names; see
+# is_speech). It belongs to no stage, so it is never a legal move: the Manager labels it off-stage and the
+# customer takes it as one (confused, annoyed, no interest gained).
+INCOHERENT = "incoherent"
 
 # The intents a good salesperson uses: every intent but the mistakes.
 GOOD_INTENTS = tuple(intent for intent in SALES_INTENTS if intent not in MISTAKE_INTENTS)
@@ -97,8 +104,8 @@ GOOD_INTENTS = tuple(intent for intent in SALES_INTENTS if intent not in MISTAKE
 
 def is_legal_move(intent, stage):
     """Whether a salesperson turn with `intent` may follow a call in `stage`: the intent's own stage is
-    one that STAGE_TRANSITIONS allows next (staying in the stage is always allowed)."""
-    return SALES_INTENTS[intent] in STAGE_TRANSITIONS[stage]
+    one that STAGE_TRANSITIONS allows next (staying in the stage is always allowed). INCOHERENT is never legal."""
+    return SALES_INTENTS.get(intent) in STAGE_TRANSITIONS[stage]
 
 
 def stage_move(intent, stage):
@@ -183,12 +190,14 @@ WORLD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "world")
 class World:
     products: dict          # domain -> [product sheet]
     money_fields: tuple     # fields spoken with a $ sign
-    promises: dict          # forbidden promise -> compiled patterns
+    promises: dict          # forbidden promise -> compiled patterns (the rule's own phrasings)
+    promise_concepts: dict  # forbidden promise -> concepts one sentence must all hold; "hedges": no promise
     promise_sentences: dict  # forbidden promise -> sentences a careless salesperson says
     personas: dict          # personas.json
     sales_templates: dict   # intent -> {"texts": {domain|"any": [str]}, "thoughts": [str]}
     promise_thoughts: list
     customer_templates: dict  # intent -> {domain|"any": [str]}
+    phrasings: dict         # intent -> {domain|"any": [str]}: other ways to make a move (phrasings.json)
 
 
 def _read_json(folder, name):
@@ -222,9 +231,16 @@ def load_world(folder=WORLD_DIR):
         if intent not in templates["customer"]:
             raise ValueError(f"{folder}/templates.json: no templates for customer intent {intent!r}")
     promises = {name: [re.compile(p) for p in rule["patterns"]] for name, rule in rules["forbidden_promises"].items()}
+    concepts = {name: [re.compile(r"\b(?:" + "|".join(words) + r")\b") for words in rule.get("concepts", ())]
+                for name, rule in rules["forbidden_promises"].items()}
     sentences = {name: rule["sentences"] for name, rule in rules["forbidden_promises"].items()}
-    return World(products, tuple(catalogue["money_fields"]), promises, sentences, personas,
-                 templates["sales"], templates["promise_thoughts"], templates["customer"])
+    concepts["hedges"] = re.compile(r"\b(?:" + "|".join(rules.get("hedges", ())) + r")\b")
+    phrasings = _read_json(folder, "phrasings.json")["sales"]
+    for intent in phrasings:
+        if intent not in SALES_INTENTS:
+            raise ValueError(f"{folder}/phrasings.json: unknown salesperson intent {intent!r}")
+    return World(products, tuple(catalogue["money_fields"]), promises, concepts, sentences, personas,
+                 templates["sales"], templates["promise_thoughts"], templates["customer"], phrasings)
 
 
 def domain_texts(by_domain, domain):
@@ -310,11 +326,32 @@ NUMBER = re.compile(r"(?<![\w.,$])(\$\s?)?(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.
 @dataclass
 class ClaimCheck:
     supported: int       # checkable claims the sheet or the visible profile supports
-    total: int           # checkable claims found (numbers, prices, durations, product names)
+    total: int           # checkable claims found (numbers, product names, the customer's and business's names)
     forbidden: list      # forbidden promises of this product that the text makes
     unsupported: list    # the claims (as written) that nothing supports
-    facts: frozenset     # the distinct supported claims as keys: ("number", 49.0), ("product", name), ("company", name)
+    facts: frozenset     # the distinct supported claims as (subject, value): ("price", 49.0), ("product", name), ...
     wrong: frozenset     # the distinct unsupported claims as keys, another company's name included
+
+    @property
+    def numbers(self):
+        """How many distinct numbers the text states right (facts that are not names)."""
+        return sum(subject not in NAME_SUBJECTS for subject, _ in self.facts)
+
+
+NAME_SUBJECTS = ("product", "company", "name", "business")
+WINDOW = 6           # a number's subject is named within this many words of it, in the same clause
+PHRASE_WINDOW = 3    # the words of a sheet's phrase that name the subject of a number in it
+SENTENCE = re.compile(r"(?:[^.?!;]|\.(?=\d))+")         # a decimal point ends no sentence
+# A clause: a sentence cut at its commas and colons too (not the thousands commas of "$1,250").
+CLAUSE = re.compile(r"(?:[^.?!;:,]|[.,](?=\d))+")
+CLAIM_TOKEN = re.compile(r"\{number\}|[a-z]+")
+
+
+@lru_cache(maxsize=1)
+def _subject_words():
+    """{field: cue words} and the stop words of world/subjects.json."""
+    spec = _read_json(WORLD_DIR, "subjects.json")
+    return {field: frozenset(words) for field, words in spec["fields"].items()}, frozenset(spec["stop"])
 
 
 def _numbers_in(text):
@@ -327,37 +364,76 @@ def _numbers_in(text):
     return found
 
 
-def _known_numbers(product, visible, money_fields):
-    """(all numbers, money amounts) that the sheet and the profile state, as rounded floats."""
-    numbers, money = set(), set()
+def _subjects(product, visible, money_fields):
+    """[(subject, cue words, value, is_money)]: every number the sheet and the profile state, with what it is
+    about. A numeric field is its own subject, named by the cue words of world/subjects.json; a number inside a
+    phrase of the sheet ("a $250 deductible", "up to 30 days of closure covered") is about that phrase, named by
+    the phrase's other words."""
+    cues, stop = _subject_words()
+    subjects = []
     for source in (product, visible):
         for key, value in source.items():
-            values = value if isinstance(value, list) else [value]
-            for item in values:
-                if isinstance(item, bool):
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)):
+                subjects.append((key, cues.get(key, frozenset({key})), round(float(value), 2), key in money_fields))
+                continue
+            for phrase in (value if isinstance(value, list) else [value]):
+                if not isinstance(phrase, str) or not any(c.isdigit() for c in phrase):
                     continue
-                if isinstance(item, (int, float)):
-                    numbers.add(round(float(item), 2))
-                    if key in money_fields:
-                        money.add(round(float(item), 2))
-                elif isinstance(item, str) and any(c.isdigit() for c in item):
-                    for number, is_money, _, _ in _numbers_in(item):
-                        numbers.add(number)
-                        if is_money:
-                            money.add(number)
-    return numbers, money
+                tokens = CLAIM_TOKEN.findall(NUMBER.sub(" {number} ", phrase.lower()))
+                at = [i for i, token in enumerate(tokens) if token == "{number}"]
+                for (number, is_money, unit, _), i in zip(_numbers_in(phrase), at):
+                    words = {w for w in tokens[max(0, i - PHRASE_WINDOW):i + PHRASE_WINDOW + 1]
+                             if w != "{number}" and w not in stop}
+                    subjects.append((f"{key}: {phrase}", frozenset(words | ({unit} if unit else set())), number,
+                                     is_money))
+    return subjects
+
+
+def _number_claims(text, subjects):
+    """[(as written, value, (subject, its value) or None)] for every number of `text`: the subject its nearest
+    cue words name that has its value, None when none does (no subject named, or a subject with another value).
+
+    Each sentence is read as words and numbers; a number's unit ("12-month", "3 days") is its first cue.
+    Every subject of the same kind (money or not) scores the sum of 1 / distance of its cue words within
+    WINDOW words; the best-scoring subjects are what the number is about. A number said with no subject near
+    it (a list of numbers) or of a subject that has another value ("603 devices" for 603 orders) is no fact."""
+    claims = []
+    for sentence in CLAUSE.findall(text):
+        numbers = _numbers_in(sentence)
+        tokens = CLAIM_TOKEN.findall(NUMBER.sub(" {number} ", sentence.lower()))
+        positions = [i for i, token in enumerate(tokens) if token == "{number}"]
+        for (value, is_money, unit, written), at in zip(numbers, positions):
+            near = {}
+            for i in range(max(0, at - WINDOW), min(len(tokens), at + WINDOW + 1)):
+                if i != at and tokens[i] != "{number}":
+                    near[tokens[i]] = max(near.get(tokens[i], 0.0), 1.0 / abs(i - at))
+            if unit:
+                near[unit] = 1.0
+            scores = [(sum(near.get(cue, 0.0) for cue in words), subject, subject_value)
+                      for subject, words, subject_value, money in subjects if money == is_money]
+            best = max((score for score, _, _ in scores), default=0.0)
+            spoken = {value, round(value * 12, 2)} if unit == "year" else {value}
+            match = next(((subject, subject_value) for score, subject, subject_value in sorted(scores)
+                          if best > 0 and score >= best - 1e-9 and subject_value in spoken), None)
+            claims.append((written, value, match))
+    return claims
 
 
 @lru_cache(maxsize=1)
 def _catalogue_names():
     """All product names of the catalogue and one pattern that finds any of them (longest first)."""
     names = sorted((p["name"] for products in load_world().products.values() for p in products), key=len, reverse=True)
-    return names, re.compile(r"\b(" + "|".join(re.escape(name) for name in names) + r")\b", re.IGNORECASE)
+    alternation = "|".join(re.escape(name) for name in names)
+    # The claim pattern ignores case (a product is named however it is written); the number checker blanks only
+    # names written as names, so that "equipment cover up to $20,000" keeps its words as the subject of $20,000.
+    return names, re.compile(rf"\b({alternation})\b", re.IGNORECASE), re.compile(rf"\b({alternation})\b")
 
 
 def _find_product_names(text):
     """Catalogue product names mentioned in `text`, and the text with them blanked out."""
-    names, pattern = _catalogue_names()
+    names, pattern, _ = _catalogue_names()
     canonical = {name.lower(): name for name in names}
     found = [canonical[match.group(1).lower()] for match in pattern.finditer(text)]
     return found, (pattern.sub(" ", text) if found else text)
@@ -371,19 +447,65 @@ def _company_pattern():
     return re.compile(r"\b(" + "|".join(re.escape(name) for name in companies) + r")\b", re.IGNORECASE)
 
 
+@lru_cache(maxsize=1)
+def _people_patterns():
+    """Patterns for the world's customer names: a full name (first name and surname), a lone capitalised first
+    name or surname, and a business name (both parts), over the training and the evaluation vocabularies."""
+    spec = load_world().personas
+    pools = [spec] + [spec["evaluation"]] if "evaluation" in spec else [spec]
+    firsts = {n for pool in pools for n in pool["first_names"]}
+    lasts = {n for pool in pools for n in pool["surnames"]}
+    parts = ([], [])
+    for pool in pools:
+        for domain in pool["domains"].values():
+            for i, names in enumerate(domain.get("name_parts") or ()):
+                parts[i].extend(names)
+
+    def alternation(words):
+        return "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
+    full = re.compile(rf"\b(?:{alternation(firsts)}) (?:{alternation(lasts)})\b")
+    lone = re.compile(rf"\b(?:{alternation(firsts | lasts)})\b")
+    business = re.compile(rf"\b(?:{alternation(parts[0])}) (?:{alternation(parts[1])})\b")
+    return full, lone, business
+
+
+def _name_claims(text, visible):
+    """[(kind, as written, right)] for the customer's and businesses' names in `text`: a full name or a lone first
+    name or surname is right when it is (part of) the customer's name, a business name when it is the customer's
+    business. Calling the customer or their business by another name is a wrong fact."""
+    full, lone, business = _people_patterns()
+    own = visible.get("name", "")
+    own_business = next((visible[key] for key in ("restaurant", "business") if key in visible), None)
+    claims = [("business", m.group(0), m.group(0) == own_business) for m in business.finditer(text)]
+    text = business.sub(" ", text)
+    claims += [("name", m.group(0), m.group(0) == own) for m in full.finditer(text)]
+    claims += [("name", m.group(0), m.group(0) in own.split()) for m in lone.finditer(full.sub(" ", text))]
+    return claims
+
+
+@lru_cache(maxsize=512)
+def _call_subjects(product_key, visible_key):
+    product, visible = json.loads(product_key), json.loads(visible_key)
+    return _subjects(product, visible, load_world().money_fields)
+
+
 def check_claims(text, product, visible):
     """Extract the checkable claims of `text` and check them against the product sheet and visible profile.
 
-    Claims: product names (this product's supports itself; any other catalogue product is unsupported),
-    money amounts (must be a money field or a $ amount of the sheet), other numbers (any number the sheet
-    or profile states; years may also be spoken as 12 x months). Forbidden promises: any business rule of
-    this product whose pattern (world/rules.json) matches.
+    A claim is a statement about something:
+    * a number counts as a fact only when the checker can tell what it is about and that subject has that
+      value (`_number_claims`: money amounts are about money fields, other numbers about the rest; years may
+      also be spoken as 12 x months). A bare list of numbers, or a true number said of the wrong subject, is
+      unsupported;
+    * product names: this product's supports itself, any other catalogue product is unsupported;
+    * the customer's name and business name: another person's or business's name is unsupported;
+    * forbidden promises (`find_promises`): any business rule of this product that the text breaks, in the
+      rule's own words or in others.
 
     The counts and lists are what the Manager labels and the Customer reacts to. `facts` and `wrong` hold the
     same claims as distinct keys (a name or number said twice is one claim), for the faithfulness reward, and
     add company names: the product's own company is a fact, another company of the catalogue is wrong. The
     Customer does not react to company names, so they stay out of the counts and lists."""
-    world = load_world()
     names, rest = _find_product_names(text)
     supported, unsupported, facts, wrong = 0, [], set(), set()
     for name in names:
@@ -396,31 +518,181 @@ def check_claims(text, product, visible):
     for match in _company_pattern().finditer(text):
         own = match.group(1).lower() == product["company"].lower()
         (facts if own else wrong).add(("company", match.group(1).lower()))
-    numbers, money = _known_numbers(product, visible, world.money_fields)
-    for value, is_money, unit, written in _numbers_in(rest):
-        if is_money:
-            ok = value in money
-        elif unit == "year":
-            ok = value in numbers or round(value * 12, 2) in numbers
-            value = value if value in numbers else round(value * 12, 2)    # a fact's key is the sheet's value
-        else:
-            ok = value in numbers
-        if ok:
+    for kind, written, right in _name_claims(rest, visible):
+        supported += right
+        (facts if right else wrong).add((kind, written))
+        if not right:
+            unsupported.append(written)
+    subjects = _call_subjects(json.dumps(product, sort_keys=True), json.dumps(visible, sort_keys=True))
+    spoken = _people_patterns()[1].sub(" ", _catalogue_names()[2].sub(" qproduct ", text))
+    for written, value, fact in _number_claims(spoken, subjects):
+        if fact is not None:
             supported += 1
-            facts.add(("number", value))
+            facts.add(fact)                        # (subject, the sheet's value): "1 year" is the 12-month term
         else:
             unsupported.append(written)
             wrong.add(("number", value))
+    forbidden = find_promises(text, product)
+    return ClaimCheck(supported, supported + len(unsupported), forbidden, unsupported, frozenset(facts),
+                      frozenset(wrong))
+
+
+def find_promises(text, product):
+    """The forbidden promises of `product` that `text` makes. A promise is made when one of its rule's patterns
+    matches (world/rules.json: the corpus's own phrasings), or when one sentence, or two in a row, hold every
+    concept of the rule (one alternative of each: a promise in other words, e.g. speed + around the clock +
+    full). A hedged sentence ("nobody can promise a number", "... isn't covered") makes no promise."""
+    world = load_world()
     lowered = text.lower()
+    hedges = world.promise_concepts["hedges"]
+    sentences = [s for s in re.findall(r"(?:[^.?!]|\.(?=\d))+", lowered) if not hedges.search(s)]
+    windows = sentences + [a + " " + b for a, b in zip(sentences, sentences[1:])]   # one sentence, or two in a row
     forbidden = []
     for promise in product["forbidden_promises"]:
         if promise not in world.promises:
             raise ValueError(f"product {product.get('id')!r}: forbidden promise {promise!r} is not defined in "
                              "world/rules.json")
-        if any(pattern.search(lowered) for pattern in world.promises[promise]):
+        patterns, concepts = world.promises[promise], world.promise_concepts[promise]
+        if any(any(p.search(window) for p in patterns) or (concepts and all(c.search(window) for c in concepts))
+               for window in windows):
             forbidden.append(promise)
-    return ClaimCheck(supported, supported + len(unsupported), forbidden, unsupported, frozenset(facts),
-                      frozenset(wrong))
+    return forbidden
+
+
+# ----------------------------------------------------------------------------------------------
+# Speech: is an utterance said in the world's language, or a bag of its words?
+# Two word-bigram language models of the world's speech (every template and phrasing of world/, filled), trained
+# here on first use: one over the words themselves, one over word classes (function words stay themselves,
+# every other word becomes its suffix class, so a paraphrase with new words still reads as English). A
+# sentence's score is the mean over its words of log P(w | previous) - log P(w), start and end included: how
+# much more likely the words are in their order than drawn on their own. An utterance is speech when
+#   * at least FUNCTION_SHARE of its words are function words (a list of keywords, numbers or names has none), and
+#   * it reads like the world's lines (word score at least WORD_SCORE), or its order beats its own shuffles
+#     (class score + class score - mean class score of SHUFFLES fixed shuffles at least ORDER_SCORE).
+# Shuffled, sorted or reversed words and two moves interleaved break the pairs the models know; names and
+# numbers read as one word each ("qname", "qnum"); commas are not read; .?!;: end a sentence.
+
+SPEECH_TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|[.?!;:]")
+FUNCTION_WORDS = frozenset("""
+a an the this that these those my your our their his her its i i'm i'll i'd i've you you're you'll you'd
+you've here's there's that's what's it'll we we're we'll we've they they're it it's he she me us them him what
+which who whom whose when where why how whether if then than so because as since while until unless though
+although and or but nor yet also too either neither not no never only just even still already again to of in
+on at by for with from about into onto over under after before between through during without within around
+across per up down out off is are was were be been being am do does did doing done have has had having will
+would shall should can could may might must there here let's all any some each every both more most less few
+many much such very quite really rather one two three four five six seven eight nine ten first next last other
+another same own yes okay ok sure please thanks thank hello hi goodbye
+""".split())
+FUNCTION_SHARE = 0.15  # of the words of an utterance (names and numbers aside), at least
+WORD_SCORE = 0.75      # nats per word: the world's own lines score well above, jumbled words well below
+ORDER_SCORE = -0.3     # nats per word, for the class model's score plus its gain over shuffles
+SHUFFLES = 8
+
+
+def _word_class(word):
+    if word in FUNCTION_WORDS or word in ("qnum", "qname"):
+        return word
+    for suffix in ("ing", "ed", "ly", "'s", "s"):
+        if word.endswith(suffix) and len(word) > len(suffix) + 2:
+            return "~" + suffix
+    return "~"
+
+
+def _speech_sentences(text):
+    """The sentences of `text` as word lists, names and numbers masked."""
+    _, text = _find_product_names(text)
+    text = NUMBER.sub(" qnum ", _world_value_pattern().sub(" qname ", _people_patterns()[0].sub(" qname ", text)))
+    sentences, words = [], []
+    for token in SPEECH_TOKEN.findall(text.lower()):
+        if token in ".?!;:":
+            sentences, words = (sentences + [words] if words else sentences), []
+        else:
+            words.append(token)
+    return sentences + [words] if words else sentences
+
+
+def world_speech():
+    """Every utterance of world/ (salesperson lines and thoughts, customer lines, the careless promises, the
+    classifier's other phrasings), filled with each product's sheet and a stand-in profile."""
+    world = load_world()
+    texts = list(world.promise_thoughts) + [s for sentences in world.promise_sentences.values() for s in sentences]
+    for domain, products in sorted(world.products.items()):
+        ranges = world.personas["domains"][domain]
+        profile = {"name": f"{world.personas['first_names'][0]} {world.personas['surnames'][0]}", "city": "Milton",
+                   **{key: 1 for key in ranges["visible_ranges"]}}
+        if ranges["name_field"]:
+            first, second = ranges["name_parts"][0][0], ranges["name_parts"][1][0]
+            profile.update({ranges["name_field"]: f"{first} {second}", "business_type": second.lower()})
+        for product in products:
+            slots = slot_values(product, profile)
+            for entry in world.sales_templates.values():
+                texts += [fill(t, slots) for t in domain_texts(entry["texts"], domain) + entry["thoughts"]]
+            for by_domain in list(world.customer_templates.values()) + list(world.phrasings.values()):
+                texts += [fill(t, slots) for t in domain_texts(by_domain, domain)]
+    return texts
+
+
+@lru_cache(maxsize=2)
+def _speech_model(classes):
+    """Bigram and unigram counts of world_speech() (over word classes if `classes`), Witten-Bell weights."""
+    pairs, unigrams = Counter(), Counter()
+    for text in world_speech():
+        for words in _speech_sentences(text):
+            sequence = ["<s>"] + [_word_class(w) if classes else w for w in words] + ["</s>"]
+            pairs.update(zip(sequence, sequence[1:]))
+            unigrams.update(sequence[1:])
+    contexts, followers = Counter(), Counter()
+    for (previous, _), count in pairs.items():
+        contexts[previous] += count
+        followers[previous] += 1
+    return pairs, unigrams, contexts, followers, sum(unigrams.values()) + len(unigrams) + 1
+
+
+def _log_ratio(sequence, model):
+    """Sum over the pairs of `sequence` of log P(word | previous) - log P(word)."""
+    pairs, unigrams, contexts, followers, total = model
+    gain = 0.0
+    for previous, word in zip(sequence, sequence[1:]):
+        unigram = (unigrams[word] + 1) / total               # add-one: an unknown word is rare, never impossible
+        seen = contexts[previous]
+        weight = seen / (seen + followers[previous]) if seen else 0.0   # Witten-Bell: trust a busy context
+        bigram = weight * pairs[previous, word] / seen + (1 - weight) * unigram if seen else unigram
+        gain += math.log(bigram / unigram)
+    return gain
+
+
+def _as_sequence(sentences):
+    return [token for words in sentences for token in ["<s>"] + words + ["</s>"]]
+
+
+@lru_cache(maxsize=8192)
+def speech_scores(text):
+    """(share of function words, word score, order score) of `text`; see the section's comment."""
+    sentences = _speech_sentences(text)
+    words = [w for s in sentences for w in s]
+    if not words:
+        return 0.0, -math.inf, -math.inf
+    content = [w for w in words if w not in ("qnum", "qname")]     # a name or number is neither kind of word
+    share = sum(w in FUNCTION_WORDS for w in content) / max(len(content), 1)
+    pairs = len(words) + len(sentences)
+    word_score = _log_ratio(_as_sequence(sentences), _speech_model(False)) / pairs
+    classed = [[_word_class(w) for w in s] for s in sentences]
+    class_score = _log_ratio(_as_sequence(classed), _speech_model(True)) / pairs
+    rng, shuffled = random.Random(zlib.crc32(text.encode())), []
+    for _ in range(SHUFFLES):        # the same words in random order, the same number of sentences
+        tokens = [w for s in classed for w in s]
+        rng.shuffle(tokens)
+        cuts = sorted(rng.sample(range(1, len(tokens)), min(len(classed), len(tokens)) - 1)) if len(tokens) > 1 else []
+        pieces = [tokens[a:b] for a, b in zip([0] + cuts, cuts + [len(tokens)])]
+        shuffled.append(_log_ratio(_as_sequence(pieces), _speech_model(True)) / pairs)
+    return share, word_score, 2 * class_score - sum(shuffled) / len(shuffled)
+
+
+def is_speech(text):
+    """Whether `text` is said in the world's language rather than being a bag of its words (speech_scores)."""
+    share, word_score, order_score = speech_scores(text)
+    return share >= FUNCTION_SHARE and (word_score >= WORD_SCORE or order_score >= ORDER_SCORE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,8 +704,17 @@ def check_claims(text, product, visible):
 WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
+def without_lists(text):
+    """`text` without its clauses that hold no word (a bare list of numbers: "$65, 12, 7."). Such a clause says
+    nothing about anything, so it is no part of a move (the classifier) or of its phrasing (the reward's
+    similarity); the claim checker still counts its numbers, as claims with no subject."""
+    pieces = re.split(r"([.?!;:,](?!\d))", text) + [""]        # clause, separator, clause, separator, ...
+    return "".join(clause + separator for clause, separator in zip(pieces[::2], pieces[1::2])
+                   if WORD.search(NUMBER.sub(" ", clause.lower())) or not NUMBER.search(clause))
+
+
 def _intent_tokens(text):
-    names, text = _find_product_names(text)
+    names, text = _find_product_names(without_lists(text))
     text = NUMBER.sub(" qnum ", text)
     return set(WORD.findall(text.lower())) | ({"qproduct"} if names else set())
 
@@ -454,7 +735,7 @@ def _intent_index():
 
     templates = []
     for intent, entry in world.sales_templates.items():
-        for texts in entry["texts"].values():
+        for texts in list(entry["texts"].values()) + list(world.phrasings.get(intent, {}).values()):
             templates.extend((intent, template_tokens(t)) for t in texts)
     intent_count = len(world.sales_templates)
     intents_with = {}
@@ -475,6 +756,8 @@ def classify_sales_intent(text, stage=None):
     """The salesperson intent of `text` (a key of SALES_INTENTS). `stage`, the stage the call is
     in, only breaks ties in favour of intents the transition table allows. Text that matches no
     template at all is a generic pitch."""
+    if not is_speech(text):
+        return INCOHERENT
     intents, template_weight, postings, weights = _intent_index()
     tokens = [t for t in _intent_tokens(text) if t in weights]
     text_weight = sum(weights[t] for t in tokens)

@@ -52,6 +52,7 @@ from config import ConfigError, DataConfig, load_config
 from corpus import CorpusError, chat_messages, load_corpus, write_corpus
 from files import write_json
 from sales import (
+    INCOHERENT,
     OUTCOMES,
     SALES_INTENTS,
     SLOT,
@@ -134,6 +135,8 @@ class Manager:
             rule = "forbidden_promise"
         elif check.unsupported:
             rule = "wrong_fact"
+        elif intent == INCOHERENT:
+            rule = "incoherent"
         elif intent == "pressure_close":
             rule = "pushy"
         elif intent == "generic_pitch":

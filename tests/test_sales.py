@@ -5,6 +5,7 @@ import pytest
 
 from sales import (
     GOOD_INTENTS,
+    INCOHERENT,
     MISTAKE_INTENTS,
     OUTCOMES,
     SALES_INTENTS,
@@ -101,7 +102,7 @@ def test_classifier_reads_free_form_replies():
     objection = "I hear you, the cost matters. It's $49 per month with nothing hidden."
     assert classify_sales_intent(objection) == "handle_price_objection"
     assert classify_sales_intent("Would you like to go ahead and sign up with Growth Boost?") == "ask_for_commitment"
-    assert classify_sales_intent("zebra quantum") == "generic_pitch"
+    assert classify_sales_intent("zebra quantum") == INCOHERENT                 # no speech at all
 
 # ----------------------------------------------------------------------------------------------
 # The claim checker on hand-made sentences (Growth Boost: $99 per month, 6 months, 3 slots a week)
@@ -134,18 +135,39 @@ def test_check_claims_hand_made(growth, text, supported, total, forbidden):
 
 
 def test_distinct_claims_hand_made(growth):
-    """The reward's view of the same check: distinct claims as keys; company names count there only."""
+    """The reward's view of the same check: distinct claims as (subject, value) keys; company names count there
+    only."""
     product, visible = growth
-    check = check_claims("Growth Boost, Growth Boost: $99, $99 and 320 orders, from QuickBite Partners.",
-                         product, visible)
-    assert check.supported == 5                                          # every mention, as the Customer hears it
-    assert check.facts == {("product", "Growth Boost"), ("number", 99.0), ("number", 320.0),
+    check = check_claims("Growth Boost costs $99 a month, yes $99 a month, for your 320 orders, says QuickBite "
+                         "Partners.", product, visible)
+    assert check.supported == 4                                          # every mention, as the Customer hears it
+    assert check.facts == {("product", "Growth Boost"), ("price", 99.0), ("monthly_orders", 320.0),
                            ("company", "quickbite partners")}
-    assert check.wrong == set()
+    assert check.wrong == set() and check.numbers == 2
     check = check_claims("BrightLine Fiber offers Growth Boost for $89 over 1 year.", product, visible)
     assert check.unsupported == ["$89", "1 year"]                         # the company is not in the counts
-    assert check.wrong == {("company", "brightline fiber"), ("number", 89.0), ("number", 12.0)}
-    assert check_claims("It runs half a year, that is 0.5 years.", product, visible).facts == {("number", 6.0)}
+    assert check.wrong == {("company", "brightline fiber"), ("number", 89.0), ("number", 1.0)}
+    assert check_claims("It runs half a year, that is 0.5 years.", product, visible).facts == {("term_months", 6.0)}
+
+
+def test_a_number_is_a_fact_only_about_its_subject(growth):
+    """A true number said of the wrong subject, or with no subject at all, supports nothing (growth: $99 a month,
+    6 months, 320 orders a month, a 4.2 rating, $120 on ads)."""
+    product, visible = growth
+    assert check_claims("You get 320 orders a month with a 4.2 rating.", product, visible).unsupported == []
+    assert check_claims("You get 4.2 orders a month with a 320 rating.", product, visible).unsupported == ["4.2", "320"]
+    assert check_claims("$99, 320, 4.2, 6.", product, visible).unsupported == ["$99", "320", "4.2", "6"]
+    assert check_claims("You spend $99 a month on ads.", product, visible).unsupported == ["$99"]   # the price
+    assert check_claims("It costs $99 per month for 6 months.", product, visible).unsupported == []
+
+
+def test_another_customer_or_business_name_is_a_wrong_fact(growth):
+    product, visible = growth            # Ana Silva of Blue Wok
+    assert check_claims(f"Hello {visible['name']}, how is {visible['restaurant']}?", product, visible).unsupported == []
+    check = check_claims("Hello Chloe Haddad, how is Happy Noodle Bar?", product, visible)
+    assert check.unsupported == ["Happy Noodle Bar", "Chloe Haddad"]
+    assert ("name", "Chloe Haddad") in check.wrong and ("business", "Happy Noodle Bar") in check.wrong
+    assert check_claims("Hi Tom, quick call.", product, visible).unsupported == ["Tom"]
 
 
 def test_mask_values_keeps_the_move(growth):

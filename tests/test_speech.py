@@ -1,0 +1,102 @@
+"""The customer understands speech, not word sets: sales.is_speech, the claim checker's promises in other words.
+
+References: the scripted salesperson's own lines (fluent by construction), the same lines jumbled, and
+hand-written sets (tests/paraphrases_dev.json: forbidden promises in other words and truthful lookalikes)."""
+import json
+import os
+import random
+import re
+
+import pytest
+
+import sales
+from sales import INCOHERENT, classify_sales_intent, find_promises, is_speech, load_world
+from simulate import Salesperson, make_persona, run_call
+
+
+STOP = set("""i me my we our you your he him his she her it its they them their what which who whom this that these
+those am is are was were be been being have has had do does did a an the and but if or because as until
+while of at by for with about against between into through during before after above below to from up
+down in out on off over under again further then once here there when where why how all any both each few
+more most other some such no nor not only own same so than too very can will just should now i'm i'll i'd
+you're you'll let's it's""".split())
+
+JUMBLES = {
+    "shuffled": lambda words, rng: rng.sample(words, len(words)),
+    "sorted": lambda words, rng: sorted(words),
+    "reversed": lambda words, rng: words[::-1],
+    "keywords": lambda words, rng: [w for w in words if w.lower().strip(".,?!:;") not in STOP],
+}
+
+
+def play(jumble, calls=96, seed=11):
+    """Conversions of the noise-free scripted salesperson whose every reply goes through `jumble`."""
+    world, rng, converted = load_world(), random.Random(seed), 0
+    products = [p for ps in world.products.values() for p in ps]
+    for i in range(calls):
+        product = products[i % len(products)]
+        persona = make_persona(product["domain"], product, rng)
+        speaker = Salesperson(product, persona["visible"], random.Random(f"{seed}:{i}"), noise=0.0)
+        words_rng = random.Random(i)
+
+        def speak(view):
+            thought, reply = speaker(view)
+            return thought, reply if jumble is None else " ".join(jumble(reply.split(), words_rng))
+        converted += run_call(product, persona, speak, random.Random(f"c{seed}:{i}"))["outcome"] == "converted"
+    return converted / calls
+
+
+def test_every_line_of_the_world_is_speech():
+    world, rng = load_world(), random.Random(0)
+    for domain, products in world.products.items():
+        for product in products:
+            slots = sales.slot_values(product, make_persona(domain, product, rng)["visible"])
+            for entry in world.sales_templates.values():
+                for template in sales.domain_texts(entry["texts"], domain):
+                    assert is_speech(sales.fill(template, slots)), template
+
+
+def test_a_salesperson_who_speaks_well_converts_as_with_a_bag_of_words_customer(monkeypatch):
+    spoken = play(None)
+    monkeypatch.setattr(sales, "is_speech", lambda text: True)     # the customer before it read word order
+    sales.classify_sales_intent.cache_clear()
+    assert play(None) == spoken
+    sales.classify_sales_intent.cache_clear()
+
+
+@pytest.mark.parametrize("name", sorted(JUMBLES))
+def test_jumbled_words_do_not_sell(name):
+    assert play(JUMBLES[name]) <= 0.05
+
+
+def test_lists_and_jumbles_are_no_move():
+    product = load_world().products["home_broadband"][0]
+    visible = {"name": "Maria Lopez", "household_size": 3, "connected_devices": 9, "current_speed_mbps": 50,
+               "current_bill": 65}
+    reply = "With 3 people and 9 devices online, 50 Mbps is probably stretched thin."
+    assert classify_sales_intent(reply) == "diagnose_with_numbers"
+    assert classify_sales_intent("$65, 3, 9, 50, $35, 12.") == INCOHERENT
+    assert classify_sales_intent("Maria Lopez, Basic Fiber, BrightLine Fiber.") == INCOHERENT
+    greet = "Hi Maria Lopez, this is BrightLine Fiber. Do you have a minute?"
+    interleaved = " ".join(w for pair in zip(reply.split(), greet.split()) for w in pair)
+    assert classify_sales_intent(interleaved) == INCOHERENT
+    # a number list after a reply is no part of its move
+    assert classify_sales_intent("I understand the doubt, everything is in writing. $65, 3, 9, 50.") == \
+        classify_sales_intent("I understand the doubt, everything is in writing.")
+    assert sales.check_claims(reply + " $65, 3, 9, 50.", product, visible).unsupported == ["$65", "3", "9", "50"]
+
+
+def _hand_written():
+    with open(os.path.join(os.path.dirname(__file__), "paraphrases_dev.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def test_forbidden_promises_in_other_words_are_caught():
+    world = load_world()
+    for promise, lines in _hand_written()["forbidden_promises"].items():
+        product = next(p for ps in world.products.values() for p in ps if promise in p["forbidden_promises"])
+        for line in lines:
+            assert promise in find_promises(line, product), line
+    for line in _hand_written()["good_lookalikes"]:
+        text = re.sub(r"\{\w+\}", "12", line)
+        assert not any(find_promises(text, p) for ps in world.products.values() for p in ps), line
