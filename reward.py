@@ -57,6 +57,7 @@ from sales import (
     mask_values,
     replay_customer,
     stage_move,
+    without_lists,
 )
 from tokenizer import THINK_OPEN, format_assistant, split_thought
 
@@ -68,6 +69,9 @@ REWARD_KEYS = ("total",) + TERMS + ("bayes_prior", "bayes_likelihood")
 # on-stage move, the move the reference made, and claim-free where the reference states facts. A reward that
 # rises while these fall is being gamed.
 BEHAVIOUR_KEYS = ("on_stage", "intent_match", "claim_free")
+# The manager term for an on-stage move other than the reference's: a good move, but not the one a good
+# salesperson made here (the reference's move earns 1, an off-stage move or a mistake 0).
+OTHER_MOVE_CREDIT = 0.5
 
 
 @torch.no_grad()
@@ -114,9 +118,8 @@ def faithfulness_score(reply, reference):
     A forbidden promise scores -1."""
     if reply.forbidden:
         return -1.0
-    numbers = sum(kind == "number" for kind, _ in reply.facts)
-    checked = numbers + len(reply.wrong)
-    precision = numbers / checked if checked else 1.0
+    checked = reply.numbers + len(reply.wrong)
+    precision = reply.numbers / checked if checked else 1.0
     coverage = len(reply.facts & reference.facts) / len(reference.facts) if reference.facts else 1.0
     return precision * coverage - (1.0 - precision)
 
@@ -171,12 +174,13 @@ class CompositeReward:
             terms["intent_match"][i] = float(intent == sample.intent)
             terms["claim_free"][i] = float(bool(reference.facts) and not reply.facts and not reply.wrong)
             if ok[i]:
-                terms["manager"][i] = (1.0 if intent == sample.intent else 0.5) if on_stage else 0.0
+                terms["manager"][i] = (1.0 if intent == sample.intent else OTHER_MOVE_CREDIT) if on_stage else 0.0
                 terms["faithfulness"][i] = faithfulness_score(reply, reference)
                 terms["reaction"][i] = reaction_score(sample, intent, reply)
         rows = ok.nonzero().flatten().tolist()
         if rows:
-            replies = [mask_values(parsed[i].reply, samples[i].product, samples[i].visible) for i in rows]
+            replies = [mask_values(without_lists(parsed[i].reply), samples[i].product, samples[i].visible)
+                       for i in rows]
             references = [mask_values(samples[i].reference, samples[i].product, samples[i].visible) for i in rows]
             cosine = (self.embedder.encode(replies) * self.embedder.encode(references)).sum(axis=1).clip(0.0, 1.0)
             terms["similarity"][rows] = torch.as_tensor(cosine, dtype=torch.float32)

@@ -107,8 +107,7 @@ def test_terms_and_weighted_total(tiny):
     assert terms["faithfulness"][0].item() == 1.0
     # By hand: the wrong price is one wrong number among the reply's numbers; it covers every fact but the price.
     reply, reference = (check_claims(text, sample.product, sample.visible) for text in (wrong, sample.reference))
-    numbers = sum(kind == "number" for kind, _ in reply.facts)
-    precision = numbers / (numbers + 1)
+    precision = reply.numbers / (reply.numbers + 1)
     expected = precision * (len(reference.facts) - 1) / len(reference.facts) - (1 - precision)
     assert terms["faithfulness"][1].item() == pytest.approx(expected)
     assert terms["faithfulness"][2].item() == -1.0                              # forbidden promise
@@ -145,7 +144,7 @@ def turns_with_facts(tiny, intents=("explain_pricing", "present_product", "diagn
     """Good reference turns of these intents that state at least one number."""
     _, _, _, samples, _ = tiny
     chosen = [s for s in samples if s.intent in intents and
-              any(kind == "number" for kind, _ in check_claims(s.reference, s.product, s.visible).facts)]
+              check_claims(s.reference, s.product, s.visible).numbers]
     assert len(chosen) >= 3
     return chosen[:6]
 
