@@ -102,6 +102,7 @@ def test_metrics_audit_and_checkpoints(setup, tmp_path, monkeypatch):
     assert {"prompt_id", "completion", "rewards", "advantage", "ratio"} <= set(audit[0])
     group = [a["advantage"] for a in audit[:4]]
     assert sum(group) == pytest.approx(0, abs=1e-5)                 # advantages are centred per group
+    assert [("prompt" in a, "reference" in a) for a in audit] == [(i % 4 == 0,) * 2 for i in range(len(audit))]
     assert sorted(os.listdir(out / "checkpoints")) == ["step-000002", "step-000004"]
     assert sorted(os.listdir(out / "checkpoints" / "step-000002")) == [
         "config.json", "model.safetensors", "optimizer.safetensors", "run.json", "tokenizer.json",
