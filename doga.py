@@ -465,8 +465,13 @@ class Outline:
     def whisper(self):
         """The outline as the short system message put just before the salesperson speaks: the move, then the
         best proven line. Short on purpose: one stands before every salesperson turn of a DOGA prompt."""
-        step = self.intent.replace("_", " ")
-        return f"Outline: {step}. Proven line: {self.lines[0] if self.lines else self.goal}"
+        told = self.record()
+        return f"Outline: {told['intent'].replace('_', ' ')}. Proven line: {told['line']}"
+
+    def record(self):
+        """What the whisper tells, as a played call keeps it on the turn it preceded: the move and the line
+        (the best retrieved one, or the stage goal when no template could be filled)."""
+        return {"intent": self.intent, "line": self.lines[0] if self.lines else self.goal}
 
 
 class DogaPlanner:
@@ -521,6 +526,16 @@ class DogaPlanner:
             if len(lines) == self.k:
                 break
         return Outline(stage, intent, STAGE_GOALS[SALES_INTENTS[intent]], lines, ids)
+
+    def record_outlines(self, calls):
+        """Store on every salesperson turn of played `calls` the outline whispered before it (turn["outline"],
+        Outline.record), planned from the call as it stood then. Plans are deterministic and remembered, so
+        these are the outlines the agent was prompted with, not new ones."""
+        positions = [(call, i) for call in calls for i, turn in enumerate(call["turns"]) if turn["role"] == "sales"]
+        outlines = self.plan_many([(call["product"], call["customer"]["visible"], call["turns"][:i])
+                                   for call, i in positions])
+        for (call, i), outline in zip(positions, outlines):
+            call["turns"][i]["outline"] = outline.record()
 
     def whispers(self, calls, next_turn=True):
         """For each (product, visible, turns): {turn index: Outline.whisper()} for every salesperson turn of

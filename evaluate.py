@@ -526,6 +526,8 @@ def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
                 (split_thought(text) for text, _ in agent_answers(agent, call_views, batch_size, copied))]
 
     calls = play_calls(speak, setup.jobs(), desc=f"{name} calls")
+    if isinstance(agent, DogaAgent):                     # the outline before each turn, for calls.html
+        agent.planner.record_outlines(calls)
 
     folder = os.path.join(out_dir, "systems", name.replace("/", "__"))
     write_jsonl(os.path.join(folder, "turns.jsonl"), records)

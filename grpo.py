@@ -617,19 +617,24 @@ def warn_if_degenerate(record, settings, progress, groups):
 
 
 def write_audit(audit_file, step, batch, stats, samples, G):
-    """One line per completion: what it said, every reward term, its advantage and its ratios."""
+    """One line per completion: what it said, every reward term, its advantage and its ratios. The first line of
+    each group also holds the group's prompt (as the policy saw it) and reference reply A*: once per group, as
+    the prompt is most of a line's size (`calls_page.py audit` shows each with its group)."""
     for row, text in enumerate(batch.completions):
         sample = samples[row // G]
         tokens = batch.loss_mask[row].bool()
         ratios = stats["ratio"][row][tokens]
-        audit_file.write(json.dumps({
+        record = {
             "step": step, "prompt_id": f"{sample.call_id}:{sample.turn_index}", "group": row // G,
             "completion": text, "truncated": bool(batch.truncated[row]),
             "rewards": {k: round(v[row].item(), 6) for k, v in batch.rewards.items()},
             "advantage": round(batch.advantages[row].item(), 6),
             "ratio": ({"mean": ratios.mean().item(), "min": ratios.min().item(), "max": ratios.max().item()}
                       if tokens.any() else None),
-        }) + "\n")
+        }
+        if row % G == 0:
+            record.update(prompt=sample.prompt, reference=sample.reference)
+        audit_file.write(json.dumps(record) + "\n")
     audit_file.flush()
 
 

@@ -8,7 +8,9 @@ they measured to <out>/:
   paper's claims beside what we measured, the plot, and the provenance of the run;
 * report.json: {"systems": {"<model>/<prompting>": {"capabilities", "overall", "closed_loop", ...}},
   "claims": [...], "meta": {...}}, the numbers behind every table;
-* training_and_capabilities.png: GRPO reward and pretraining loss per step, capability score per system.
+* training_and_capabilities.png: GRPO reward and pretraining loss per step, capability score per system;
+* calls.html: every call the systems played (<out>/systems/*/calls.jsonl), each turn annotated, to audit by
+  eye (calls_page.py).
 
 The claims (`paper_claims`): each comparison the paper reports, stated qualitatively (no number is
 copied), with its direction; the verdict is the sign of the capability-score difference against that
@@ -25,6 +27,7 @@ import os
 
 import numpy as np
 
+from calls_page import write_calls_page
 from files import write_bytes, write_json, write_text
 from sales import STAGES
 
@@ -204,4 +207,6 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
     lines += ["", "## Training curves and capability scores", "", "![training curves and capability scores]"
               "(training_and_capabilities.png)", "", "## Provenance", "", "```", json.dumps(meta, indent=1), "```", ""]
     write_text(os.path.join(out_dir, "report.md"), "\n".join(lines))
-    print(f"\nwrote {out_dir}/report.md, report.json, training_and_capabilities.png")
+    page = write_calls_page(out_dir, f"Played calls: {title}")
+    print(f"\nwrote {out_dir}/report.md, report.json, training_and_capabilities.png"
+          + (f", {os.path.basename(page)}" if page else ""))

@@ -204,6 +204,28 @@ def test_many_plans_at_once_equal_one_at_a_time(library, calls):
     assert together == alone
 
 
+def test_recorded_outlines_are_the_ones_the_calls_were_played_with(library, calls):
+    """record_outlines, run by another planner after the calls, stores on each salesperson turn the outline that
+    was planned before it during the call, the noisy classifier's flips included (they depend on the call so
+    far, not on the planner)."""
+    for noise in (0.0, 0.5):
+        planner = DogaPlanner(library, IntentClassifier(library, label_noise=noise, seed=3))
+        told, played = [], []
+        for call in calls[340:346]:
+            def top_line(view):
+                outline = planner.plan(view["product"], view["customer"]["visible"], view["turns"])
+                told.append(outline.record())
+                return "", outline.lines[0] if outline.lines else outline.goal
+            played.append(run_call(call["product"], call["customer"], top_line, random.Random(call["id"])))
+        DogaPlanner(library, IntentClassifier(library, label_noise=noise, seed=3)).record_outlines(played)
+        recorded = [t["outline"] for c in played for t in c["turns"] if t["role"] == "sales"]
+        assert recorded == told and len(told) > 20
+        assert all(r["line"] in (t["text"] for c in played for t in c["turns"]) for r in recorded)
+    flipped = DogaPlanner(library, IntentClassifier(library, label_noise=1.0, seed=3))
+    flipped.record_outlines(played)                                   # another classifier: other outlines
+    assert [t["outline"] for c in played for t in c["turns"] if t["role"] == "sales"] != recorded
+
+
 def test_doga_prompt_is_the_training_prompt(library, tokenizer, calls):
     """Train as it infers: for a call so far, the DOGA agent prompts exactly as GRPO's pool and pretraining
     render it (corpus.chat_messages with the planner's whispers before every salesperson turn)."""

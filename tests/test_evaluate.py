@@ -22,6 +22,7 @@ from bounds import dot_bound
 from config import RewardConfig, load_config
 from corpus import write_corpus
 from doga import ScriptLibrary
+from files import read_jsonl
 from model import save_pretrained
 from retrieval import HashedTfidfEmbedder
 from reward import CompositeReward
@@ -283,6 +284,11 @@ def test_report_from_a_smoke_run(tmp_path):
     assert "| system | opening | business_analysis |" in markdown and "| grpo/doga |" in markdown
     assert "DOGA beats static prompting" in markdown and "training_and_capabilities.png" in markdown
     assert (out / "training_and_capabilities.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # calls.html: every played call; a DOGA system's turns keep the outline they were prompted with
+    assert (out / "calls.html").read_text().count('<details class="call') == 12 * (len(report["systems"]) + 3)
+    for name, prompted in (("grpo__doga", True), ("grpo__doga_copied", True), ("grpo__static", False)):
+        turns = [t for c in read_jsonl(str(out / "systems" / name / "calls.jsonl")) for t in c["turns"]]
+        assert all(("outline" in t) == prompted for t in turns if t["role"] == "sales")
 
 
 def test_copy_oracle_fixes_the_numbers_of_a_template_and_nothing_else():
