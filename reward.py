@@ -72,6 +72,8 @@ BEHAVIOUR_KEYS = ("on_stage", "intent_match", "claim_free")
 # The manager term for an on-stage move other than the reference's: a good move, but not the one a good
 # salesperson made here (the reference's move earns 1, an off-stage move or a mistake 0).
 OTHER_MOVE_CREDIT = 0.5
+# What a wrong claim costs the faithfulness term, per unit of lost precision: a wrong fact is worse than none.
+WRONG_FACT_COST = 1.0
 
 
 @torch.no_grad()
@@ -104,10 +106,16 @@ def bayes_terms(model, tokenizer, prompt_ids, thoughts, references, shared_prefi
     return prior.cpu(), likelihood.cpu()
 
 
+def coverage(reply, reference):
+    """The share of the reference's distinct facts the reply states (each about its own subject), 1 when the
+    reference states none."""
+    return len(reply.facts & reference.facts) / len(reference.facts) if reference.facts else 1.0
+
+
 def faithfulness_score(reply, reference):
     """Faithfulness of a reply from its ClaimCheck and the reference's, in [-1, 1]: facts earn, falsehoods cost.
 
-        faithfulness = precision x coverage - (1 - precision)
+        faithfulness = precision x coverage - WRONG_FACT_COST x (1 - precision)
 
     precision  distinct supported numbers / (distinct numbers + distinct wrong names), 1 when there are none.
                The product's and the company's own names are facts, but they do not raise precision: naming
@@ -120,8 +128,7 @@ def faithfulness_score(reply, reference):
         return -1.0
     checked = reply.numbers + len(reply.wrong)
     precision = reply.numbers / checked if checked else 1.0
-    coverage = len(reply.facts & reference.facts) / len(reference.facts) if reference.facts else 1.0
-    return precision * coverage - (1.0 - precision)
+    return precision * coverage(reply, reference) - WRONG_FACT_COST * (1.0 - precision)
 
 
 def reaction_score(sample, intent, reply):

@@ -612,11 +612,14 @@ def _speech_sentences(text):
     return sentences + [words] if words else sentences
 
 
-def world_speech():
-    """Every utterance of world/ (salesperson lines and thoughts, customer lines, the careless promises, the
-    classifier's other phrasings), filled with each product's sheet and a stand-in profile."""
+def world_lines():
+    """(intent, text) for every utterance of world/, filled with each product's sheet and a stand-in profile: the
+    salesperson's lines and the hand-written phrasings with their intent, and with None the salesperson's
+    thoughts, the customer's lines and the careless promises. The speech models and the intent classifier are
+    trained on them."""
     world = load_world()
-    texts = list(world.promise_thoughts) + [s for sentences in world.promise_sentences.values() for s in sentences]
+    lines = [(None, t) for t in world.promise_thoughts]
+    lines += [(None, s) for sentences in world.promise_sentences.values() for s in sentences]
     for domain, products in sorted(world.products.items()):
         ranges = world.personas["domains"][domain]
         profile = {"name": f"{world.personas['first_names'][0]} {world.personas['surnames'][0]}", "city": "Milton",
@@ -626,11 +629,18 @@ def world_speech():
             profile.update({ranges["name_field"]: f"{first} {second}", "business_type": second.lower()})
         for product in products:
             slots = slot_values(product, profile)
-            for entry in world.sales_templates.values():
-                texts += [fill(t, slots) for t in domain_texts(entry["texts"], domain) + entry["thoughts"]]
-            for by_domain in list(world.customer_templates.values()) + list(world.phrasings.values()):
-                texts += [fill(t, slots) for t in domain_texts(by_domain, domain)]
-    return texts
+            for intent, entry in world.sales_templates.items():
+                said = domain_texts(entry["texts"], domain) + domain_texts(world.phrasings.get(intent, {"any": []}),
+                                                                            domain)
+                lines += [(intent, fill(t, slots)) for t in said] + [(None, fill(t, slots)) for t in entry["thoughts"]]
+            for by_domain in world.customer_templates.values():
+                lines += [(None, fill(t, slots)) for t in domain_texts(by_domain, domain)]
+    return lines
+
+
+def world_speech():
+    """Every utterance of world/ (world_lines without the intents)."""
+    return [text for _, text in world_lines()]
 
 
 @lru_cache(maxsize=2)
@@ -697,11 +707,14 @@ def is_speech(text):
 
 # ----------------------------------------------------------------------------------------------
 # The intent classifier: which salesperson intent an utterance carries.
-# Nearest template by IDF-weighted word overlap, after numbers and product names become placeholders
-# and other slot values are ignored. Recall of the template's words counts four times as much as
-# precision, so extra words (a name, an appended promise) do not change the intent.
+# Naive Bayes over words and the word pairs of each sentence, trained on the world's lines of each move (templates.json and the
+# hand-written phrasings.json, filled for every product): every intent equally likely before the words are
+# read, each word and pair then votes with log P(feature | intent), add-ALPHA smoothed. Names, numbers and
+# product names read as placeholders, a question mark as a word of its own, and bare number lists not at all,
+# so two replies that make one move with other values read alike. Only speech is classified.
 
 WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+ALPHA = 0.1            # add-alpha smoothing of the feature counts
 
 
 def without_lists(text):
@@ -713,63 +726,49 @@ def without_lists(text):
                    if WORD.search(NUMBER.sub(" ", clause.lower())) or not NUMBER.search(clause))
 
 
-def _intent_tokens(text):
-    names, text = _find_product_names(without_lists(text))
-    text = NUMBER.sub(" qnum ", text)
-    return set(WORD.findall(text.lower())) | ({"qproduct"} if names else set())
+def _intent_features(text):
+    """The words of `text` as the classifier reads them, and the word pairs of each sentence (its start and end
+    included: "<s> shall", "minute </s>")."""
+    text = _catalogue_names()[1].sub(" qproduct ", without_lists(text))
+    text = NUMBER.sub(" qnum ", _world_value_pattern().sub(" qname ", _people_patterns()[0].sub(" qname ", text)))
+    features = ["qquestion"] if "?" in text else []
+    for sentence in re.split(r"[.?!;:]", text.lower()):
+        words = WORD.findall(sentence)
+        sequence = ["<s>"] + words + ["</s>"]
+        features += words + [f"{a} {b}" for a, b in zip(sequence, sequence[1:])] if words else []
+    return features
 
 
 @lru_cache(maxsize=1)
-def _intent_index():
-    """Template intents, template weights, postings (token -> templates) and IDF weights over intents."""
-    world = load_world()
-    numeric_keys = {key for products in world.products.values() for p in products for key, v in p.items()
-                    if isinstance(v, (int, float))} | set(world.money_fields)
-    for domain in world.personas["domains"].values():
-        numeric_keys |= set(domain["visible_ranges"])
-
-    def template_tokens(template):
-        text = SLOT.sub(lambda m: " qproduct " if m.group(1) == "product" else
-                        (" qnum " if m.group(1) in numeric_keys else " "), template)
-        return set(WORD.findall(text.lower()))
-
-    templates = []
-    for intent, entry in world.sales_templates.items():
-        for texts in list(entry["texts"].values()) + list(world.phrasings.get(intent, {}).values()):
-            templates.extend((intent, template_tokens(t)) for t in texts)
-    intent_count = len(world.sales_templates)
-    intents_with = {}
-    for intent, tokens in templates:
-        for token in tokens:
-            intents_with.setdefault(token, set()).add(intent)
-    weights = {token: math.log(1 + intent_count / len(intents)) for token, intents in intents_with.items()}
-    postings = {}  # token -> indices of the templates that contain it
-    for i, (_, tokens) in enumerate(templates):
-        for token in tokens:
-            postings.setdefault(token, []).append(i)
-    template_weight = [sum(weights[t] for t in tokens) for _, tokens in templates]
-    return [intent for intent, _ in templates], template_weight, postings, weights
+def _intent_model():
+    """{intent: {feature: log P(feature | intent)}} over the features of world_lines(), and per intent the
+    log-probability of a feature it never had."""
+    counts = {intent: Counter() for intent in SALES_INTENTS}
+    for intent, text in world_lines():
+        if intent is not None:
+            counts[intent].update(_intent_features(text))
+    vocabulary = set().union(*counts.values())
+    model, unseen = {}, {}
+    for intent, count in counts.items():
+        total = sum(count.values()) + ALPHA * len(vocabulary)
+        model[intent] = {feature: math.log((count[feature] + ALPHA) / total) for feature in count}
+        unseen[intent] = math.log(ALPHA / total)
+    return model, unseen, vocabulary
 
 
 @lru_cache(maxsize=4096)
 def classify_sales_intent(text, stage=None):
-    """The salesperson intent of `text` (a key of SALES_INTENTS). `stage`, the stage the call is
-    in, only breaks ties in favour of intents the transition table allows. Text that matches no
-    template at all is a generic pitch."""
-    if not is_speech(text):
+    """The salesperson intent of `text` (a key of SALES_INTENTS), or INCOHERENT when it is not speech. `stage`,
+    the stage the call is in, only breaks ties in favour of intents the transition table allows. Speech with
+    no word the world's lines use is a generic pitch."""
+    if not is_speech(without_lists(text)):         # a list is no part of the move; a list alone is no speech
         return INCOHERENT
-    intents, template_weight, postings, weights = _intent_index()
-    tokens = [t for t in _intent_tokens(text) if t in weights]
-    text_weight = sum(weights[t] for t in tokens)
-    overlap = Counter()
-    for token in tokens:
-        for i in postings[token]:
-            overlap[i] += weights[token]
-    best, best_score = "generic_pitch", 0.0
-    for i in sorted(overlap):
-        recall, precision = overlap[i] / template_weight[i], overlap[i] / text_weight
-        score = 5 * precision * recall / (4 * precision + recall)
-        score += 1e-6 if stage is not None and is_legal_move(intents[i], stage) else 0.0
-        if score > best_score:
-            best, best_score = intents[i], score
-    return best
+    model, unseen, vocabulary = _intent_model()
+    features = [f for f in _intent_features(text) if f in vocabulary]
+    if not features:
+        return "generic_pitch"
+
+    def score(intent):
+        votes = sum(model[intent].get(f, unseen[intent]) for f in features)
+        return votes + (1e-6 if stage is not None and is_legal_move(intent, stage) else 0.0)
+    return max(SALES_INTENTS, key=score)
