@@ -707,9 +707,9 @@ def is_speech(text):
 
 # ----------------------------------------------------------------------------------------------
 # The intent classifier: which salesperson intent an utterance carries.
-# Naive Bayes over words and the word pairs of each sentence, trained on the world's lines of each move (templates.json and the
-# hand-written phrasings.json, filled for every product): every intent equally likely before the words are
-# read, each word and pair then votes with log P(feature | intent), add-ALPHA smoothed. Names, numbers and
+# Naive Bayes over words and the word pairs of each sentence, trained on the world's lines of each move
+# (templates.json and the hand-written phrasings.json, filled for every product): every intent equally likely
+# before the words are read, each word and pair then votes with log P(feature | intent), add-ALPHA smoothed. Names, numbers and
 # product names read as placeholders, a question mark as a word of its own, and bare number lists not at all,
 # so two replies that make one move with other values read alike. Only speech is classified.
 
