@@ -16,12 +16,16 @@ apart:
 * how values are spoken (`slot_values`: "$49", "a, b and c"), which the prompts, the templates and
   DOGA's slots share;
 * the claim checker (`check_claims`): the Manager's faithfulness label and the faithfulness reward read
-  the same check;
+  the same check; a number is a fact only about its subject (world/subjects.json), another customer's or
+  business's name is wrong, forbidden promises are found in the rule's words and in other words;
 * `mask_values`: a text with its names and numbers masked, what the reward compares to measure the move;
+* speech (`is_speech`): whether an utterance is said in the world's language or is a bag of its words;
 * the salesperson intent classifier (`classify_sales_intent`): what an utterance does, read from its words.
 
-Left out on purpose: any learned component. The rules are tables and regular expressions over world/, so
-every label can be traced to the line that caused it; simulate.py plays the agents, this module only holds the rules.
+Left out on purpose: any model trained by gradient descent. The rules are tables and regular expressions over
+world/, and the two learned parts (the speech models and the intent classifier) are word and word-pair counts
+of world/'s own lines, built on first use: every label can be traced to the line or the counts that caused
+it; simulate.py plays the agents, this module only holds the rules.
 See docs/design.md, "The sales world".
 """
 
@@ -709,9 +713,10 @@ def is_speech(text):
 # The intent classifier: which salesperson intent an utterance carries.
 # Naive Bayes over words and the word pairs of each sentence, trained on the world's lines of each move
 # (templates.json and the hand-written phrasings.json, filled for every product): every intent equally likely
-# before the words are read, each word and pair then votes with log P(feature | intent), add-ALPHA smoothed. Names, numbers and
-# product names read as placeholders, a question mark as a word of its own, and bare number lists not at all,
-# so two replies that make one move with other values read alike. Only speech is classified.
+# before the words are read, each word and pair then votes with log P(feature | intent), add-ALPHA smoothed.
+# Names, numbers and product names read as placeholders, a question mark as a word of its own, and bare
+# number lists not at all, so two replies that make one move with other values read alike. Only speech is
+# classified.
 
 WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 ALPHA = 0.1            # add-alpha smoothing of the feature counts
