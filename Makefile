@@ -40,6 +40,7 @@ bench: install
 	$(PY) bench/generate.py
 	$(PY) bench/logprob.py
 	$(PY) bench/retrieval.py
+	$(PY) bench/customer.py
 	$(PY) bench/grpo_step.py
 
 # The simulated corpus: three agents write calls, then a split by call into train and test. Its size, seed
