@@ -162,6 +162,11 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
              f"turns only); closed loop: {meta['calls_per_product']} calls per product ({some['closed_loop']['calls']} "
              f"per system on all domains). Greedy decoding; one seed ({meta['seed']}). "
              "Bayesian reward terms are under the frozen base model for every system.", "",
+             f"Customers: **{meta['customers']}**. The closed loop plays the {meta['customers']} customers and "
+             f"the held-out turns come from the {meta['customers']} half of the held-out calls (recipes and "
+             "research arms are chosen on validation customers; test customers, on which no choice was made, give "
+             "the headline). No evaluation customer shares a name, a business name or a profile with a training "
+             "call.", "",
              "## Capability score: intent appropriateness",
              "Share of held-out turns where the reply does what the reference salesperson did "
              "(sales.classify_sales_intent of the reply = the reference intent). Conversion: closed loop.", ""]

@@ -187,17 +187,6 @@ def test_closed_loop_metrics_on_hand_made_calls():
     assert metrics["turns"]["value"] == 2.75                                   # (3 + 2 + 4 + 2) / 4
 
 
-def test_evaluation_customers_are_never_training_customers():
-    products = load_world().products["home_broadband"][:2]
-    jobs = evaluate.closed_loop_jobs(products, 3, seed=1)
-    taken = {evaluate.profile_key(jobs[0][2]["visible"]), evaluate.profile_key(jobs[4][2]["visible"])}
-    fresh = evaluate.closed_loop_jobs(products, 3, seed=1, seen_profiles=taken)
-    assert len(fresh) == 6 and not taken & {evaluate.profile_key(job[2]["visible"]) for job in fresh}
-    # the customers no training call had are the same ones, in the same order
-    kept = [job[0] for job in jobs if evaluate.profile_key(job[2]["visible"]) not in taken]
-    assert [job[0] for job in fresh][:2] == kept[:2]
-
-
 # ----------------------------------------------------------------------------------------------
 # The judge.
 
@@ -278,6 +267,13 @@ def test_report_from_a_smoke_run(tmp_path):
         folder = out / "systems" / name.replace("/", "__")
         assert len((folder / "turns.jsonl").read_text().splitlines()) == system["overall"]["n"]
         assert len((folder / "calls.jsonl").read_text().splitlines()) == 12
+        # make eval measures the test customers: turns of the test half of the held-out calls, test personas
+        test_half = {call["id"] for call in evaluate.held_out_half(calls[50:], "test")}
+        assert {turn["call_id"] for turn in read_jsonl(str(folder / "turns.jsonl"))} <= test_half
+        assert [c["customer"] for c in read_jsonl(str(folder / "calls.jsonl"))] == \
+            [persona for _, _, persona, _ in evaluate.closed_loop_jobs(
+                [p for _, ps in sorted(load_world().products.items()) for p in ps], 1, 0, "test")]
+    assert report["meta"]["customers"] == "test"
     assert {c["verdict"] for c in report["claims"] if c["systems"].startswith("grpo/doga vs sft")} == {"not measured"}
 
     markdown = (out / "report.md").read_text()
