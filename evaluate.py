@@ -91,6 +91,10 @@ from training import resolve_device
 
 
 PROMPTINGS = ("static", "doga", "doga_noisy", "doga_copied")
+# Promptings that diagnose a model rather than make a system one could deploy: their report entries are
+# marked "kind": "diagnostic" (systems: "system", the no-model rows of reference_rows: "reference"), and
+# report.py never gives a verdict on them.
+DIAGNOSES = ("doga_copied",)
 # Which customers a measurement is made on: recipe choices and research arms on validation customers
 # (ablations.py), the headline on test customers that no choice was made on (`make eval`).
 CUSTOMERS = ("validation", "test")
@@ -517,7 +521,7 @@ def make_eval_setup(config, settings, train_calls, test_calls, base_dir, domain=
 
 def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
     """Turn level, judge and closed loop of one system; writes out_dir/systems/<name>/{turns,calls}.jsonl.
-    Returns its report.json entry."""
+    Returns its report.json entry, whose "kind" says whether it is a system or a diagnosis (DIAGNOSES)."""
     started = time.time()
     device = resolve_device(setup.config.grpo.device)
     model, tokenizer = load_with_tokenizer(model_dir, device=device)
@@ -548,7 +552,8 @@ def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
     write_jsonl(os.path.join(folder, "turns.jsonl"), records)
     write_jsonl(os.path.join(folder, "calls.jsonl"), calls)
     result = {**aggregate_turns(records), "closed_loop": closed_loop_metrics(calls), "model": model_dir,
-              "prompting": prompting, "seconds": round(time.time() - started, 1)}
+              "prompting": prompting, "kind": "diagnostic" if prompting in DIAGNOSES else "system",
+              "seconds": round(time.time() - started, 1)}
     overall, loop = result["overall"], result["closed_loop"]
     print(f"{name}: intent appropriateness {overall['intent_appropriateness']['value']:.3f}, total reward "
           f"{overall['total']:.3f}, conversion {loop['conversion']['value']:.3f} ({result['seconds']} s)")
@@ -583,7 +588,7 @@ def reference_rows(setup, library, out_dir, noise=DEFAULT_NOISE):
                  for call_id, product, persona, rng in tqdm(setup.jobs(), desc=name, unit="call")]
         write_jsonl(os.path.join(out_dir, "systems", "reference__" + re.sub(r"\W+", "_", name), "calls.jsonl"),
                     calls)
-        rows[name] = {"closed_loop": closed_loop_metrics(calls)}
+        rows[name] = {"kind": "reference", "closed_loop": closed_loop_metrics(calls)}
         print(f"{name}: conversion {rows[name]['closed_loop']['conversion']['value']:.3f}")
     return rows
 

@@ -275,9 +275,19 @@ def test_report_from_a_smoke_run(tmp_path):
                 [p for _, ps in sorted(load_world().products.items()) for p in ps], 1, 0, "test")]
     assert report["meta"]["customers"] == "test"
     assert {c["verdict"] for c in report["claims"] if c["systems"].startswith("grpo/doga vs sft")} == {"not measured"}
+    # Diagnoses and references are marked as such, in the JSON, the tables and the verdicts.
+    assert {name: system["kind"] for name, system in report["systems"].items()} == \
+        {name: "diagnostic" if name.endswith("/doga_copied") else "system" for name in report["systems"]}
+    assert len(report["references"]) == 3 and {r["kind"] for r in report["references"].values()} == {"reference"}
+    assert not [c for c in report["claims"] if "copied" in c["systems"] or "scripted" in c["systems"]]
 
     markdown = (out / "report.md").read_text()
     assert "| system | opening | business_analysis |" in markdown and "| grpo/doga |" in markdown
+    assert "Customers: **test**" in markdown
+    rows = [line.split(" | ")[0][2:] for line in markdown.splitlines() if line.startswith("| ")]
+    assert "grpo/doga_copied" not in rows and rows.count("diagnostic: grpo/doga_copied") == 4   # every table
+    for name in report["references"]:
+        assert name not in rows and rows.count(f"reference: {name}") == 1      # the closed loop's table
     assert "DOGA beats static prompting" in markdown and "training_and_capabilities.png" in markdown
     assert (out / "training_and_capabilities.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # calls.html: every played call; a DOGA system's turns keep the outline they were prompted with
@@ -302,6 +312,36 @@ def test_copy_oracle_fixes_the_numbers_of_a_template_and_nothing_else():
     for text in (format_assistant("Fine.", right), format_assistant("Other words.", wrong + " Really."),
                  "no thought block " + wrong):
         assert evaluate.copy_numbers(text, view, templates) == text         # right already, reworded, malformed
+
+
+def test_verdicts_and_the_plot_keep_diagnoses_apart_from_systems():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def entry(kind, conversion):
+        summary = {"n": 4, "intent_appropriateness": {"value": 0.5, "low": 0.2, "high": 0.8}, "total": 1.0}
+        return {"kind": kind, "capabilities": {stage: summary for stage in STAGES}, "overall": summary,
+                "closed_loop": {"conversion": {"value": conversion, "low": conversion - 0.1,
+                                               "high": conversion + 0.1}}}
+    systems = {"grpo/doga": entry("system", 0.5), "grpo/static": entry("system", 0.2),
+               "base/doga": entry("diagnostic", 0.1)}
+    verdicts = {row["systems"]: row["verdict"] for row in report.claims_table(systems)}
+    assert verdicts["grpo/doga vs grpo/static"] == "agrees"
+    # base/doga is measured but marked a diagnosis here: no claim about it gets a verdict.
+    assert verdicts["grpo/doga vs base/doga"] == "not measured"
+    assert not [claim for claim in verdicts if claim.startswith("base/")]
+
+    figure, axes = plt.subplots()
+    report.capability_bars(axes, systems)
+    handles, labels = axes.get_legend_handles_labels()
+    plt.close(figure)
+    assert labels == ["grpo/doga", "grpo/static", "diagnostic: base/doga"]           # systems first
+    hatches = [{bar.get_hatch() for bar in handle.patches} for handle in handles]
+    assert hatches == [{None}, {None}, {"//"}]
+    with pytest.raises(ValueError, match="kind"):
+        report.write_report("unused", "t", {"grpo/doga": {k: v for k, v in systems["grpo/doga"].items()
+                                                          if k != "kind"}}, {}, {})
 
 
 def test_claim_verdict_judges_conversion_by_its_intervals():
