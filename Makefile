@@ -76,11 +76,13 @@ chat: install
 	$(PY) doga.py chat --model $(RUN)/final --library $(RUN)/scripts
 
 # Base vs GRPO, each with a static prompt and with DOGA: reports/default/report.md (needs `make train`).
+# Measured on the test customers, on which no recipe choice was made (the headline).
 eval: install data
 	$(PY) evaluate.py --config $(CONFIG) --run $(RUN) --data $(DATA) --out reports/$(notdir $(RUN)) \
-		$(if $(MODEL),--base $(MODEL))
+		--customers test $(if $(MODEL),--base $(MODEL))
 
-# Every arm of the paper's comparisons, trained and evaluated: reports/ablations/report.md.
+# Every arm of the paper's comparisons, trained and evaluated: reports/ablations/report.md. The arms are
+# research choices, so they are measured on the validation customers (ablations.py).
 ablations: install data
 	$(PY) ablations.py --plan configs/ablations.json --data $(DATA) --default-run runs/default \
 		--work runs/ablations --out reports/ablations

@@ -13,9 +13,12 @@ SFT stage's pretraining overrides, a domain to hold out and the evaluation setti
 
 Every system is measured by evaluate.evaluate_system on the same turns and customers, under the same
 reward (the common config's weights, the frozen base as the Bayesian reference), and report.py writes
-the report. Each arm is trained once per recipe (`train_once`: config sections, starting model and
-data), so a rerun of `make ablations` resumes arm by arm; the default run's base and GRPO model are reused
-when they were made exactly as an arm would be (`default_base_matches`, `default_grpo_matches`).
+the report. The arms are research choices, so they are measured on *validation* customers and turns
+(evaluate.EvalSettings.customers): `make eval`'s test customers stay ones no choice was made on.
+
+Each arm is trained once per recipe (`train_once`: config sections, starting model and data), so a rerun of
+`make ablations` resumes arm by arm; the default run's base and GRPO model are reused when they were made
+exactly as an arm would be (`default_base_matches`, `default_grpo_matches`).
 
 Left out, and why: several seeds per arm and paired significance tests (a CPU budget of about one hour
 for all arms; the report's 95% intervals say how far one run can be trusted).
@@ -63,7 +66,16 @@ def load_plan(path):
     if set(plan.get("eval", {})) - fields:
         raise ConfigError(f"{path}: eval.{sorted(set(plan['eval']) - fields)[0]} is not a known key "
                           f"(known: {sorted(fields)})")
+    if plan.get("eval", {}).get("customers", "validation") != "validation":
+        raise ConfigError(f"{path}: eval.customers must be 'validation': research arms are chosen between, and "
+                          "the test customers are kept for make eval's headline")
     return plan
+
+
+def eval_settings(plan):
+    """The plan's evaluation settings, on validation customers (research arms are choices: load_plan refuses
+    a plan that would measure them on the test customers)."""
+    return EvalSettings(**{"customers": "validation", **plan.get("eval", {})})
 
 
 def arm_config(plan, work_dir, name, extra=None):
@@ -133,7 +145,7 @@ def default_grpo_matches(run_dir, config, base, data_dir, library_dir):
 def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir=None):
     started = time.time()
     plan = load_plan(plan_path)
-    settings = EvalSettings(**plan.get("eval", {}))
+    settings = eval_settings(plan)
     config = arm_config(plan, work_dir, "common")
     sft_config = arm_config(plan, work_dir, "sft", {"pretrain": plan.get("sft", {})})
     no_bayes_config = arm_config(plan, work_dir, "grpo_no_bayes", {"reward": {"bayes": 0.0}})

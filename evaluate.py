@@ -6,7 +6,11 @@ A *system* is a model with a prompting: `static` (doga.StaticAgent, one few-shot
 are flipped to another legal intent at rate `label_noise`, 20%). One more, `doga_copied`, is a diagnosis
 rather than a system: DOGA, with every reply that is a library template said with other numbers than the
 call's replaced by that template filled for the call (`copy_numbers`): what the model would sell if it
-could copy a number from its context, everything else its own. Every system is measured the same way:
+could copy a number from its context, everything else its own. Every system is measured the same way, on
+one of two sets of customers (`EvalSettings.customers`): **validation** customers, on which recipe choices and
+research arms are measured (ablations.py), or **test** customers, on which no choice was made (`make eval`, the
+headline). Both are drawn from the evaluation pool of names (world/personas.json's "evaluation" section), so no
+evaluation customer shares a name, a business name or a profile with a training call:
 
 * **Turn level** (`select_turns`, `score_turns`). On held-out test calls, the salesperson turns the
   Manager labelled good (on-stage and faithful: a deliberate mistake of the noisy corpus is no reference
@@ -17,9 +21,12 @@ could copy a number from its context, everything else its own. Every system is m
   reference turn's intent) and with its length in words. Aggregated per capability (the reference turn's
   stage) and overall. *The capability score* of the report's first table is intent appropriateness: the
   share of turns where the reply does what a good salesperson did at that moment. It is bounded, needs no
-  weights and reads the same for every system; the mean total reward is the second table.
-* **Closed loop** (`play_calls`). The system plays the salesperson in simulate.run_call against the
-  simulated Customer, `calls_per_product` calls for every product, the same personas for every system:
+  weights and reads the same for every system; the mean total reward is the second table. The held-out
+  calls are split in two halves by their id (`held_out_half`): validation turns come from one, test turns
+  from the other.
+* **Closed loop** (`closed_loop_jobs`, `play_calls`). The system plays the salesperson in simulate.run_call
+  against the simulated Customer, `calls_per_product` calls for every product, the same personas for every
+  system (from the evaluation pool, their random streams keyed by the customers, validation or test):
   conversion and hang-up rates with Wilson 95% intervals; mean turns per call, faithfulness violations
   per call (salesperson turns the Manager labels unfaithful: an unsupported number, price or product, or a
   forbidden promise) and off-stage turns per call with Student-t 95% intervals.
@@ -43,17 +50,18 @@ the intervals say how far one run can be trusted); sampling-based evaluation (gr
 systems comparable turn by turn). See docs/design.md, "Evaluation".
 
 CLI:
-    python evaluate.py --config configs/tiny.json --run runs/default --data data --out reports/default [--judge DIR]
+    python evaluate.py --config configs/tiny.json --run runs/default --data data --out reports/default
+                       [--customers test|validation] [--judge DIR]
 """
 
 import argparse
-import json
 import math
 import os
 import random
 import re
 import threading
 import time
+import zlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -83,6 +91,13 @@ from training import resolve_device
 
 
 PROMPTINGS = ("static", "doga", "doga_noisy", "doga_copied")
+# Promptings that diagnose a model rather than make a system one could deploy: their report entries are
+# marked "kind": "diagnostic" (systems: "system", the no-model rows of reference_rows: "reference"), and
+# report.py never gives a verdict on them.
+DIAGNOSES = ("doga_copied",)
+# Which customers a measurement is made on: recipe choices and research arms on validation customers
+# (ablations.py), the headline on test customers that no choice was made on (`make eval`).
+CUSTOMERS = ("validation", "test")
 
 
 @dataclass
@@ -93,6 +108,11 @@ class EvalSettings:
     seed: int = 0                  # turns drawn, personas, the noisy classifier's flips
     label_noise: float = 0.2       # share of predicted intents flipped for the doga_noisy prompting
     judge_retries: int = 2         # extra (sampled) tries when the judge's answer has no score
+    customers: str = "test"        # "test" (the headline) or "validation" (choices and research arms)
+
+    def __post_init__(self):
+        if self.customers not in CUSTOMERS:
+            raise ValueError(f"customers: {self.customers!r} is not one of {', '.join(CUSTOMERS)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,29 +321,28 @@ def aggregate_turns(records):
 # ----------------------------------------------------------------------------------------------
 # Closed loop: whole calls against the simulated customers.
 
-def closed_loop_jobs(products, calls_per_product, seed, seen_profiles=()):
+def closed_loop_jobs(products, calls_per_product, seed, customers="test"):
     """(call id, product, persona, rng) per call; the persona and the customer's randomness depend only
-    on the seed, the product and the call number, so every system meets the same customers.
+    on `customers` (validation or test), the seed, the product and the call number, so every system meets
+    the same customers, and validation and test customers are different people.
 
-    seen_profiles: the visible profiles of the training calls (profile_key). A drawn customer whose profile
-    a training call already had is passed over for the next draw: evaluation customers are never training
-    customers. Each job's rng is fresh: a played call advances it, so build the jobs anew for each player."""
-    seen, jobs = set(seen_profiles), []
+    Personas come from the evaluation pool (simulate.make_persona(pool="evaluation")): names and business
+    names no training call has, so no evaluation customer is a training customer. Each job's rng is fresh:
+    a played call advances it, so build the jobs anew for each player."""
+    jobs = []
     for product in products:
-        number = drawn = 0
-        while drawn < calls_per_product:
-            rng = random.Random(f"eval:{seed}:{product['id']}:{number}")
-            persona = make_persona(product["domain"], product, rng)
-            if profile_key(persona["visible"]) not in seen:
-                jobs.append((f"eval-{product['id']}-{number}", product, persona, rng))
-                drawn += 1
-            number += 1
+        for number in range(calls_per_product):
+            rng = random.Random(f"{customers}:{seed}:{product['id']}:{number}")
+            persona = make_persona(product["domain"], product, rng, pool="evaluation")
+            jobs.append((f"{customers}-{product['id']}-{number}", product, persona, rng))
     return jobs
 
 
-def profile_key(visible):
-    """A customer's visible profile as one comparable string."""
-    return json.dumps(visible, sort_keys=True)
+def held_out_half(calls, customers):
+    """The held-out calls whose turns measure `customers`: half of them by a stable hash of the call id
+    (CRC-32, the same on every machine; Python's hash() of a string is salted per process), so validation
+    and test turns never come from the same call."""
+    return [call for call in calls if zlib.crc32(call["id"].encode()) % 2 == CUSTOMERS.index(customers)]
 
 
 def play_calls(answer, jobs, desc="calls"):
@@ -469,17 +488,17 @@ class EvalSetup:
     turns: list                # [(call, Sample)] held-out turns
     products: list             # product sheets of the closed loop
     reward_fn: CompositeReward  # frozen base model as the Bayesian reference
-    seen_profiles: set         # visible profiles of the training calls: never an evaluation customer
     judge: object = None       # Judge or None
 
     def jobs(self):
         """The closed-loop calls, with fresh random streams: the same customers for every system."""
         return closed_loop_jobs(self.products, self.settings.calls_per_product, self.settings.seed,
-                                self.seen_profiles)
+                                self.settings.customers)
 
 
 def make_eval_setup(config, settings, train_calls, test_calls, base_dir, domain=None, judge_dir=None):
     """Turns, products, reward and judge for one evaluation; `domain` restricts turns and products to it.
+    The turns come from the half of the held-out calls that belongs to settings.customers (held_out_half).
 
     The similarity embedder is fitted on the good reference replies of the training calls (as GRPO's is);
     turns whose plain prompt exceeds max_prompt_length under the base tokenizer are left out (as in GRPO)."""
@@ -488,21 +507,21 @@ def make_eval_setup(config, settings, train_calls, test_calls, base_dir, domain=
     base.eval().requires_grad_(False)
     references = [s for call in train_calls for s in training_samples(call) if is_good_turn(s.labels)]
     reward_fn = CompositeReward(config.reward, base, tokenizer, fit_similarity_embedder(references))
-    calls = [c for c in test_calls if domain in (None, c["domain"])]
+    calls = [c for c in held_out_half(test_calls, settings.customers) if domain in (None, c["domain"])]
     turns = select_turns(calls, settings.turns_per_stage, settings.seed,
                          lambda s: len(tokenizer.encode(s.prompt)) <= config.grpo.max_prompt_length)
     if not turns:
         raise ValueError(f"no good held-out turn fits max_prompt_length={config.grpo.max_prompt_length} in the "
-                         f"test calls{'' if domain is None else ' of domain ' + repr(domain)}")
+                         f"{settings.customers} half of the test calls"
+                         f"{'' if domain is None else ' of domain ' + repr(domain)}")
     products = [p for d, ps in sorted(load_world().products.items()) if domain in (None, d) for p in ps]
     judge = Judge(judge_dir, settings.judge_retries, seed=settings.seed) if judge_dir else None
-    seen = {profile_key(call["customer"]["visible"]) for call in train_calls}
-    return EvalSetup(config, settings, turns, products, reward_fn, seen, judge)
+    return EvalSetup(config, settings, turns, products, reward_fn, judge)
 
 
 def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
     """Turn level, judge and closed loop of one system; writes out_dir/systems/<name>/{turns,calls}.jsonl.
-    Returns its report.json entry."""
+    Returns its report.json entry, whose "kind" says whether it is a system or a diagnosis (DIAGNOSES)."""
     started = time.time()
     device = resolve_device(setup.config.grpo.device)
     model, tokenizer = load_with_tokenizer(model_dir, device=device)
@@ -533,7 +552,8 @@ def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
     write_jsonl(os.path.join(folder, "turns.jsonl"), records)
     write_jsonl(os.path.join(folder, "calls.jsonl"), calls)
     result = {**aggregate_turns(records), "closed_loop": closed_loop_metrics(calls), "model": model_dir,
-              "prompting": prompting, "seconds": round(time.time() - started, 1)}
+              "prompting": prompting, "kind": "diagnostic" if prompting in DIAGNOSES else "system",
+              "seconds": round(time.time() - started, 1)}
     overall, loop = result["overall"], result["closed_loop"]
     print(f"{name}: intent appropriateness {overall['intent_appropriateness']['value']:.3f}, total reward "
           f"{overall['total']:.3f}, conversion {loop['conversion']['value']:.3f} ({result['seconds']} s)")
@@ -568,7 +588,7 @@ def reference_rows(setup, library, out_dir, noise=DEFAULT_NOISE):
                  for call_id, product, persona, rng in tqdm(setup.jobs(), desc=name, unit="call")]
         write_jsonl(os.path.join(out_dir, "systems", "reference__" + re.sub(r"\W+", "_", name), "calls.jsonl"),
                     calls)
-        rows[name] = {"closed_loop": closed_loop_metrics(calls)}
+        rows[name] = {"kind": "reference", "closed_loop": closed_loop_metrics(calls)}
         print(f"{name}: conversion {rows[name]['closed_loop']['conversion']['value']:.3f}")
     return rows
 
@@ -615,7 +635,8 @@ def main(argv=None):
     parser.add_argument("--out", default="reports/default")
     parser.add_argument("--judge", default=None, help="local instruct checkpoint folder grading replies 1-10")
     for field in EvalSettings.__dataclass_fields__.values():
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default,
+                            choices=CUSTOMERS if field.name == "customers" else None)
     args = parser.parse_args(argv)
     try:
         settings = EvalSettings(**{f: getattr(args, f) for f in EvalSettings.__dataclass_fields__})

@@ -6,15 +6,22 @@ they measured to <out>/:
 * report.md: the capability score (intent appropriateness) and the mean total reward per capability,
   the judge's scores when one ran, the turn-level terms, the closed loop with its 95% intervals, the
   paper's claims beside what we measured, the plot, and the provenance of the run;
-* report.json: {"systems": {"<model>/<prompting>": {"capabilities", "overall", "closed_loop", ...}},
-  "claims": [...], "meta": {...}}, the numbers behind every table;
+* report.json: {"systems": {"<model>/<prompting>": {"kind", "capabilities", "overall", "closed_loop", ...}},
+  "references": {"<name>": {"kind", "closed_loop"}}, "claims": [...], "meta": {...}}, the numbers behind
+  every table;
 * training_and_capabilities.png: GRPO reward and pretraining loss per step, capability score per system;
 * calls.html: every call the systems played (<out>/systems/*/calls.jsonl), each turn annotated, to audit by
   eye (calls_page.py).
 
+Every entry has a `kind` (KINDS): a *system* (a model with a prompting, what one could deploy), a
+*diagnostic* (a measurement of a model that no deployment could reproduce, such as the copy oracle
+`*/doga_copied`) or a *reference* (a salesperson without a trained model). Diagnoses and references are
+labelled as such in every table, drawn hatched and grey in the plot, and never get a verdict, so a reader
+never takes one for a system.
+
 The claims (`paper_claims`): each comparison the paper reports, stated qualitatively (no number is
-copied), with its direction; the verdict is the sign of the capability-score difference against that
-direction, "within noise" when the two 95% intervals overlap.
+copied), with its direction, between systems only; the verdict is the sign of the difference in closed-loop
+conversion against that direction, "within noise" when the two 95% intervals overlap.
 
 Left out on purpose: significance tests between systems (one seed per arm; the intervals say how far a
 run can be trusted) and interactive plots (a PNG reads anywhere). matplotlib, a dependency of the
@@ -30,6 +37,9 @@ import numpy as np
 from calls_page import write_calls_page
 from files import write_bytes, write_json, write_text
 from sales import STAGES
+
+
+KINDS = ("system", "diagnostic", "reference")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,6 +88,8 @@ def claim_verdict(first, second, direction):
 
 
 def claims_table(systems):
+    """The paper's claims with what we measured; a claim about a diagnosis or a reference is not measured."""
+    systems = {name: result for name, result in systems.items() if result["kind"] == "system"}
     rows = []
     for claim, first, second, direction in paper_claims(systems):
         if first in systems and second in systems:
@@ -104,14 +116,7 @@ def plot(path, curves, systems):
     for label, rows in curves.get("pretrain", {}).items():
         losses.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label)
     losses.set(title="Pretraining / SFT loss", xlabel="step", ylabel="cross-entropy")
-    columns = list(STAGES) + ["overall"]
-    width = 0.8 / max(1, len(systems))
-    for k, (name, result) in enumerate(systems.items()):
-        values = [result["capabilities"][s].get("intent_appropriateness", {}).get("value") or 0.0 for s in STAGES]
-        values.append(result["overall"]["intent_appropriateness"]["value"])
-        scores.bar(np.arange(len(columns)) + k * width, values, width, label=name)
-    scores.set_xticks(np.arange(len(columns)) + 0.4 - width / 2, [c.replace("_", "\n") for c in columns], fontsize=7)
-    scores.set(title="Capability score (intent appropriateness)", ylim=(0, 1))
+    capability_bars(scores, systems)
     for axes in (rewards, losses, scores):
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize=7)
@@ -120,6 +125,31 @@ def plot(path, curves, systems):
     figure.savefig(image, format="png", dpi=100)
     plt.close(figure)
     write_bytes(path, image.getvalue())
+
+
+def capability_bars(axes, systems):
+    """Capability score per capability, one bar per system; a diagnosis is drawn hatched and grey, labelled as
+    one in the legend, after the systems."""
+    columns = list(STAGES) + ["overall"]
+    width = 0.8 / max(1, len(systems))
+    greys = iter(["0.85", "0.65", "0.45"] * len(systems))        # one shade per diagnosis, so each reads apart
+    for k, (name, result) in enumerate(in_report_order(systems)):
+        values = [result["capabilities"][s].get("intent_appropriateness", {}).get("value") or 0.0 for s in STAGES]
+        values.append(result["overall"]["intent_appropriateness"]["value"])
+        style = {} if result["kind"] == "system" else {"color": next(greys), "edgecolor": "black", "hatch": "//"}
+        axes.bar(np.arange(len(columns)) + k * width, values, width, label=row_name(name, result), **style)
+    axes.set_xticks(np.arange(len(columns)) + 0.4 - width / 2, [c.replace("_", "\n") for c in columns], fontsize=7)
+    axes.set(title="Capability score (intent appropriateness; hatched: not a system)", ylim=(0, 1))
+
+
+def in_report_order(entries):
+    """(name, entry) of systems first, then diagnoses, then references, each in the order they came."""
+    return sorted(entries.items(), key=lambda item: KINDS.index(item[1]["kind"]))
+
+
+def row_name(name, entry):
+    """A row's name in the tables and the legend: a diagnosis or a reference says what it is."""
+    return name if entry["kind"] == "system" else f"{entry['kind']}: {name}"
 
 
 def _percent(entry):
@@ -137,10 +167,10 @@ def _interval(entry, fmt):
 def capability_table(systems, cell):
     header = ["system"] + list(STAGES) + ["overall", "conversion"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, result in systems.items():
+    for name, result in in_report_order(systems):
         cells = [cell(result["capabilities"][s]) for s in STAGES] + [cell(result["overall"])]
         cells.append(_percent(result["closed_loop"]["conversion"]))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row_name(name, result)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -148,6 +178,10 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
     """reports/<run>/report.md, report.json and training_and_capabilities.png. `references`: closed-loop rows
     of salespeople without a trained model (evaluate.reference_rows), listed under the systems."""
     references = references or {}
+    for entries, kinds in ((systems, ("system", "diagnostic")), (references, ("reference",))):
+        for name, entry in entries.items():
+            if entry.get("kind") not in kinds:
+                raise ValueError(f"report entry {name!r}: kind {entry.get('kind')!r}, expected one of {kinds}")
     claims = claims_table(systems)
     write_json(os.path.join(out_dir, "report.json"),
                {"systems": systems, "references": references, "claims": claims, "meta": meta}, indent=1)
@@ -162,6 +196,17 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
              f"turns only); closed loop: {meta['calls_per_product']} calls per product ({some['closed_loop']['calls']} "
              f"per system on all domains). Greedy decoding; one seed ({meta['seed']}). "
              "Bayesian reward terms are under the frozen base model for every system.", "",
+             f"Customers: **{meta['customers']}**. The closed loop plays the {meta['customers']} customers and "
+             f"the held-out turns come from the {meta['customers']} half of the held-out calls (recipes and "
+             "research arms are chosen on validation customers; test customers, on which no choice was made, give "
+             "the headline). No evaluation customer shares a name, a business name or a profile with a training "
+             "call.", "",
+             "**Not every row is a system.** A row labelled *diagnostic:* measures a model in a way no deployment "
+             "could: `doga_copied` is the model with DOGA, each reply that is a library template said with other "
+             "numbers than the call's replaced by that template with the call's numbers (evaluate.copy_numbers), "
+             "what the model would sell if it could copy a number from its context. A row labelled *reference:* "
+             "is a salesperson without a trained model. Neither gets a verdict; the plot draws diagnoses hatched "
+             "and grey; report.json marks every entry with its `kind` (system, diagnostic, reference).", "",
              "## Capability score: intent appropriateness",
              "Share of held-out turns where the reply does what the reference salesperson did "
              "(sales.classify_sales_intent of the reply = the reference intent). Conversion: closed loop.", ""]
@@ -176,24 +221,22 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
     lines += ["", "## Turn level, overall", "",
               "| system | intent appropriateness | total reward | format | similarity | faithfulness | manager | "
               "bayes (prior + likelihood) | customer reaction | words (reference) | truncated |", "|" + "---|" * 11]
-    for name, result in systems.items():
+    for name, result in in_report_order(systems):
         o = result["overall"]
-        lines.append(f"| {name} | {_interval(o['intent_appropriateness'], '.2f')} | "
+        lines.append(f"| {row_name(name, result)} | {_interval(o['intent_appropriateness'], '.2f')} | "
                      f"{_interval(o['total_reward'], '.3f')} | {o['format']:.2f} | {o['similarity']:.3f} | "
                      f"{o['faithfulness']:.3f} | {o['manager']:.3f} | {o['bayes']:.2f} "
                      f"({o['bayes_prior']:.2f} + {o['bayes_likelihood']:.2f}) | {o['reaction']:.2f} | "
                      f"{o['reply_words']:.1f} ({o['reference_words']:.1f}) | {o['truncated']:.0%} |")
     lines += ["", "## Closed loop against simulated customers",
-              "Rates with Wilson 95% intervals; per-call means with Student-t 95% intervals. The rows in italics "
-              "play the same customers without a trained model. A `doga_copied` row is a diagnosis, not a system: "
-              "the model with DOGA, each reply that is a library template said with other numbers than the "
-              "call's replaced by that template with the call's numbers (evaluate.copy_numbers): what the model "
-              "would sell if it could copy a number from its context.", "",
+              "Rates with Wilson 95% intervals; per-call means with Student-t 95% intervals. The rows labelled "
+              "*reference:* play the same customers without a trained model; they and the *diagnostic:* rows are "
+              "not systems (see the top of this report).", "",
               "| system | calls | conversion | hang-up | turns per call | unfaithful turns per call | "
               "unsupported facts per call | off-stage turns per call |", "|" + "---|" * 8]
-    for name, result in list(systems.items()) + [(f"*{name}*", row) for name, row in references.items()]:
+    for name, result in in_report_order({**systems, **references}):
         c = result["closed_loop"]
-        lines.append(f"| {name} | {c['calls']} | {_interval(c['conversion'], '.2f')} | "
+        lines.append(f"| {row_name(name, result)} | {c['calls']} | {_interval(c['conversion'], '.2f')} | "
                      f"{_interval(c['hang_up'], '.2f')} | {_interval(c['turns'], '.1f')} | "
                      f"{_interval(c['violations_per_call'], '.2f')} | "
                      f"{_interval(c['unsupported_facts_per_call'], '.2f')} | "
@@ -201,7 +244,7 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
     lines += ["", "## The paper's claims beside what we measured",
               "The paper's findings are stated qualitatively (no numbers copied). Verdict: the sign of the "
               "difference in closed-loop conversion (the headline) against the paper's direction; 'within "
-              "noise' when the two 95% intervals overlap.", "",
+              "noise' when the two 95% intervals overlap. Systems only: diagnoses and references get none.", "",
               "| claim (paper) | systems | measured | verdict |", "|---|---|---|---|"]
     lines += [f"| {c['claim']} | {c['systems']} | {c['measured']} | {c['verdict']} |" for c in claims]
     lines += ["", "## Training curves and capability scores", "", "![training curves and capability scores]"

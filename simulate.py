@@ -90,13 +90,24 @@ def _draw(spec, rng):
     return rng.randint(low // step, high // step) * step
 
 
-def make_persona(domain, product, rng):
-    """{"visible": {...}, "hidden": {...}}: a customer of `domain` who is being offered `product`."""
+PERSONA_POOLS = ("training", "evaluation")
+
+
+def make_persona(domain, product, rng, pool="training"):
+    """{"visible": {...}, "hidden": {...}}: a customer of `domain` who is being offered `product`.
+
+    pool: whose names the customer gets. "training" (the corpus) draws from the top-level lists of
+    world/personas.json; "evaluation" from its "evaluation" section, names no training call has, so an
+    evaluation customer is nobody the model was trained on. Everything else is drawn the same way."""
+    if pool not in PERSONA_POOLS:
+        raise ValueError(f"unknown persona pool {pool!r} (known: {', '.join(PERSONA_POOLS)})")
     world = load_world()
     spec, ranges = world.personas, world.personas["domains"][domain]
-    visible = {"name": f"{rng.choice(spec['first_names'])} {rng.choice(spec['surnames'])}"}
+    names = spec if pool == "training" else spec["evaluation"]
+    visible = {"name": f"{rng.choice(names['first_names'])} {rng.choice(names['surnames'])}"}
     if ranges["name_field"]:
-        first, second = rng.choice(ranges["name_parts"][0]), rng.choice(ranges["name_parts"][1])
+        parts = names["domains"][domain]["name_parts"]
+        first, second = rng.choice(parts[0]), rng.choice(parts[1])
         visible[ranges["name_field"]] = f"{first} {second}"
         if ranges["name_field"] == "business":
             visible["business_type"] = second.lower()

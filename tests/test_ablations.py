@@ -21,12 +21,18 @@ def test_ablation_plan_and_arm_configs(tmp_path):
     assert no_bayes.reward.bayes == 0.0 and no_bayes.grpo.steps == 3
     assert no_bayes.grpo.num_generations == smoke.grpo.num_generations and no_bayes.model == smoke.model
     assert sft.pretrain.steps == 5 and sft.reward.bayes == smoke.reward.bayes
-    assert ablations.EvalSettings(**plan["eval"]).turns_per_stage == 2
+    settings = ablations.eval_settings(plan)
+    assert settings.turns_per_stage == 2 and settings.customers == "validation"
     assert json.load(open(ablations.load_plan("configs/ablations.json")["base_config"]))   # the shipped plan loads
 
     plan_path.write_text(json.dumps({"base_config": "configs/smoke.json", "holdout_domain": "x",
                                      "eval": {"turns_per_stag": 2}}))
     with pytest.raises(ConfigError, match="turns_per_stag"):
+        ablations.load_plan(str(plan_path))
+    # Research arms are measured on validation customers; the plan may not spend the test customers on them.
+    plan_path.write_text(json.dumps({"base_config": "configs/smoke.json", "holdout_domain": "x",
+                                     "eval": {"customers": "test"}}))
+    with pytest.raises(ConfigError, match="validation"):
         ablations.load_plan(str(plan_path))
 
 

@@ -187,17 +187,6 @@ def test_closed_loop_metrics_on_hand_made_calls():
     assert metrics["turns"]["value"] == 2.75                                   # (3 + 2 + 4 + 2) / 4
 
 
-def test_evaluation_customers_are_never_training_customers():
-    products = load_world().products["home_broadband"][:2]
-    jobs = evaluate.closed_loop_jobs(products, 3, seed=1)
-    taken = {evaluate.profile_key(jobs[0][2]["visible"]), evaluate.profile_key(jobs[4][2]["visible"])}
-    fresh = evaluate.closed_loop_jobs(products, 3, seed=1, seen_profiles=taken)
-    assert len(fresh) == 6 and not taken & {evaluate.profile_key(job[2]["visible"]) for job in fresh}
-    # the customers no training call had are the same ones, in the same order
-    kept = [job[0] for job in jobs if evaluate.profile_key(job[2]["visible"]) not in taken]
-    assert [job[0] for job in fresh][:2] == kept[:2]
-
-
 # ----------------------------------------------------------------------------------------------
 # The judge.
 
@@ -278,10 +267,27 @@ def test_report_from_a_smoke_run(tmp_path):
         folder = out / "systems" / name.replace("/", "__")
         assert len((folder / "turns.jsonl").read_text().splitlines()) == system["overall"]["n"]
         assert len((folder / "calls.jsonl").read_text().splitlines()) == 12
+        # make eval measures the test customers: turns of the test half of the held-out calls, test personas
+        test_half = {call["id"] for call in evaluate.held_out_half(calls[50:], "test")}
+        assert {turn["call_id"] for turn in read_jsonl(str(folder / "turns.jsonl"))} <= test_half
+        assert [c["customer"] for c in read_jsonl(str(folder / "calls.jsonl"))] == \
+            [persona for _, _, persona, _ in evaluate.closed_loop_jobs(
+                [p for _, ps in sorted(load_world().products.items()) for p in ps], 1, 0, "test")]
+    assert report["meta"]["customers"] == "test"
     assert {c["verdict"] for c in report["claims"] if c["systems"].startswith("grpo/doga vs sft")} == {"not measured"}
+    # Diagnoses and references are marked as such, in the JSON, the tables and the verdicts.
+    assert {name: system["kind"] for name, system in report["systems"].items()} == \
+        {name: "diagnostic" if name.endswith("/doga_copied") else "system" for name in report["systems"]}
+    assert len(report["references"]) == 3 and {r["kind"] for r in report["references"].values()} == {"reference"}
+    assert not [c for c in report["claims"] if "copied" in c["systems"] or "scripted" in c["systems"]]
 
     markdown = (out / "report.md").read_text()
     assert "| system | opening | business_analysis |" in markdown and "| grpo/doga |" in markdown
+    assert "Customers: **test**" in markdown
+    rows = [line.split(" | ")[0][2:] for line in markdown.splitlines() if line.startswith("| ")]
+    assert "grpo/doga_copied" not in rows and rows.count("diagnostic: grpo/doga_copied") == 4   # every table
+    for name in report["references"]:
+        assert name not in rows and rows.count(f"reference: {name}") == 1      # the closed loop's table
     assert "DOGA beats static prompting" in markdown and "training_and_capabilities.png" in markdown
     assert (out / "training_and_capabilities.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # calls.html: every played call; a DOGA system's turns keep the outline they were prompted with
@@ -306,6 +312,36 @@ def test_copy_oracle_fixes_the_numbers_of_a_template_and_nothing_else():
     for text in (format_assistant("Fine.", right), format_assistant("Other words.", wrong + " Really."),
                  "no thought block " + wrong):
         assert evaluate.copy_numbers(text, view, templates) == text         # right already, reworded, malformed
+
+
+def test_verdicts_and_the_plot_keep_diagnoses_apart_from_systems():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def entry(kind, conversion):
+        summary = {"n": 4, "intent_appropriateness": {"value": 0.5, "low": 0.2, "high": 0.8}, "total": 1.0}
+        return {"kind": kind, "capabilities": {stage: summary for stage in STAGES}, "overall": summary,
+                "closed_loop": {"conversion": {"value": conversion, "low": conversion - 0.1,
+                                               "high": conversion + 0.1}}}
+    systems = {"grpo/doga": entry("system", 0.5), "grpo/static": entry("system", 0.2),
+               "base/doga": entry("diagnostic", 0.1)}
+    verdicts = {row["systems"]: row["verdict"] for row in report.claims_table(systems)}
+    assert verdicts["grpo/doga vs grpo/static"] == "agrees"
+    # base/doga is measured but marked a diagnosis here: no claim about it gets a verdict.
+    assert verdicts["grpo/doga vs base/doga"] == "not measured"
+    assert not [claim for claim in verdicts if claim.startswith("base/")]
+
+    figure, axes = plt.subplots()
+    report.capability_bars(axes, systems)
+    handles, labels = axes.get_legend_handles_labels()
+    plt.close(figure)
+    assert labels == ["grpo/doga", "grpo/static", "diagnostic: base/doga"]           # systems first
+    hatches = [{bar.get_hatch() for bar in handle.patches} for handle in handles]
+    assert hatches == [{None}, {None}, {"//"}]
+    with pytest.raises(ValueError, match="kind"):
+        report.write_report("unused", "t", {"grpo/doga": {k: v for k, v in systems["grpo/doga"].items()
+                                                          if k != "kind"}}, {}, {})
 
 
 def test_claim_verdict_judges_conversion_by_its_intervals():
