@@ -282,17 +282,25 @@ def fill(template, slots):
     return SLOT.sub(lambda match: slots[match.group(1)], template)
 
 
+def _name_pools():
+    """The name vocabularies of personas.json: the training customers', then the evaluation customers'."""
+    spec = load_world().personas
+    return [spec, spec["evaluation"]]
+
+
 @lru_cache(maxsize=1)
 def _world_value_pattern():
     """Values that may be spoken in any call of the world: product and company names, and the persona
-    vocabulary (first names, surnames, business name parts, cities), longest first."""
+    vocabulary of training and evaluation customers (first names, surnames, business name parts, cities),
+    longest first."""
     world = load_world()
-    spec = world.personas
     words = {p[key] for products in world.products.values() for p in products for key in ("name", "company")}
-    words |= set(spec["first_names"]) | set(spec["surnames"]) | set(spec["cities"])
-    for domain in spec["domains"].values():
-        for part in domain["name_parts"] or ():
-            words |= set(part)
+    words |= set(world.personas["cities"])
+    for pool in _name_pools():
+        words |= set(pool["first_names"]) | set(pool["surnames"])
+        for domain in pool["domains"].values():
+            for part in domain.get("name_parts") or ():
+                words |= set(part)
     ordered = sorted(words, key=len, reverse=True)
     return re.compile(r"\b(" + "|".join(re.escape(word) for word in ordered) + r")\b")
 
@@ -455,8 +463,7 @@ def _company_pattern():
 def _people_patterns():
     """Patterns for the world's customer names: a full name (first name and surname), a lone capitalised first
     name or surname, and a business name (both parts), over the training and the evaluation vocabularies."""
-    spec = load_world().personas
-    pools = [spec] + [spec["evaluation"]] if "evaluation" in spec else [spec]
+    pools = _name_pools()
     firsts = {n for pool in pools for n in pool["first_names"]}
     lasts = {n for pool in pools for n in pool["surnames"]}
     parts = ([], [])
