@@ -48,10 +48,6 @@ class PretrainConfig:
     # Calls pretrained with DOGA's outline before each salesperson turn (needs a library): the base learns to
     # read outlines and still knows plain prompts.
     outline_share: float = 0.5
-    # Copy exercises before the corpus (random tokens, then the same tokens again): the in-context copying a
-    # pretrained LM brings, which the corpus alone did not teach in 800 steps (README, research arms).
-    copy_warmup_steps: int = 0
-    copy_exercises_per_step: int = 0   # copy exercises added to every corpus step (the warm-up alone is forgotten)
 
 
 @dataclass

@@ -9,15 +9,9 @@ has never been optimised for any reward. With `--sft` it instead trains on the s
 
 Each call is one row that starts at its system prompt (never mid-call, so every number the model learns to
 say stands in its context, the product sheet and profile above it). What the tiny default base learns from
-that, measured (README, research arms): it says each product's own facts right once trained long enough
-(unsupported facts per closed-loop call 4.7 after 400 steps, 1.7 after 800), by tying them to the product
-rather than by copying: on repeated random tokens it never predicts the copy (no induction heads), and the
-customer's own numbers, which change every call, are the facts it still gets wrong.
-
-Optional, off by default: copy exercises (random tokens, then the same again) before the corpus
-(`copy_warmup_steps`) and in every corpus step (`copy_exercises_per_step`). They teach this model to copy
-from its context within 200 steps, but it still says memorised numbers in its sentences (README, research
-arms), so the default does without them.
+that (README, research arms): it says each product's own facts right once trained long enough, by tying
+them to the product rather than by copying them from its context, so the customer's own numbers, which
+change every call, are the facts it still gets wrong.
 
 Train as it infers: with a DOGA script library, `outline_share` of the calls carry DOGA's outline before each
 salesperson turn, exactly as the DOGA agent prompts at inference, so the base learns to read outlines;
@@ -51,7 +45,7 @@ from doga import DogaPlanner, ScriptLibrary
 from files import MetricsLog, RunLock, RunLocked, fingerprint, last_logged_step, remove_stale_staging, write_json
 from kernels import fused_linear_logprobs
 from model import CheckpointError, Qwen2, Qwen2Config, count_parameters, load_with_tokenizer, save_pretrained
-from tokenizer import SPECIAL_TOKENS, ChatTokenizer, format_assistant, render_chat
+from tokenizer import ChatTokenizer, format_assistant, render_chat
 from training import learning_rate_at, make_optimizer
 
 
@@ -174,57 +168,6 @@ def pad_batch(rows, value):
     return torch.tensor([row + [value] * (width - len(row)) for row in rows])
 
 
-COPY_LENGTH, COPY_BATCH = 24, 32   # a copy exercise: 24 random tokens twice; 32 exercises a step
-
-
-def ordinary_token_ids(tokenizer):
-    """Every token id but the ChatML special tokens -> LongTensor: what copy exercises are drawn from."""
-    special = {tokenizer.tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
-    return torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special])
-
-
-def copy_exercises(vocabulary, generator, count=COPY_BATCH):
-    """`count` copy exercises -> (inputs, targets) [count, 2 x COPY_LENGTH - 1]: COPY_LENGTH random tokens of
-    `vocabulary` (ordinary_token_ids), then the same again, the loss on the repeat only (its first token
-    excepted). Nothing but the earlier copy predicts the repeat, so the only way down is an attention head
-    that finds the previous occurrence of the current token and reads what followed it (an induction head)."""
-    tokens = vocabulary[torch.randint(len(vocabulary), (count, COPY_LENGTH), generator=generator)]
-    sequences = torch.cat([tokens, tokens], dim=1)                          # [B, 2L]
-    targets = sequences[:, 1:].clone()
-    targets[:, :COPY_LENGTH] = -100                         # the first half and the repeat's first token
-    return sequences[:, :-1], targets
-
-
-def copy_warmup(model, optimizer, tokenizer, settings):
-    """settings.copy_warmup_steps steps of copy exercises before the corpus. Returns the last batch's share of
-    repeat tokens predicted (top-1)."""
-    vocabulary, generator = ordinary_token_ids(tokenizer), torch.Generator().manual_seed(settings.seed)
-    progress = tqdm(range(settings.copy_warmup_steps), desc="copy warm-up")
-    for step in progress:
-        inputs, targets = copy_exercises(vocabulary, generator)
-        loss = causal_lm_loss(model, inputs, targets)
-        optimizer_step(model, optimizer, loss, step, settings.copy_warmup_steps, settings)
-        progress.set_postfix(loss=f"{loss.item():.3f}")
-    with torch.no_grad():
-        predicted = model(inputs).argmax(-1)                                # [B, T]
-    copied = (predicted == targets)[targets != -100].float().mean().item()
-    print(f"copy warm-up: {settings.copy_warmup_steps} steps, repeat tokens predicted {copied:.1%}")
-    return copied
-
-
-def optimizer_step(model, optimizer, loss, step, total_steps, settings):
-    """One update on `loss` at the schedule's learning rate for `step` of `total_steps`, gradients clipped.
-    Returns (learning rate, gradient norm before clipping)."""
-    lr = learning_rate_at(step, total_steps, settings.learning_rate, settings.warmup_steps, settings.min_lr_ratio)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-    optimizer.step()
-    return lr, grad_norm
-
-
 def causal_lm_loss(model, inputs, targets):
     """Mean next-token negative log-likelihood over targets != -100, via the fused log-prob kernel."""
     hidden = model.hidden_states(inputs)                          # [B, T, H]
@@ -277,9 +220,6 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
 
     optimizer = make_optimizer(model, settings.learning_rate, settings.weight_decay)
     model.train()
-    if settings.copy_warmup_steps and not init:
-        copy_warmup(model, optimizer, tokenizer, settings)
-    vocabulary, copy_generator = ordinary_token_ids(tokenizer), torch.Generator().manual_seed(settings.seed + 1)
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"))
     batches = batches_of_similar_length([len(row) for row in inputs], settings.batch_size, settings.steps,
                                         settings.seed)
@@ -288,11 +228,14 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
         started = time.time()
         batch_targets = pad_batch([targets[i] for i in batch], -100)                   # [B, T]
         loss = causal_lm_loss(model, pad_batch([inputs[i] for i in batch], tokenizer.pad_id), batch_targets)
-        copy_loss = 0.0                     # the logged loss stays the corpus's
-        if settings.copy_exercises_per_step:    # keep the copying skill while the corpus is learnt
-            copy_loss = causal_lm_loss(model, *copy_exercises(vocabulary, copy_generator,
-                                                              settings.copy_exercises_per_step))
-        lr, grad_norm = optimizer_step(model, optimizer, loss + copy_loss, step, settings.steps, settings)
+        lr = learning_rate_at(step, settings.steps, settings.learning_rate, settings.warmup_steps,
+                              settings.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+        optimizer.step()
         tokens = int((batch_targets != -100).sum())
         log.write({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr,
                    "tokens_per_s": tokens / (time.time() - started)})
