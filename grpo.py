@@ -76,7 +76,6 @@ from model import (
     Continuations,
     continuation_logprobs,
     cut_at_eos,
-    generate_completions,
     generate_groups,
     load_pretrained,
     load_with_tokenizer,
@@ -165,26 +164,17 @@ class Rollout:
     completion_lengths: torch.Tensor  # [B]
 
 
-def sample_groups(policy, prompt_ids, seeds, settings, eos_id, pad_id, one_batch=True):
+def sample_groups(policy, prompt_ids, seeds, settings, eos_id, pad_id):
     """`num_generations` completions of each prompt, group g sampled with its own generator seeded by
-    seeds[g]. Returns token lists (EOS kept) and truncation flags, group after group.
-
-    one_batch: all groups in one model.generate_groups call, each prompt prefilled once; otherwise each
-    group on its own (the path this replaced, for bench/grpo_step.py). Either way a group's samples depend
-    on its seed alone, up to float32 rounding (see generate_groups), not on the rank or batch it lands in.
+    seeds[g], all groups in one model.generate_groups call (each prompt prefilled once). Returns token
+    lists (EOS kept) and truncation flags, group after group. A group's samples depend on its seed alone,
+    up to float32 rounding (see generate_groups), not on the rank or batch it lands in.
     """
     device = policy.lm_head_weight.device
     generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
-    G = settings.num_generations
-    if one_batch:
-        ids = generate_groups(policy, prompt_ids, G, generators, settings.max_completion_length,
-                              settings.temperature, settings.top_p, eos_id, pad_id)       # [groups x G, n]
-        completions = cut_at_eos(ids, eos_id)
-    else:
-        completions = [completion for prompt, generator in zip(prompt_ids, generators)
-                       for completion in generate_completions(policy, [prompt] * G, settings.max_completion_length,
-                                                              eos_id, pad_id, settings.temperature,
-                                                              settings.top_p, generator)]
+    ids = generate_groups(policy, prompt_ids, settings.num_generations, generators, settings.max_completion_length,
+                          settings.temperature, settings.top_p, eos_id, pad_id)           # [groups x G, n]
+    completions = cut_at_eos(ids, eos_id)
     return [ids for ids, _ in completions], [truncated for _, truncated in completions]
 
 
@@ -215,17 +205,13 @@ def timed(timings, phase):
 
 
 @torch.no_grad()
-def rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings,
-            shared_prefix=True, timings=None):
+def rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings, timings=None):
     """Generate and score one group per prompt; everything the loss needs, batched [B = groups x G].
-
-    shared_prefix: every group sampled in one batch and each prompt run once per pass; False is the
-    full-sequence path it replaced, for bench/grpo_step.py. timings: phase -> seconds, added to.
-    """
+    timings: phase -> seconds, added to (bench/grpo_step.py reads them)."""
     G = settings.num_generations
     with timed(timings, "generate"):
         completion_tokens, truncated = sample_groups(policy, prompt_ids, group_seeds, settings, tokenizer.eos_id,
-                                                     tokenizer.pad_id, one_batch=shared_prefix)
+                                                     tokenizer.pad_id)
     device = policy.lm_head_weight.device
     expanded_prompts = [p for p in prompt_ids for _ in range(G)]
     sequences = Continuations.from_lists(expanded_prompts, completion_tokens, tokenizer.pad_id, device)
@@ -248,10 +234,10 @@ def rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_
     advantages = compute_advantages(total, settings.scale_rewards, batch_std).flatten()
 
     with timed(timings, "policy forward + backward"):
-        old = (continuation_logprobs(policy, sequences, loss_mask, settings.temperature, shared_prefix)
+        old = (continuation_logprobs(policy, sequences, loss_mask, settings.temperature)
                if settings.num_iterations > 1 else None)
     with timed(timings, "reference"):
-        ref = (continuation_logprobs(reference, sequences, loss_mask, settings.temperature, shared_prefix)
+        ref = (continuation_logprobs(reference, sequences, loss_mask, settings.temperature)
                if settings.beta > 0 else None)
     return Rollout(sequences, loss_mask, old, ref, rewards, advantages, texts, truncated,
                    sequences.mask.sum(1).cpu())
@@ -452,16 +438,15 @@ def held_out_reward(model, reward_fn, tokenizer, samples, prompt_ids, settings):
 # Training.
 
 def grpo_step(policy, reference, reward_fn, optimizer, tokenizer, samples, prompt_ids, group_seeds, settings, lr,
-              shared_prefix=True, timings=None):
+              timings=None):
     """One GRPO step on this process's groups: a rollout, then num_iterations updates at learning rate lr.
 
     Returns (rollout, stats, loss, grad_norm) of the last update. With several processes each rank's loss
-    is its share of the global loss, and gradients are summed over ranks before clipping. shared_prefix
-    and timings as in `rollout` (the update's phases are "policy forward + backward" and "optimizer").
+    is its share of the global loss, and gradients are summed over ranks before clipping. timings as in
+    `rollout` (the update's phases are "policy forward + backward" and "optimizer").
     """
     policy.eval()
-    batch = rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings,
-                    shared_prefix, timings)
+    batch = rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings, timings)
     num_sequences = global_sum(len(batch.advantages))
     num_tokens = global_sum(batch.loss_mask.sum().item())
     for group in optimizer.param_groups:
@@ -471,7 +456,7 @@ def grpo_step(policy, reference, reward_fn, optimizer, tokenizer, samples, promp
     for _ in range(settings.num_iterations):
         with timed(timings, "policy forward + backward"):
             logprobs, entropy = continuation_logprobs(policy, batch.sequences, batch.loss_mask, settings.temperature,
-                                                      shared_prefix, return_entropy=True)
+                                                      return_entropy=True)
             old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
             loss, stats = grpo_loss(logprobs, old, batch.ref_logprobs, batch.advantages.to(logprobs.device),
                                     batch.loss_mask, settings, num_sequences, num_tokens)

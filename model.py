@@ -550,8 +550,8 @@ def continuation_logprobs(model: Qwen2, sequences: Continuations, target_mask, t
     (Qwen2.continuation_hidden_states) and only the marked positions go through the fused kernel, so the
     [tokens x vocabulary] logits are never materialised. shared_prefix=False runs the full-sequence pass
     instead (sequence_logprobs over each prompt + continuation, prompts repeated): the same numbers up to
-    rounding, at several times the cost; kept to measure and test the shared one against
-    (bench/grpo_step.py, tests/).
+    rounding, at several times the cost. No training path uses it; reward.bayes_terms still offers it, and
+    tests/ and bench/grpo_step.py measure the shared pass against it.
     """
     if not shared_prefix:
         return _full_sequence_logprobs(model, sequences, target_mask, temperature, return_entropy)
