@@ -38,12 +38,14 @@ from config import ConfigError, load_config
 from corpus import load_corpus, split_calls, write_corpus
 from doga import ScriptLibrary
 from evaluate import EvalSettings, evaluate_system, make_eval_setup
-from files import RunLock, read_jsonl, write_json
+from files import read_jsonl, write_json
 from report import write_report
+from runs import RUN_RECORD, RunLock, identity_differences, run_identity
 
 
 # ----------------------------------------------------------------------------------------------
 # `make ablations`: train every arm of the paper's comparisons, then evaluate them all.
+
 
 def load_plan(path):
     """configs/ablations.json: base_config, overrides (config sections for every trained arm), sft
@@ -117,13 +119,13 @@ def default_base_matches(base_dir, config):
 
 
 def default_grpo_matches(run_dir, config, base, data_dir, library_dir):
-    """runs/default's GRPO model is the direct-GRPO arm when its run record (grpo.py's run.json) names the same
+    """runs/default's GRPO model is the direct-GRPO arm when its run record (runs.RUN_RECORD) names the same
     config (its number of steps included), base model, corpus and library, and the run finished (grpo.py
     writes final/ after its last step only)."""
     try:
-        with open(os.path.join(run_dir, grpo.RUN_RECORD)) as handle:
+        with open(os.path.join(run_dir, RUN_RECORD)) as handle:
             recorded = json.load(handle)
-        same = not grpo.identity_differences(recorded, grpo.run_identity(config, base, data_dir, library_dir))
+        same = not identity_differences(recorded, run_identity(config, base, data_dir, library_dir))
         return (same and recorded["config"]["grpo"]["steps"] == config.grpo.steps
                 and os.path.exists(os.path.join(run_dir, "final", "model.safetensors")))
     except (OSError, json.JSONDecodeError, KeyError, TypeError):

@@ -35,22 +35,20 @@ Simplified, and why:
   reproducible, resumable and identical across process counts.
 * No vLLM-style serving, no gradient accumulation, no reward models: the lean loop of the method.
 
-The run folder: rank 0 locks it (files.RunLock) for the whole run and records what the run is made of
-(`run.json`: the grpo and reward config sections, the fingerprints of the base model, the corpus and the
-DOGA library its prompts use), also in every checkpoint. A fresh run refuses a folder that already holds
-a run; `--resume` refuses a checkpoint recorded with other inputs. A checkpoint holds safetensors and
-JSON only, never a pickle.
+The run folder is runs.py's business: rank 0 locks it for the whole run and records what the run is made
+of (`run.json`), also in every checkpoint; a fresh run refuses a folder that already holds a run,
+and `--resume` refuses a checkpoint recorded with other inputs. A checkpoint holds safetensors and JSON
+only, never a pickle.
 """
 
 import argparse
 import json
 import os
 import random
-import re
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -60,17 +58,7 @@ from tqdm import tqdm
 from config import ConfigError, load_config
 from corpus import CorpusError, load_corpus, training_samples
 from doga import DogaPlanner, ScriptLibrary
-from files import (
-    MetricsLog,
-    RunLock,
-    RunLocked,
-    fingerprint,
-    last_logged_step,
-    remove_stale_staging,
-    replace_folder,
-    truncate_jsonl,
-    write_json,
-)
+from files import MetricsLog, truncate_jsonl, write_json
 from model import (
     CheckpointError,
     Continuations,
@@ -80,19 +68,19 @@ from model import (
     load_pretrained,
     load_with_tokenizer,
     save_pretrained,
-    weights_fingerprint,
 )
 from reward import BEHAVIOUR_KEYS, REWARD_KEYS, CompositeReward, fit_similarity_embedder
-from sales import is_good_turn
-from training import (
-    TRAINER_STATE_FILE,
-    differences,
-    learning_rate_at,
-    load_trainer_state,
-    make_optimizer,
-    resolve_device,
-    save_trainer_state,
+from runs import (
+    RunLock,
+    RunLocked,
+    claim_run_folder,
+    interruption_note,
+    on_main_process,
+    run_identity,
+    save_checkpoint,
 )
+from sales import is_good_turn
+from training import learning_rate_at, load_trainer_state, make_optimizer, resolve_device
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,7 +264,7 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, settings, 
 
 
 # ----------------------------------------------------------------------------------------------
-# Processes, checkpoints, evaluation.
+# Several processes: each rank takes its share of a step's groups.
 
 def init_processes():
     """(rank, world_size), starting torch.distributed when torchrun launched us.
@@ -301,137 +289,6 @@ def global_sum(value):
     tensor = torch.tensor(float(value), dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.item()
-
-
-def save_checkpoint(folder, policy, tokenizer, optimizer, step, identity):
-    """HF-layout model + tokenizer + trainer state (training.save_trainer_state) + the run record, swapped
-    into place as one folder (files.replace_folder)."""
-    with replace_folder(folder) as staging:
-        save_pretrained(policy, staging)
-        tokenizer.save(staging)
-        save_trainer_state(staging, optimizer, step)
-        write_json(os.path.join(staging, RUN_RECORD), identity, indent=1)
-
-
-def latest_checkpoint(out_dir):
-    root = os.path.join(out_dir, "checkpoints")
-    if not os.path.isdir(root):
-        return None
-    done = sorted(d for d in os.listdir(root)
-                  if re.fullmatch(r"step-\d+", d) and os.path.exists(os.path.join(root, d, TRAINER_STATE_FILE)))
-    return os.path.join(root, done[-1]) if done else None
-
-
-# ----------------------------------------------------------------------------------------------
-# What a run belongs to: recorded when it starts and in every checkpoint, checked on --resume.
-
-RUN_RECORD = "run.json"
-# What makes a folder hold a run: a fresh run refuses such a folder instead of mixing with it.
-RUN_FILES = (RUN_RECORD, "metrics.jsonl", "checkpoints", "final")
-# Knobs a resumed run may change: they decide how long it runs, what is logged, saved or evaluated, or
-# on which device, not what a step does. (`steps` too: after warmup GRPO's learning rate is constant and a
-# step's prompts depend on the step alone, so a longer run continues a shorter one exactly.)
-RESUMABLE_CHANGES = {"steps", "save_steps", "log_completion_steps", "eval_prompts", "device"}
-
-
-def run_identity(config, model_dir, data_dir, library_dir=None):
-    """What a GRPO run is made of: the config sections it reads (grpo, reward) and its inputs, each with its
-    path and a fingerprint of its content: the base model's weights, the training corpus, and the DOGA
-    script library when some prompts carry its outlines (None otherwise)."""
-    train_file = os.path.join(data_dir, "train.jsonl")
-    uses_library = library_dir is not None and config.grpo.outline_share > 0
-    return {"config": {"grpo": asdict(config.grpo), "reward": asdict(config.reward)},
-            "base_model": {"path": os.path.abspath(model_dir), "fingerprint": weights_fingerprint(model_dir)},
-            "data": {"path": os.path.abspath(train_file), "fingerprint": fingerprint(train_file)},
-            "library": ({"path": os.path.abspath(library_dir), "fingerprint": fingerprint(library_dir)}
-                        if uses_library else None)}
-
-
-RUN_INPUTS = {"base_model": "base model weights", "data": "training data", "library": "DOGA script library"}
-
-
-def identity_differences(recorded, current):
-    """What differs between a recorded run identity and this run's, one line each. Inputs are compared by
-    content: a base model or corpus that moved to another folder is the same input."""
-    def knobs(identity):
-        return {section: {k: v for k, v in values.items() if k not in RESUMABLE_CHANGES}
-                for section, values in identity["config"].items()}
-
-    def described(source):
-        return "none" if source is None else f"{source['path']} ({source['fingerprint'][:19]}...)"
-
-    lines = differences(knobs(recorded), knobs(current))
-    for key, what in RUN_INPUTS.items():
-        then, now = recorded.get(key), current[key]
-        if (then and then["fingerprint"]) != (now and now["fingerprint"]):
-            lines.append(f"{what}: {described(then)} when recorded, {described(now)} now")
-    return lines
-
-
-def claim_out_folder(out_dir, identity, resume):
-    """Check that `out_dir` may take this run; returns the checkpoint to resume from (None: start from the
-    base model). A fresh run refuses a folder that already holds a run; --resume refuses a run recorded
-    with another config, base model, corpus or library, naming what differs."""
-    if not resume:
-        found = [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))]
-        if found:
-            raise CheckpointError(f"{out_dir}: already holds a run ({', '.join(found)}): continue it with --resume, "
-                                  "or choose another --out")
-        return None
-    checkpoint = latest_checkpoint(out_dir)
-    record = os.path.join(checkpoint or out_dir, RUN_RECORD)
-    if not os.path.exists(record):
-        if checkpoint or any(os.path.exists(os.path.join(out_dir, name)) for name in RUN_FILES):
-            raise CheckpointError(f"{record}: missing, so nothing says which config, base model and data this run "
-                                  "was made with (it predates run records); start a fresh run in another --out")
-        return None
-    try:
-        with open(record, encoding="utf-8") as handle:
-            recorded = json.load(handle)
-        lines = identity_differences(recorded, identity)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{record}: unreadable run record ({error!r})") from None
-    if lines:
-        raise CheckpointError(f"{record}: --resume refused, this run was made with other inputs:\n  "
-                              + "\n  ".join(lines) + "\nResume with the same config, base model and data, or start "
-                              "a fresh run in another --out")
-    return checkpoint
-
-
-def on_main_process(action, main_process):
-    """Run `action` on rank 0 alone and give every rank its result; an error it raises is raised on every
-    rank, so that no rank is left waiting in a collective for one that stopped."""
-    outcome = [None, None]
-    if main_process:
-        try:
-            outcome[0] = action()
-        except (CheckpointError, RunLocked, OSError) as error:
-            outcome[1] = error
-    if dist.is_initialized():
-        dist.broadcast_object_list(outcome, src=0)
-    if outcome[1] is not None:
-        raise outcome[1]
-    return outcome[0]
-
-
-@torch.no_grad()
-def held_out_reward(model, reward_fn, tokenizer, samples, prompt_ids, settings):
-    """Mean of each reward term over `num_generations` sampled completions of each held-out prompt,
-    sampled `prompts_per_step` groups at a time as in training."""
-    model.eval()
-    seeds = [10_000_000 + settings.seed * 1000 + i for i in range(len(samples))]
-    G = settings.num_generations
-    sums = {}
-    for start in range(0, len(samples), settings.prompts_per_step):
-        chunk = slice(start, start + settings.prompts_per_step)
-        completions, truncated = sample_groups(model, prompt_ids[chunk], seeds[chunk], settings, tokenizer.eos_id,
-                                               tokenizer.pad_id)
-        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
-        terms = reward_fn([s for s in samples[chunk] for _ in range(G)],
-                          [p for p in prompt_ids[chunk] for _ in range(G)], texts, truncated)
-        for name, values in terms.items():
-            sums[name] = sums.get(name, 0.0) + values.sum().item()
-    return {name: total / (len(samples) * G) for name, total in sums.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,7 +332,7 @@ def grpo_step(policy, reference, reward_fn, optimizer, tokenizer, samples, promp
 
 def train(config, model_dir, data_dir, out_dir, resume=False, audit=False, library_dir=None):
     """GRPO from the model in `model_dir` on `data_dir`/train.jsonl into `out_dir` (with `library_dir`, a DOGA
-    script library whose outlines some prompts carry). Rank 0 holds the lock on `out_dir` (files.RunLock) for
+    script library whose outlines some prompts carry). Rank 0 holds the lock on `out_dir` (runs.RunLock) for
     the whole run; a second run into the same folder is refused."""
     rank, world_size = init_processes()
     if config.grpo.prompts_per_step % world_size:
@@ -498,14 +355,9 @@ def _train(config, model_dir, data_dir, out_dir, resume, audit, library_dir, ran
     torch.manual_seed(settings.seed)
     main_process = rank == 0
 
-    def claim():
-        for folder in (out_dir, os.path.join(out_dir, "checkpoints")):
-            remove_stale_staging(folder)      # what a kill during a save left behind
+    def claim():          # what the run is made of, and the checkpoint it resumes from (runs.py)
         identity = run_identity(config, model_dir, data_dir, library_dir)
-        checkpoint = claim_out_folder(out_dir, identity, resume)
-        if not os.path.exists(os.path.join(out_dir, RUN_RECORD)):
-            write_json(os.path.join(out_dir, RUN_RECORD), identity, indent=1)
-        return identity, checkpoint
+        return identity, claim_run_folder(out_dir, identity, resume)
 
     identity, checkpoint = on_main_process(claim, main_process)
     reference, tokenizer = load_with_tokenizer(model_dir, dtype=dtype, device=device)
@@ -553,7 +405,7 @@ def _train(config, model_dir, data_dir, out_dir, resume, audit, library_dir, ran
                             settings.num_generations)
             if settings.save_steps and (step + 1) % settings.save_steps == 0:
                 save_checkpoint(os.path.join(out_dir, "checkpoints", f"step-{step + 1:06d}"),
-                                policy, tokenizer, optimizer, step + 1, identity)
+                                policy, tokenizer, identity, optimizer, step + 1)
         if world_size > 1:
             dist.barrier()
     if audit_file:
@@ -618,6 +470,26 @@ def write_audit(audit_file, step, batch, stats, samples, G):
     audit_file.flush()
 
 
+@torch.no_grad()
+def held_out_reward(model, reward_fn, tokenizer, samples, prompt_ids, settings):
+    """Mean of each reward term over `num_generations` sampled completions of each held-out prompt,
+    sampled `prompts_per_step` groups at a time as in training."""
+    model.eval()
+    seeds = [10_000_000 + settings.seed * 1000 + i for i in range(len(samples))]
+    G = settings.num_generations
+    sums = {}
+    for start in range(0, len(samples), settings.prompts_per_step):
+        chunk = slice(start, start + settings.prompts_per_step)
+        completions, truncated = sample_groups(model, prompt_ids[chunk], seeds[chunk], settings, tokenizer.eos_id,
+                                               tokenizer.pad_id)
+        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+        terms = reward_fn([s for s in samples[chunk] for _ in range(G)],
+                          [p for p in prompt_ids[chunk] for _ in range(G)], texts, truncated)
+        for name, values in terms.items():
+            sums[name] = sums.get(name, 0.0) + values.sum().item()
+    return {name: total / (len(samples) * G) for name, total in sums.items()}
+
+
 def summarize(config, policy, reference, reward_fn, tokenizer, data_dir, out_dir):
     """Held-out mean reward of the base (the frozen reference) and of the trained policy."""
     settings = config.grpo
@@ -664,19 +536,6 @@ def main():
         raise SystemExit(130) from None   # 128 + SIGINT, what a shell reports for Ctrl-C
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def interruption_note(out_dir, total_steps, trained):
-    """One line for a Ctrl-C: how far the run got (its metrics log) and how to go on (--resume)."""
-    if trained:
-        return f"interrupted during the held-out summary; training had finished: the model is in {out_dir}/final"
-    last = last_logged_step(os.path.join(out_dir, "metrics.jsonl"))
-    done = 0 if last is None else last + 1
-    checkpoint = latest_checkpoint(out_dir)
-    since = (f"from its latest checkpoint, {checkpoint}" if checkpoint else
-             "from the base model (no checkpoint was saved yet)")
-    return (f"interrupted after {done}{f' of {total_steps}' if total_steps else ''} steps: run the same command "
-            f"with --resume to continue {since}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from files import RunLock, fingerprint, replace_folder
+from files import fingerprint, replace_folder
 from kernels import fused_linear_logprobs
 from tokenizer import ChatTokenizer, check_tokenizer_fits
 
@@ -870,20 +870,18 @@ def weights_fingerprint(path) -> str:
     return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _carried_over(name: str) -> bool:
-    """Files of an existing folder that save_pretrained keeps: all but the weights, the config and a run lock."""
-    weights_or_config = name in (CONFIG_FILE, WEIGHTS_INDEX_FILE) or (name.startswith("model")
-                                                                      and name.endswith(".safetensors"))
-    return not weights_or_config and name != RunLock.NAME
+def _is_weights_or_config(name: str) -> bool:
+    return name in (CONFIG_FILE, WEIGHTS_INDEX_FILE) or (name.startswith("model") and name.endswith(".safetensors"))
 
 
-def save_pretrained(model: Qwen2, path) -> None:
+def save_pretrained(model: Qwen2, path, leave_out=()) -> None:
     """Write config.json + model.safetensors to the folder `path`, atomically.
 
     Everything is written to a staging folder beside the target, flushed to disk, and swapped in by
     rename (files.replace_folder): a crash leaves either the old checkpoint or the new one at `path`,
-    never a mixture. Other files already in the target folder (tokenizer.json, ...) are carried over
-    into the new one.
+    never a mixture. Other files already in the target folder (a tokenizer.json, a training log) are
+    carried over into the new one, except the names in `leave_out`: files that belong to whoever holds
+    the folder rather than to the model (a run's lock).
     """
     target = Path(path).resolve()
     with replace_folder(target) as staging:
@@ -893,8 +891,8 @@ def save_pretrained(model: Qwen2, path) -> None:
         hf_config["dtype"] = str(tensors["model.embed_tokens.weight"].dtype).removeprefix("torch.")
         (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
-        if target.is_dir():
+        if target.is_dir():   # first, so that what is written below replaces an older copy
             for entry in target.iterdir():
-                if _carried_over(entry.name):
+                if not _is_weights_or_config(entry.name) and entry.name not in leave_out:
                     copy = shutil.copytree if entry.is_dir() else shutil.copy2
                     copy(entry, staging / entry.name)

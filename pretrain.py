@@ -18,7 +18,7 @@ salesperson turn, exactly as the DOGA agent prompts at inference, so the base le
 the outlines are context, not corpus, so they get no loss. The base stays a model of the corpus as simulated,
 its deliberate mistakes included: cleaning the data with the Manager's labels is the SFT arm's business.
 
-A pretraining run owns its --out folder (files.RunLock) and refuses one that already holds a model:
+A pretraining run owns its --out folder (runs.RunLock) and refuses one that already holds a model:
 replacing the base of an existing GRPO run would leave that run's final model beside a base it did not
 start from. The tokenizer it trains is recorded (`tokenizer_record.json`: the corpus, the vocabulary size
 and the text pipeline it was made with), so that a rerun reuses it only when it still fits.
@@ -42,9 +42,10 @@ from tqdm import tqdm
 from config import ConfigError, load_config
 from corpus import CorpusError, call_messages, load_corpus, render_call_text, training_samples
 from doga import DogaPlanner, ScriptLibrary
-from files import MetricsLog, RunLock, RunLocked, fingerprint, last_logged_step, remove_stale_staging, write_json
+from files import MetricsLog, fingerprint, write_json
 from kernels import fused_linear_logprobs
 from model import CheckpointError, Qwen2, Qwen2Config, count_parameters, load_with_tokenizer, save_pretrained
+from runs import RunLock, RunLocked, claim_model_folder, pretraining_interruption_note
 from tokenizer import ChatTokenizer, format_assistant, render_chat
 from training import learning_rate_at, make_optimizer
 
@@ -181,11 +182,7 @@ def causal_lm_loss(model, inputs, targets):
 def train(config, data_dir, out_dir, sft=False, init=None, library_dir=None):
     """Pretrain (or with `sft`, fine-tune `init`) into `out_dir`, holding the folder's lock for the run."""
     with RunLock(out_dir):
-        found = [name for name in ("config.json", "model.safetensors") if os.path.exists(os.path.join(out_dir, name))]
-        if found:
-            raise ValueError(f"{out_dir}: already holds a model ({', '.join(found)}); pretraining would replace it. "
-                             "Delete the folder, or choose another --out")
-        remove_stale_staging(os.path.dirname(os.path.abspath(out_dir)))   # a save killed last time
+        claim_model_folder(out_dir)
         return _train(config, data_dir, out_dir, sft, init, library_dir)
 
 
@@ -240,7 +237,8 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
         log.write({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr,
                    "tokens_per_s": tokens / (time.time() - started)})
         progress.set_postfix(loss=f"{loss.item():.3f}")
-    save_pretrained(model, out_dir)   # tokenizer.json and its record, already in out_dir, are carried over
+    # The metrics and the tokenizer's record are carried over; the lock stays the run's, not the model's.
+    save_pretrained(model, out_dir, leave_out=(RunLock.NAME,))
     print(f"saved {out_dir} (final loss {loss.item():.3f})")
     return model, tokenizer
 
@@ -263,10 +261,7 @@ def main():
     except (ConfigError, CorpusError, CheckpointError, RunLocked, ValueError, OSError) as error:
         raise SystemExit(f"error: {error}")
     except KeyboardInterrupt:
-        last = last_logged_step(os.path.join(args.out, "metrics.jsonl"))
-        done = 0 if last is None else last + 1
-        print(f"\ninterrupted after {done}{f' of {config.pretrain.steps}' if config else ''} steps; no model was saved "
-              "(pretraining does not resume): run the same command again to start over", file=sys.stderr)
+        print(f"\n{pretraining_interruption_note(args.out, config and config.pretrain.steps)}", file=sys.stderr)
         raise SystemExit(130) from None   # 128 + SIGINT, what a shell reports for Ctrl-C
 
 

@@ -25,10 +25,11 @@ from bounds import dot_bound
 from config import Config, GRPOConfig
 from corpus import load_corpus, render_call_text, write_corpus
 from doga import ScriptLibrary
-from files import RunLock, RunLocked, fingerprint
+from files import fingerprint
 from full_sequence import full_sequence_step
 from model import Qwen2, Qwen2Config, load_pretrained, save_pretrained, sequence_logprobs
 from reward import BEHAVIOUR_KEYS, REWARD_KEYS, TERMS
+from runs import RunLock, RunLocked
 from simulate import simulate_call
 from tokenizer import ChatTokenizer
 from training import make_optimizer

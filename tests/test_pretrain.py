@@ -9,8 +9,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 import pretrain
 from config import Config, PretrainConfig, TokenizerConfig
 from corpus import render_call_text, write_corpus
-from files import RunLock, fingerprint, write_json
+from files import fingerprint, write_json
 from pretrain import batches_of_similar_length, call_rows
+from runs import RunLock
 from simulate import simulate_call
 from tokenizer import SPECIAL_TOKENS, ChatTokenizer
 
