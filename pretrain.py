@@ -21,7 +21,8 @@ its deliberate mistakes included: cleaning the data with the Manager's labels is
 A pretraining run owns its --out folder (runs.RunLock) and refuses one that already holds a model:
 replacing the base of an existing GRPO run would leave that run's final model beside a base it did not
 start from. The tokenizer it trains is recorded (`tokenizer_record.json`: the corpus, the vocabulary size
-and the text pipeline it was made with), so that a rerun reuses it only when it still fits.
+and the text pipeline it was made with), so that a rerun reuses it only when it still fits; the model is
+saved with it, so the weights name the tokenizer they were trained with (model.save_pretrained).
 
 Left out: resuming a pretraining run (it takes minutes; GRPO, the long stage, resumes exactly; an
 interrupted pretraining is started again), and packing several calls into one row (rows are padded to the
@@ -194,7 +195,6 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
 
     if init:  # SFT from an existing model (ours or a real checkpoint): keep its tokenizer
         model, tokenizer = load_with_tokenizer(init)
-        tokenizer.save(out_dir)
     else:
         tokenizer = get_tokenizer(out_dir, corpus_file, calls, config.tokenizer.vocab_size)
         model_config = Qwen2Config.from_hf_dict({**config.model, "vocab_size": tokenizer.vocab_size,
@@ -238,7 +238,7 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
                    "tokens_per_s": tokens / (time.time() - started)})
         progress.set_postfix(loss=f"{loss.item():.3f}")
     # The metrics and the tokenizer's record are carried over; the lock stays the run's, not the model's.
-    save_pretrained(model, out_dir, leave_out=(RunLock.NAME,))
+    save_pretrained(model, out_dir, tokenizer, leave_out=(RunLock.NAME,))
     print(f"saved {out_dir} (final loss {loss.item():.3f})")
     return model, tokenizer
 

@@ -226,8 +226,7 @@ def save_checkpoint(folder, model, tokenizer, identity, optimizer, step):
     (model.save_pretrained), the trainer state at `step` (training.save_trainer_state) and the run record,
     swapped into place as one folder (files.replace_folder)."""
     with replace_folder(folder) as staging:
-        save_pretrained(model, staging)
-        tokenizer.save(staging)
+        save_pretrained(model, staging, tokenizer)
         save_trainer_state(staging, optimizer, step)
         write_json(os.path.join(staging, RUN_RECORD), identity, indent=1)
 

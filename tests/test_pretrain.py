@@ -10,6 +10,7 @@ import pretrain
 from config import Config, PretrainConfig, TokenizerConfig
 from corpus import render_call_text, write_corpus
 from files import fingerprint, write_json
+from model import load_with_tokenizer
 from pretrain import batches_of_similar_length, call_rows
 from runs import RunLock
 from simulate import simulate_call
@@ -133,6 +134,10 @@ def test_pretraining_refuses_a_folder_that_holds_a_model(corpora, tmp_path):
     root, _ = corpora
     pretrain.train(tiny_config(), str(root / "a"), str(tmp_path / "base"))
     assert not (tmp_path / "base" / ".lock").exists()              # the lock is not carried into the model
+    assert {"metrics.jsonl", "tokenizer_record.json"} <= {p.name for p in (tmp_path / "base").iterdir()}
+    load_with_tokenizer(tmp_path / "base")                         # the weights name the tokenizer they learnt
+    assert json.loads((tmp_path / "base" / "config.json").read_text())["tokenizer_fingerprint"] == fingerprint(
+        tmp_path / "base" / "tokenizer.json")
     with pytest.raises(ValueError, match=r"base: already holds a model \(config.json, model.safetensors\); "
                                          r"pretraining would replace it"):
         pretrain.train(tiny_config(), str(root / "a"), str(tmp_path / "base"))
