@@ -10,7 +10,8 @@ A config file (configs/*.json) has one section per stage:
     grpo      the GRPO loop; knob names and meanings follow TRL's GRPOConfig
 
 Keys missing from a file take the defaults below; an unknown key, a wrong type or a value out of range
-ends with a `ConfigError` that names the file and the key (a typo must never be silently ignored).
+ends with a `ConfigError` that names the file and the key (a typo must never be silently ignored). A GRPO
+run records the sections it reads (runs.py), and `parse_config` reads them back the same way.
 """
 
 import json
@@ -188,6 +189,12 @@ def load_config(path):
         raise ConfigError(f"{path}: config file not found") from None
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw, path):
+    """Validate a config's sections (a dict, as a config file holds them); `path` names where they came from
+    in errors. Missing sections and keys take the defaults."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a JSON object of sections")
     sections = {"data": DataConfig, "tokenizer": TokenizerConfig, "pretrain": PretrainConfig,
@@ -195,10 +202,11 @@ def load_config(path):
     unknown = set(raw) - set(sections) - {"model", "comment"}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)} (known: model, {', '.join(sections)})")
-    config = Config(source=path, model=raw.get("model", {}))
-    if not isinstance(config.model, dict):
+    model = raw.get("model", {})
+    if not isinstance(model, dict):
         raise ConfigError(f"{path}: section 'model' must be an object")
-    for key, value in config.model.items():
+    config = Config(source=path, model=model)
+    for key, value in model.items():
         if key not in MODEL_KEYS:
             raise ConfigError(f"{path}: model.{key} is not a known key (known: {', '.join(sorted(MODEL_KEYS))})")
         if key == "tie_word_embeddings" and not isinstance(value, bool):

@@ -58,6 +58,7 @@ from corpus import CorpusError, chat_messages, load_corpus, system_prompt
 from files import write_json
 from model import generate_completions, load_with_tokenizer
 from retrieval import CosineIndex, HashedTfidfEmbedder
+from runs import recorded_config
 from sales import (
     GOOD_INTENTS,
     SALES_INTENTS,
@@ -675,12 +676,20 @@ def print_intent_report(report, out=sys.stdout):
 
 def chat(model_dir, library_dir, product_id=None, persona_seed=0):
     """Talk to the DOGA agent as the customer. The call ends with /quit or end of input (Ctrl-D); a message
-    too long for the model's prompt is refused with a note, and the call goes on."""
+    too long for the model's prompt is refused with a note, and the call goes on.
+
+    The prompt and answer lengths are the ones the model was trained with: those of the config its GRPO run
+    recorded beside the weights (runs.recorded_config), config.py's defaults for a model without a record."""
     world = load_world()
     products = {p["id"]: p for domain in world.products.values() for p in domain}
     product = products[product_id] if product_id else next(iter(products.values()))
     visible = make_persona(product["domain"], product, random.Random(persona_seed))["visible"]
-    agent = DogaAgent(*load_with_tokenizer(model_dir), ScriptLibrary.load(library_dir))
+    trained = recorded_config(model_dir)
+    settings = trained.grpo if trained else GRPOConfig()
+    agent = DogaAgent(*load_with_tokenizer(model_dir), ScriptLibrary.load(library_dir),
+                      max_prompt_length=settings.max_prompt_length, max_new_tokens=settings.max_completion_length)
+    print(f"prompts of up to {settings.max_prompt_length} tokens, answers of up to {settings.max_completion_length} "
+          f"({trained.source if trained else f'no run record in {model_dir}: config.py defaults'})")
     print(f"product {product['id']} ({product['name']}); you are: {json.dumps(visible)}")
     print("type as the customer; /outline shows the last outline, /quit or Ctrl-D ends the call")
     turns, outline = [], None

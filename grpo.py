@@ -36,9 +36,9 @@ Simplified, and why:
 * No vLLM-style serving, no gradient accumulation, no reward models: the lean loop of the method.
 
 The run folder is runs.py's business: rank 0 locks it for the whole run and records what the run is made
-of (`run.json`), also in every checkpoint; a fresh run refuses a folder that already holds a run,
-and `--resume` refuses a checkpoint recorded with other inputs. A checkpoint holds safetensors and JSON
-only, never a pickle.
+of (`run.json`), also in every checkpoint and in the final model; a fresh run refuses a folder that already
+holds a run, and `--resume` refuses a checkpoint recorded with other inputs. A checkpoint holds
+safetensors and JSON only, never a pickle.
 """
 
 import argparse
@@ -67,7 +67,6 @@ from model import (
     generate_groups,
     load_pretrained,
     load_with_tokenizer,
-    save_pretrained,
 )
 from reward import BEHAVIOUR_KEYS, REWARD_KEYS, CompositeReward, fit_similarity_embedder
 from runs import (
@@ -411,8 +410,7 @@ def _train(config, model_dir, data_dir, out_dir, resume, audit, library_dir, ran
     if audit_file:
         audit_file.close()
     if main_process:
-        save_pretrained(policy, os.path.join(out_dir, "final"))
-        tokenizer.save(os.path.join(out_dir, "final"))
+        save_checkpoint(os.path.join(out_dir, "final"), policy, tokenizer, identity)
     return policy, reference, reward_fn, tokenizer
 
 

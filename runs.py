@@ -7,7 +7,9 @@ hold their algorithms and loops and nothing else:
 * `RunLock`: one run per folder, an exclusive `fcntl.flock` on `<folder>/.lock` that names its holder;
 * the run record, `run.json`: the config sections a GRPO run reads and its inputs (the base model's
   weights, the corpus, the DOGA script library), each with its path and a fingerprint of its content
-  (`run_identity`). Written when the run starts, and into every checkpoint (`save_checkpoint`);
+  (`run_identity`). Written when the run starts, and into every checkpoint and the final model
+  (`save_checkpoint`), so that whatever loads a trained model reads the config it was trained with
+  (`recorded_config`): the prompt and answer lengths above all;
 * the claim: a fresh GRPO run refuses a folder that already holds a run, `--resume` refuses a checkpoint
   recorded with other inputs and names each difference (`claim_run_folder`); pretraining refuses a folder
   that already holds a model (`claim_model_folder`);
@@ -28,6 +30,7 @@ from dataclasses import asdict
 
 import torch.distributed as dist
 
+from config import parse_config
 from files import fingerprint, last_logged_step, remove_stale_staging, replace_folder, write_json
 from model import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, save_pretrained, weights_fingerprint
 from training import TRAINER_STATE_FILE, differences, save_trainer_state
@@ -156,6 +159,21 @@ def identity_differences(recorded, current):
     return lines
 
 
+def recorded_config(folder):
+    """The config a trained model or run folder recorded (`<folder>/run.json`) -> config.Config: its grpo and
+    reward sections as the run had them, the other sections at their defaults. None when the folder holds
+    no record (a pretrained base, a downloaded checkpoint)."""
+    path = os.path.join(folder, RUN_RECORD)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            sections = json.load(handle)["config"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{path}: unreadable run record ({error!r})") from None
+    return parse_config(sections, f"{path} (config)")
+
+
 # ----------------------------------------------------------------------------------------------
 # Which folder a run may write into.
 
@@ -221,13 +239,14 @@ def claim_model_folder(out_dir):
     remove_stale_staging(os.path.dirname(os.path.abspath(out_dir)))
 
 
-def save_checkpoint(folder, model, tokenizer, identity, optimizer, step):
-    """A checkpoint to resume from: the model and its tokenizer in the Hugging Face layout
-    (model.save_pretrained), the trainer state at `step` (training.save_trainer_state) and the run record,
-    swapped into place as one folder (files.replace_folder)."""
+def save_checkpoint(folder, model, tokenizer, identity, optimizer=None, step=None):
+    """The model and its tokenizer in the Hugging Face layout (model.save_pretrained) and the run record,
+    swapped into place as one folder (files.replace_folder). With the optimizer, a checkpoint to resume
+    from: also the trainer state at `step` (training.save_trainer_state). The final model has none."""
     with replace_folder(folder) as staging:
         save_pretrained(model, staging, tokenizer)
-        save_trainer_state(staging, optimizer, step)
+        if optimizer is not None:
+            save_trainer_state(staging, optimizer, step)
         write_json(os.path.join(staging, RUN_RECORD), identity, indent=1)
 
 

@@ -29,7 +29,7 @@ from files import fingerprint
 from full_sequence import full_sequence_step
 from model import Qwen2, Qwen2Config, load_pretrained, save_pretrained, sequence_logprobs
 from reward import BEHAVIOUR_KEYS, REWARD_KEYS, TERMS
-from runs import RunLock, RunLocked
+from runs import RunLock, RunLocked, recorded_config
 from simulate import simulate_call
 from tokenizer import ChatTokenizer
 from training import make_optimizer
@@ -118,6 +118,8 @@ def test_metrics_audit_and_checkpoints(setup, tmp_path, monkeypatch):
     assert record["data"] == {"path": str(root / "train.jsonl"), "fingerprint": fingerprint(root / "train.jsonl")}
     assert record["library"] is None                                # no outlines in the prompts
     assert json.loads((out / "run.json").read_text()) == record
+    assert json.loads((out / "final" / "run.json").read_text()) == record   # the final model names its run
+    assert recorded_config(out / "final").grpo == config.grpo        # what doga.py chat reads back
 
 
 def test_resume_continues_exactly(setup, tmp_path, monkeypatch):
