@@ -506,7 +506,7 @@ def summarize(config, policy, reference, reward_fn, tokenizer, data_dir, out_dir
 
 def main():
     parser = argparse.ArgumentParser(description="GRPO directly on a base model (AI-Salesman).")
-    parser.add_argument("--config", default="configs/tiny.json")
+    parser.add_argument("--config", help="a config file (configs/); default: config.py's defaults, the default recipe")
     parser.add_argument("--model", required=True, help="base model folder (HF layout, with tokenizer.json)")
     parser.add_argument("--data", default="data", help="folder with train.jsonl and test.jsonl")
     parser.add_argument("--out", required=True, help="run folder: metrics.jsonl, checkpoints/, final/")

@@ -245,7 +245,7 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/tiny.json")
+    parser.add_argument("--config", help="a config file (configs/); default: config.py's defaults, the default recipe")
     parser.add_argument("--data", default="data", help="folder holding train.jsonl")
     parser.add_argument("--out", required=True, help="output folder (HF layout: config.json, "
                                                      "model.safetensors, tokenizer.json)")

@@ -100,7 +100,7 @@ def matmul_rate(size=1024, repeats=20):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/tiny.json")
+    parser.add_argument("--config", help="a config file; default: config.py's defaults, the default recipe")
     parser.add_argument("--model", default="runs/default/base")
     parser.add_argument("--data", default="data")
     parser.add_argument("--library", default="runs/default/scripts",
@@ -141,7 +141,7 @@ def main():
         return batch, grpo.step_metrics(0, batch, stats, loss, grad_norm, lr, settings, time.time())
 
     load_before = os.getloadavg()
-    print(f"{label}; {args.config}: {len(chosen)} prompts of {[len(p) for p in step_prompts]} tokens, "
+    print(f"{label}; {config.source}: {len(chosen)} prompts of {[len(p) for p in step_prompts]} tokens, "
           f"{settings.num_generations} completions each of up to {settings.max_completion_length} tokens; "
           + (f"outlines from {library}" if library else f"no outlines ({args.library} not found)"))
     print(f"CPU, {torch.get_num_threads()} threads, float32; load average before: "

@@ -22,7 +22,10 @@ def test_ablation_plan_and_arm_configs(tmp_path):
     assert no_bayes.grpo.num_generations == smoke.grpo.num_generations and no_bayes.model == smoke.model
     assert sft.pretrain.steps == 5 and sft.reward.bayes == smoke.reward.bayes
     assert ablations.EvalSettings(**plan["eval"]).turns_per_stage == 2
-    assert json.load(open(ablations.load_plan("configs/ablations.json")["base_config"]))   # the shipped plan loads
+    shipped = ablations.load_plan("configs/ablations.json")       # the default recipe, config.py's defaults
+    common = ablations.arm_config(shipped, str(tmp_path), "common")
+    assert common.grpo.save_steps == 0 and common.pretrain == load_config().pretrain
+    assert common.model == load_config().model
 
     plan_path.write_text(json.dumps({"base_config": "configs/smoke.json", "holdout_domain": "x",
                                      "eval": {"turns_per_stag": 2}}))
