@@ -16,11 +16,11 @@ MODEL  ?=
 # RESUME=1: continue an interrupted `make train` (pretraining is kept when it finished; GRPO gets --resume).
 RESUME ?=
 
-# Idle OpenMP threads sleep instead of spinning: on a shared or busy machine spinning threads slowed
-# training about 5x here (measured while other jobs shared the 2 cores).
+# Idle OpenMP threads sleep instead of spinning: on a shared or busy machine spinning threads slow
+# training several times over.
 export OMP_WAIT_POLICY ?= PASSIVE
-# NumPy's small matrix products (DOGA's retrieval) run on one thread: on 2 busy cores, OpenBLAS's thread pool
-# made one 1000 x 1024 product 60 times slower (15 ms instead of 0.25 ms, measured here).
+# NumPy's small matrix products (DOGA's retrieval) run on one thread: on busy cores, OpenBLAS's thread pool
+# makes such a product many times slower than one thread does.
 export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: install test bench data train eval ablations chat clean FORCE

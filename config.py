@@ -80,15 +80,15 @@ class RewardConfig:
                      the move, never a shared name;
     faithfulness 1.0 precision x coverage - (1 - precision) over distinct claims, in [-1, 1]; a forbidden
                      promise scores -1. Equal to the move terms: a fluent but false reply is worse than a clumsy
-                     true one (weight 2 cut unsupported facts to nearly 0 but the agent skipped the diagnosis
-                     move: intent appropriateness fell 0.97 -> 0.86, README's research arms);
+                     true one (weight 2 all but removed unsupported facts, but the agent skipped the diagnosis
+                     move and chose the reference's move less often: README's research arms);
     manager 1.0      the Manager's view of the move in [0, 1]: the reference's move 1, another on-stage move
                      0.5, off-stage or a mistake 0. The customer reacts to the move first, so it weighs as
                      much as the facts;
-    bayes 0.1        prior + likelihood are mean log-probs, each typically in [-6, -1], so the sum spans
-                     roughly ten times the range of the other terms: 0.1 puts it on their scale;
+    bayes 0.1        prior + likelihood are mean log-probs, each some nats below zero, so the sum spans
+                     about ten times the range of the other terms: 0.1 puts it on their scale;
     reaction 0.0     beyond the paper and off by default: the simulated customer's interest change on hearing
-                     the reply, in units of one answered objection (+0.12 interest = 1). Always logged, only
+                     the reply, in units of one answered objection's interest gain. Always logged, only
                      trained on when weighted (the ablation arm grpo_reaction).
     """
     format: float = 1.0

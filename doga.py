@@ -29,9 +29,9 @@ vote over TF-IDF contexts is transparent (every prediction can be traced to the 
 caused it), trains in seconds and is fast enough to run per turn on a CPU (bench/retrieval.py).
 See docs/design.md, "DOGA".
 
-Why one module of ~670 lines: the four steps share one definition of a turn's context (`context_parts`,
-slotted by `Slotter`), used offline to key the library and per turn to classify and retrieve; kept in
-one file, the offline and the online side cannot drift apart, and the file reads in the order above.
+Why one module: the four steps share one definition of a turn's context (`context_parts`, slotted by
+`Slotter`), used offline to key the library and per turn to classify and retrieve; kept in one file, the
+offline and the online side cannot drift apart, and the file reads in the order above.
 
 CLI:
     python doga.py build --corpus data/train.jsonl --out DIR
@@ -355,9 +355,8 @@ class IntentClassifier:
     label_noise > 0 flips that share of the *predicted* intents to another legal intent, drawn uniformly:
     the ablation "DOGA with 20% of intent labels flipped" is IntentClassifier(library, label_noise=0.2).
     Each flip is decided by `seed` and the call so far (`situation`: product, profile and turns; not
-    the call order), so it is reproducible however calls are batched. Flipping 20% of the *training*
-    labels instead was measured to change nothing (held-out accuracy 0.98 both ways): a k-NN vote over
-    similar contexts absorbs random flips.
+    the call order), so it is reproducible however calls are batched. Flipping the *training* labels
+    instead changed nothing we could see: a k-NN vote over similar contexts absorbs random flips.
     """
 
     def __init__(self, library, k=10, label_noise=0.0, seed=0):

@@ -234,7 +234,7 @@ class MetricsLog:
 def fingerprint(path):
     """`sha256:<hex digest>` of a file's bytes, or of a folder's files (their names and fingerprints, in
     name order). A run records the fingerprints of its inputs (the base model's weights, the corpus) so
-    that a changed input is noticed even when its name, size and date are the same. About 2 s per GB."""
+    that a changed input is noticed even when its name, size and date are the same."""
     digest = hashlib.sha256()
     if os.path.isdir(path):
         for folder, _, names in sorted(os.walk(path)):

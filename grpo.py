@@ -18,7 +18,7 @@ completions come from the fused kernel on the final hidden states (model.continu
 [tokens x vocabulary] logits are never materialised for the training pass. Every pass over a group (the
 policy's forward and backward, the reference's log-probs for the KL, the Bayesian reward's prior and
 likelihood) runs its prompt once and lets the G completions attend to the prompt's keys and values:
-the prompt is ~9/10 of each sequence, so this cuts the work of a pass several times over, with the same
+the prompt is most of each sequence, so this cuts the work of a pass several times over, with the same
 numbers and gradients up to float32 rounding (tests/test_shared_prefix.py; bench/grpo_step.py times it).
 
 Several processes: `torchrun --nproc_per_node=K grpo.py ...` gives each rank its own prompts (a group

@@ -27,10 +27,9 @@ scaling variants such as YaRN (only needed beyond the 32k native context), dropo
 release), and multi-file sharding on save (a single safetensors file holds a model of any size we train).
 A config that asks for one of these is refused with a clear error instead of being run wrongly.
 
-Why one module of ~870 lines: the architecture, its passes (whole sequences, or continuations after a
-shared prompt), its generation loop and its checkpoint format change together (a field of config.json
-shapes the weights, the KV cache and the file), so a reader checking the model against Qwen2 finds all
-of it here.
+Why one module: the architecture, its passes (whole sequences, or continuations after a shared prompt),
+its generation loop and its checkpoint format change together (a field of config.json shapes the weights,
+the KV cache and the file), so a reader checking the model against Qwen2 finds all of it here.
 """
 import hashlib
 import json
