@@ -5,20 +5,22 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-CONFIG ?= configs/tiny.json
+# No CONFIG: config.py's defaults, the default recipe. CONFIG=configs/<name>.json: another size of it.
+CONFIG ?=
 NAME   := $(basename $(notdir $(CONFIG)))
-RUN    ?= runs/$(if $(filter tiny,$(NAME)),default,$(NAME))
+RUN    ?= runs/$(or $(NAME),default)
 # Each config has its own corpus (its size is in the config): data/ for the default, data/<name>/ else.
-DATA   ?= data$(if $(filter tiny,$(NAME)),,/$(NAME))
+DATA   ?= data$(if $(NAME),/$(NAME))
+CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG))
 MODEL  ?=
 # RESUME=1: continue an interrupted `make train` (pretraining is kept when it finished; GRPO gets --resume).
 RESUME ?=
 
-# Idle OpenMP threads sleep instead of spinning: on a shared or busy machine spinning threads slowed
-# training about 5x here (measured while other jobs shared the 2 cores).
+# Idle OpenMP threads sleep instead of spinning: on a shared or busy machine spinning threads slow
+# training several times over.
 export OMP_WAIT_POLICY ?= PASSIVE
-# NumPy's small matrix products (DOGA's retrieval) run on one thread: on 2 busy cores, OpenBLAS's thread pool
-# made one 1000 x 1024 product 60 times slower (15 ms instead of 0.25 ms, measured here).
+# NumPy's small matrix products (DOGA's retrieval) run on one thread: on busy cores, OpenBLAS's thread pool
+# makes such a product many times slower than one thread does.
 export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: install test bench data train eval ablations chat clean FORCE
@@ -46,14 +48,17 @@ bench: install
 # The simulated corpus: three agents write calls, then a split by call into train and test. Its size, seed
 # and noise are the config's data section, read by config.py (missing keys take their defaults).
 # $(DATA)/recipe.json records them and is rewritten only when they change, so make simulates again exactly
-# when the config asks for another corpus than the one in $(DATA).
+# when the config asks for another corpus than the one in $(DATA). simulate.py reads a config file or
+# --dialogues; with no CONFIG it is given config.py's default number of calls (its seed and noise default
+# to config.py's already).
+SIMULATE_FLAGS = $(or $(CONFIG_FLAG),--dialogues $$($(PY) -c 'import config; print(config.DataConfig.dialogues)'))
 data: $(DATA)/train.jsonl
 
 $(DATA)/recipe.json: FORCE | install
-	$(PY) simulate.py --config $(CONFIG) --recipe $@
+	$(PY) simulate.py $(SIMULATE_FLAGS) --recipe $@
 
 $(DATA)/train.jsonl: $(DATA)/recipe.json
-	$(PY) simulate.py --config $(CONFIG) --out $(DATA)/calls.jsonl
+	$(PY) simulate.py $(SIMULATE_FLAGS) --out $(DATA)/calls.jsonl
 	$(PY) corpus.py split $(DATA)/calls.jsonl --train $(DATA)/train.jsonl --test $(DATA)/test.jsonl
 
 # The whole pipeline: corpus -> tokenizer + tiny base model -> GRPO directly on the base -> summary.
@@ -63,22 +68,23 @@ $(DATA)/train.jsonl: $(DATA)/recipe.json
 train: install data
 	$(PY) doga.py build --corpus $(DATA)/train.jsonl --out $(RUN)/scripts
 ifeq ($(MODEL),)
-	$(if $(RESUME),test -f $(RUN)/base/model.safetensors || )$(PY) pretrain.py --config $(CONFIG) --data $(DATA) \
+	$(if $(RESUME),test -f $(RUN)/base/model.safetensors || )$(PY) pretrain.py $(CONFIG_FLAG) --data $(DATA) \
 		--out $(RUN)/base --library $(RUN)/scripts
-	$(PY) grpo.py --config $(CONFIG) --model $(RUN)/base --data $(DATA) --out $(RUN) --library $(RUN)/scripts \
+	$(PY) grpo.py $(CONFIG_FLAG) --model $(RUN)/base --data $(DATA) --out $(RUN) --library $(RUN)/scripts \
 		$(if $(RESUME),--resume)
 else
-	$(PY) grpo.py --config $(CONFIG) --model $(MODEL) --data $(DATA) --out $(RUN) --library $(RUN)/scripts \
+	$(PY) grpo.py $(CONFIG_FLAG) --model $(MODEL) --data $(DATA) --out $(RUN) --library $(RUN)/scripts \
 		$(if $(RESUME),--resume)
 endif
 
+# The trained model answers with the prompt and answer lengths its run recorded (run.json beside it).
 chat: install
 	$(PY) doga.py chat --model $(RUN)/final --library $(RUN)/scripts
 
 # Base vs GRPO, each with a static prompt and with DOGA: reports/default/report.md (needs `make train`).
 # Measured on the test customers, on which no recipe choice was made (the headline).
 eval: install data
-	$(PY) evaluate.py --config $(CONFIG) --run $(RUN) --data $(DATA) --out reports/$(notdir $(RUN)) \
+	$(PY) evaluate.py $(CONFIG_FLAG) --run $(RUN) --data $(DATA) --out reports/$(notdir $(RUN)) \
 		--customers test $(if $(MODEL),--base $(MODEL))
 
 # Every arm of the paper's comparisons, trained and evaluated: reports/ablations/report.md. The arms are

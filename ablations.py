@@ -1,7 +1,8 @@
 """The paper's ablations, trained and evaluated: `make ablations` (AI-Salesman, arXiv 2511.12133).
 
-The plan (configs/ablations.json, `load_plan`) names a base config, overrides for every trained arm, the
-SFT stage's pretraining overrides, a domain to hold out and the evaluation settings. The arms:
+The plan (configs/ablations.json, `load_plan`) names overrides for every trained arm of the default recipe
+(config.py's defaults, or a `base_config` file), the SFT stage's pretraining overrides, a domain to hold
+out and the evaluation settings. The arms:
 
 * base (pretrain.py), SFT (pretrain.py --sft on the base), SFT then GRPO, direct GRPO, GRPO without
   the Bayesian reward (reward.bayes = 0), GRPO trained on static prompts only (grpo.outline_share = 0,
@@ -41,16 +42,18 @@ from config import ConfigError, load_config
 from corpus import load_corpus, split_calls, write_corpus
 from doga import ScriptLibrary
 from evaluate import EvalSettings, evaluate_system, make_eval_setup
-from files import RunLock, read_jsonl, write_json
+from files import read_jsonl, write_json
 from report import write_report
+from runs import RUN_RECORD, RunLock, identity_differences, run_identity
 
 
 # ----------------------------------------------------------------------------------------------
 # `make ablations`: train every arm of the paper's comparisons, then evaluate them all.
 
 def load_plan(path):
-    """configs/ablations.json: base_config, overrides (config sections for every trained arm), sft
-    (pretrain overrides of the SFT stage), holdout_domain, eval (EvalSettings fields)."""
+    """configs/ablations.json: base_config (optional: a config file; none, config.py's defaults), overrides
+    (config sections for every trained arm), sft (pretrain overrides of the SFT stage), holdout_domain, eval
+    (EvalSettings fields)."""
     try:
         with open(path) as handle:
             plan = json.load(handle)
@@ -59,9 +62,10 @@ def load_plan(path):
     known = {"comment", "base_config", "overrides", "sft", "holdout_domain", "eval"}
     if set(plan) - known:
         raise ConfigError(f"{path}: unknown key(s) {sorted(set(plan) - known)} (known: {sorted(known)})")
-    for key in ("base_config", "holdout_domain"):
-        if not isinstance(plan.get(key), str):
-            raise ConfigError(f"{path}: '{key}' must be a string")
+    if not isinstance(plan.get("holdout_domain"), str):
+        raise ConfigError(f"{path}: 'holdout_domain' must be a string")
+    if not isinstance(plan.get("base_config", ""), str):
+        raise ConfigError(f"{path}: 'base_config' must be a string")
     fields = set(EvalSettings.__dataclass_fields__)
     if set(plan.get("eval", {})) - fields:
         raise ConfigError(f"{path}: eval.{sorted(set(plan['eval']) - fields)[0]} is not a known key "
@@ -79,10 +83,13 @@ def eval_settings(plan):
 
 
 def arm_config(plan, work_dir, name, extra=None):
-    """The base config with the plan's overrides and this arm's `extra` sections, written to
-    <work>/configs/<name>.json and validated by config.load_config (which names a bad key)."""
-    with open(plan["base_config"]) as handle:
-        raw = json.load(handle)
+    """The base config (config.py's defaults when the plan names none) with the plan's overrides and this
+    arm's `extra` sections, written to <work>/configs/<name>.json and validated by config.load_config (which
+    names a bad key)."""
+    raw = {}
+    if "base_config" in plan:
+        with open(plan["base_config"]) as handle:
+            raw = json.load(handle)
     for overrides in (plan.get("overrides", {}), extra or {}):
         for section, values in overrides.items():
             raw[section] = {**raw.get(section, {}), **values}
@@ -129,13 +136,13 @@ def default_base_matches(base_dir, config):
 
 
 def default_grpo_matches(run_dir, config, base, data_dir, library_dir):
-    """runs/default's GRPO model is the direct-GRPO arm when its run record (grpo.py's run.json) names the same
+    """runs/default's GRPO model is the direct-GRPO arm when its run record (runs.RUN_RECORD) names the same
     config (its number of steps included), base model, corpus and library, and the run finished (grpo.py
     writes final/ after its last step only)."""
     try:
-        with open(os.path.join(run_dir, grpo.RUN_RECORD)) as handle:
+        with open(os.path.join(run_dir, RUN_RECORD)) as handle:
             recorded = json.load(handle)
-        same = not grpo.identity_differences(recorded, grpo.run_identity(config, base, data_dir, library_dir))
+        same = not identity_differences(recorded, run_identity(config, base, data_dir, library_dir))
         return (same and recorded["config"]["grpo"]["steps"] == config.grpo.steps
                 and os.path.exists(os.path.join(run_dir, "final", "model.safetensors")))
     except (OSError, json.JSONDecodeError, KeyError, TypeError):

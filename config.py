@@ -9,8 +9,12 @@ A config file (configs/*.json) has one section per stage:
     reward    the weights of the composite reward
     grpo      the GRPO loop; knob names and meanings follow TRL's GRPOConfig
 
-Keys missing from a file take the defaults below; an unknown key, a wrong type or a value out of range
-ends with a `ConfigError` that names the file and the key (a typo must never be silently ignored).
+The defaults below are the default recipe, the one `make train` runs with no config file: a tiny Qwen2
+pretrained from scratch on the CPU, then GRPO directly on it. A file overrides some of them for another
+size (configs/smoke.json, configs/qwen2.5-0.5b.json); keys missing from it take the defaults. An unknown
+key, a wrong type or a value out of range ends with a `ConfigError` that names the file and the key (a
+typo must never be silently ignored). A GRPO run records the sections it reads (runs.py), and
+`parse_config` reads them back the same way.
 """
 
 import json
@@ -34,24 +38,37 @@ class TokenizerConfig:
     vocab_size: int = 2048         # small: the tiny model's embedding should not dominate its parameters
 
 
+# The tiny from-scratch model (Hugging Face Qwen2Config fields; vocab_size and the special-token ids come
+# from the tokenizer): small enough to pretrain and run GRPO on two CPU cores within `make train`, with the
+# shape of a real Qwen2 (grouped-query attention, two query heads per key/value head).
+TINY_MODEL = {
+    "hidden_size": 128,
+    "intermediate_size": 384,          # 3 x hidden, SwiGLU's usual ratio
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,   # above the longest sequence trained on (a whole call, or prompt + answer)
+    "rope_theta": 10000.0,             # the classic base: contexts are short, no long-range scaling needed
+    "tie_word_embeddings": True,       # the embedding is a large share of so small a model: used once, not twice
+}
+
+
 @dataclass
 class PretrainConfig:
-    steps: int = 400
-    batch_size: int = 16           # sequences per step
-    seq_len: int = 512             # packed token windows
-    learning_rate: float = 2e-3    # high, as usual for a tiny model trained briefly
+    # The base needs long pretraining: GRPO on a base pretrained for fewer steps lost customers instead of
+    # winning them, and fewer steps at a higher learning rate made a weaker base (README, research arms).
+    steps: int = 800
+    batch_size: int = 8            # whole calls per step; with half the batch the base learnt the calls worse
+    seq_len: int = 1280            # a row is one call from its system prompt on: nearly every call fits whole
+    learning_rate: float = 2e-3    # high, as usual for a tiny model trained from scratch
     min_lr_ratio: float = 0.1      # cosine decays to this fraction of the peak
-    warmup_steps: int = 30
+    warmup_steps: int = 20         # short: the rate only has to climb past the random init's first steps
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 0
     # Calls pretrained with DOGA's outline before each salesperson turn (needs a library): the base learns to
     # read outlines and still knows plain prompts.
     outline_share: float = 0.5
-    # Copy exercises before the corpus (random tokens, then the same tokens again): the in-context copying a
-    # pretrained LM brings, which the corpus alone did not teach in 800 steps (README, research arms).
-    copy_warmup_steps: int = 0
-    copy_exercises_per_step: int = 0   # copy exercises added to every corpus step (the warm-up alone is forgotten)
 
 
 @dataclass
@@ -63,15 +80,15 @@ class RewardConfig:
                      the move, never a shared name;
     faithfulness 1.0 precision x coverage - (1 - precision) over distinct claims, in [-1, 1]; a forbidden
                      promise scores -1. Equal to the move terms: a fluent but false reply is worse than a clumsy
-                     true one (weight 2 cut unsupported facts to nearly 0 but the agent skipped the diagnosis
-                     move: intent appropriateness fell 0.97 -> 0.86, README's research arms);
+                     true one (weight 2 all but removed unsupported facts, but the agent skipped the diagnosis
+                     move and chose the reference's move less often: README's research arms);
     manager 1.0      the Manager's view of the move in [0, 1]: the reference's move 1, another on-stage move
                      0.5, off-stage or a mistake 0. The customer reacts to the move first, so it weighs as
                      much as the facts;
-    bayes 0.1        prior + likelihood are mean log-probs, each typically in [-6, -1], so the sum spans
-                     roughly ten times the range of the other terms: 0.1 puts it on their scale;
+    bayes 0.1        prior + likelihood are mean log-probs, each some nats below zero, so the sum spans
+                     about ten times the range of the other terms: 0.1 puts it on their scale;
     reaction 0.0     beyond the paper and off by default: the simulated customer's interest change on hearing
-                     the reply, in units of one answered objection (+0.12 interest = 1). Always logged, only
+                     the reply, in units of one answered objection's interest gain. Always logged, only
                      trained on when weighted (the ablation arm grpo_reaction).
     """
     format: float = 1.0
@@ -95,21 +112,25 @@ class GRPOConfig:
     num_iterations: int = 1        # optimisation passes over each generated batch
     temperature: float = 1.0
     top_p: float = 1.0
-    max_prompt_length: int = 768   # longer prompts are left out of the prompt pool (and counted)
-    max_completion_length: int = 64
+    # Longer prompts are left out of the prompt pool (and counted). As long as a pretraining row, so that the
+    # pool holds the calls' later turns too (objections, closing), where customers are won or lost.
+    max_prompt_length: int = 1280
+    max_completion_length: int = 64  # a thought and a reply of a sentence or two
     mask_truncated_completions: bool = True  # a completion with no EOS gets no gradient
-    learning_rate: float = 5e-5
+    # Far above the rate for a pretrained LLM (configs/qwen2.5-0.5b.json), as the tiny base's pretraining rate
+    # is; three times this rate lost the base's moves (README, research arms).
+    learning_rate: float = 1e-4
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    warmup_steps: int = 5
+    warmup_steps: int = 3          # short: GRPO starts from a trained base, not from random weights
     # --- the loop ---
-    steps: int = 60
+    steps: int = 200               # the length of the research arms that sold best; longer sold no more (README)
     prompts_per_step: int = 4      # groups per step, over all processes together
     reference_filter: str = "good"  # good: train on turns the Manager labelled on-stage and faithful | all
     outline_share: float = 1.0     # training prompts with DOGA's outline (needs a library): train as it infers
-    save_steps: int = 20           # checkpoint every N steps (0: only the final model)
+    save_steps: int = 50           # checkpoint every N steps (0: only the final model): a few per run
     log_completion_steps: int = 10  # print a sample completion every N steps
-    eval_prompts: int = 32         # held-out prompts for the before/after summary
+    eval_prompts: int = 24         # held-out prompts for the before/after summary, num_generations samples each
     seed: int = 0
     device: str = "auto"           # auto | cpu | cuda
     dtype: str = "float32"         # float32 | bfloat16
@@ -143,7 +164,7 @@ MODEL_INTEGER_KEYS = {"hidden_size", "intermediate_size", "num_hidden_layers", "
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: dict = field(default_factory=dict)   # Qwen2Config fields; model.py validates them
+    model: dict = field(default_factory=lambda: dict(TINY_MODEL))   # Qwen2Config fields; model.py validates them
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -183,8 +204,10 @@ def _section(path, name, cls, values):
     return cls(**parsed)
 
 
-def load_config(path):
-    """Read and validate a config file; see the module docstring."""
+def load_config(path=None):
+    """Read and validate a config file; see the module docstring. No path: the defaults, the default recipe."""
+    if path is None:
+        return Config()
     try:
         with open(path) as f:
             raw = json.load(f)
@@ -192,6 +215,12 @@ def load_config(path):
         raise ConfigError(f"{path}: config file not found") from None
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw, path):
+    """Validate a config's sections (a dict, as a config file holds them); `path` names where they came from
+    in errors. Missing sections and keys take the defaults; the model section's keys replace TINY_MODEL's."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a JSON object of sections")
     sections = {"data": DataConfig, "tokenizer": TokenizerConfig, "pretrain": PretrainConfig,
@@ -199,10 +228,11 @@ def load_config(path):
     unknown = set(raw) - set(sections) - {"model", "comment"}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)} (known: model, {', '.join(sections)})")
-    config = Config(source=path, model=raw.get("model", {}))
-    if not isinstance(config.model, dict):
+    model = raw.get("model", {})
+    if not isinstance(model, dict):
         raise ConfigError(f"{path}: section 'model' must be an object")
-    for key, value in config.model.items():
+    config = Config(source=path, model={**TINY_MODEL, **model})
+    for key, value in model.items():
         if key not in MODEL_KEYS:
             raise ConfigError(f"{path}: model.{key} is not a known key (known: {', '.join(sorted(MODEL_KEYS))})")
         if key == "tie_word_embeddings" and not isinstance(value, bool):

@@ -29,9 +29,9 @@ vote over TF-IDF contexts is transparent (every prediction can be traced to the 
 caused it), trains in seconds and is fast enough to run per turn on a CPU (bench/retrieval.py).
 See docs/design.md, "DOGA".
 
-Why one module of ~670 lines: the four steps share one definition of a turn's context (`context_parts`,
-slotted by `Slotter`), used offline to key the library and per turn to classify and retrieve; kept in
-one file, the offline and the online side cannot drift apart, and the file reads in the order above.
+Why one module: the four steps share one definition of a turn's context (`context_parts`, slotted by
+`Slotter`), used offline to key the library and per turn to classify and retrieve; kept in one file, the
+offline and the online side cannot drift apart, and the file reads in the order above.
 
 CLI:
     python doga.py build --corpus data/train.jsonl --out DIR
@@ -58,6 +58,7 @@ from corpus import CorpusError, chat_messages, load_corpus, system_prompt
 from files import write_json
 from model import generate_completions, load_with_tokenizer
 from retrieval import CosineIndex, HashedTfidfEmbedder
+from runs import recorded_config
 from sales import (
     GOOD_INTENTS,
     SALES_INTENTS,
@@ -354,9 +355,8 @@ class IntentClassifier:
     label_noise > 0 flips that share of the *predicted* intents to another legal intent, drawn uniformly:
     the ablation "DOGA with 20% of intent labels flipped" is IntentClassifier(library, label_noise=0.2).
     Each flip is decided by `seed` and the call so far (`situation`: product, profile and turns; not
-    the call order), so it is reproducible however calls are batched. Flipping 20% of the *training*
-    labels instead was measured to change nothing (held-out accuracy 0.98 both ways): a k-NN vote over
-    similar contexts absorbs random flips.
+    the call order), so it is reproducible however calls are batched. Flipping the *training* labels
+    instead changed nothing we could see: a k-NN vote over similar contexts absorbs random flips.
     """
 
     def __init__(self, library, k=10, label_noise=0.0, seed=0):
@@ -690,12 +690,20 @@ def print_intent_report(report, out=sys.stdout):
 
 def chat(model_dir, library_dir, product_id=None, persona_seed=0):
     """Talk to the DOGA agent as the customer. The call ends with /quit or end of input (Ctrl-D); a message
-    too long for the model's prompt is refused with a note, and the call goes on."""
+    too long for the model's prompt is refused with a note, and the call goes on.
+
+    The prompt and answer lengths are the ones the model was trained with: those of the config its GRPO run
+    recorded beside the weights (runs.recorded_config), config.py's defaults for a model without a record."""
     world = load_world()
     products = {p["id"]: p for domain in world.products.values() for p in domain}
     product = products[product_id] if product_id else next(iter(products.values()))
     visible = make_persona(product["domain"], product, random.Random(persona_seed))["visible"]
-    agent = DogaAgent(*load_with_tokenizer(model_dir), ScriptLibrary.load(library_dir))
+    trained = recorded_config(model_dir)
+    settings = trained.grpo if trained else GRPOConfig()
+    agent = DogaAgent(*load_with_tokenizer(model_dir), ScriptLibrary.load(library_dir),
+                      max_prompt_length=settings.max_prompt_length, max_new_tokens=settings.max_completion_length)
+    print(f"prompts of up to {settings.max_prompt_length} tokens, answers of up to {settings.max_completion_length} "
+          f"({trained.source if trained else f'no run record in {model_dir}: config.py defaults'})")
     print(f"product {product['id']} ({product['name']}); you are: {json.dumps(visible)}")
     print("type as the customer; /outline shows the last outline, /quit or Ctrl-D ends the call")
     turns, outline = [], None

@@ -13,17 +13,15 @@ torn one:
 * the per-step logs: `MetricsLog` appends one JSON line per step, `truncate_jsonl` cuts a log back to a
   resumed step (dropping a line torn by a crash), `read_jsonl` reads one back, `last_logged_step` says
   how far an interrupted run got;
-* what a run records of its inputs and who owns its folder: `fingerprint` (the SHA-256 of a file's
-  bytes) and `RunLock` (one run per folder, the holder named in `<folder>/.lock`).
+* what a run records of its inputs: `fingerprint` (the SHA-256 of a file's bytes). Who owns a run's
+  folder, and what the run records in it, is runs.py's business.
 
 JSON is written as UTF-8 (ensure_ascii=False): a corpus with "José" in it stays readable.
-Left out on purpose: locks on single files (a run owns its whole folder through RunLock), locks that
-work across machines on file systems without flock, and fsync of the containing folder after a
-single-file rename (the rename itself is atomic; the folder swap, whose several renames are what a
-checkpoint relies on, does sync its parent).
+Left out on purpose: locks on single files (a run owns its whole folder through runs.RunLock), and
+fsync of the containing folder after a single-file rename (the rename itself is atomic; the folder swap,
+whose several renames are what a checkpoint relies on, does sync its parent).
 """
 
-import fcntl
 import hashlib
 import json
 import os
@@ -31,7 +29,6 @@ import re
 import shutil
 import socket
 import tempfile
-import time
 from contextlib import contextmanager
 
 
@@ -232,12 +229,12 @@ class MetricsLog:
 
 
 # ----------------------------------------------------------------------------------------------
-# What a run records of its inputs, and who owns a run folder.
+# What a run records of its inputs.
 
 def fingerprint(path):
     """`sha256:<hex digest>` of a file's bytes, or of a folder's files (their names and fingerprints, in
     name order). A run records the fingerprints of its inputs (the base model's weights, the corpus) so
-    that a changed input is noticed even when its name, size and date are the same. About 2 s per GB."""
+    that a changed input is noticed even when its name, size and date are the same."""
     digest = hashlib.sha256()
     if os.path.isdir(path):
         for folder, _, names in sorted(os.walk(path)):
@@ -249,62 +246,3 @@ def fingerprint(path):
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return f"sha256:{digest.hexdigest()}"
-
-
-class RunLocked(RuntimeError):
-    """Another live process holds the run folder; the message names it."""
-
-
-class RunLock:
-    """One run per folder: an exclusive `fcntl.flock` on `<folder>/.lock`, which names its holder.
-
-    Two runs writing one folder would interleave their metrics lines and overwrite each other's
-    checkpoints. The holder writes its pid, host and start time into the lock file, so the second run
-    can say who is in the way. The kernel drops a flock when its process dies, however it dies (kill -9
-    included), so a lock left by a dead run is simply taken over; its file still names the dead run
-    until the new holder rewrites it. Use as `with RunLock(folder):` or acquire()/release().
-    """
-
-    NAME = ".lock"
-
-    def __init__(self, folder):
-        self.folder = folder
-        self.path = os.path.join(folder, self.NAME)
-        self.handle = None
-
-    def acquire(self):
-        os.makedirs(self.folder, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip()
-            handle.close()
-            try:
-                who = json.loads(holder)
-                who = f"pid {who['pid']} on {who['host']}, running since {who['started']}"
-            except (json.JSONDecodeError, KeyError, TypeError):
-                who = "a process that has not written its name yet"
-            raise RunLocked(f"{self.folder}: another run is using this folder ({who}; lock file {self.path}). "
-                            "Wait for it to end, or choose another output folder") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}) + "\n")
-        handle.flush()
-        self.handle = handle
-        return self
-
-    def release(self):
-        if self.handle is not None:
-            self.handle.truncate(0)
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()

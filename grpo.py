@@ -18,7 +18,7 @@ completions come from the fused kernel on the final hidden states (model.continu
 [tokens x vocabulary] logits are never materialised for the training pass. Every pass over a group (the
 policy's forward and backward, the reference's log-probs for the KL, the Bayesian reward's prior and
 likelihood) runs its prompt once and lets the G completions attend to the prompt's keys and values:
-the prompt is ~9/10 of each sequence, so this cuts the work of a pass several times over, with the same
+the prompt is most of each sequence, so this cuts the work of a pass several times over, with the same
 numbers and gradients up to float32 rounding (tests/test_shared_prefix.py; bench/grpo_step.py times it).
 
 Several processes: `torchrun --nproc_per_node=K grpo.py ...` gives each rank its own prompts (a group
@@ -35,22 +35,20 @@ Simplified, and why:
   reproducible, resumable and identical across process counts.
 * No vLLM-style serving, no gradient accumulation, no reward models: the lean loop of the method.
 
-The run folder: rank 0 locks it (files.RunLock) for the whole run and records what the run is made of
-(`run.json`: the grpo and reward config sections, the fingerprints of the base model, the corpus and the
-DOGA library its prompts use), also in every checkpoint. A fresh run refuses a folder that already holds
-a run; `--resume` refuses a checkpoint recorded with other inputs. A checkpoint holds safetensors and
-JSON only, never a pickle.
+The run folder is runs.py's business: rank 0 locks it for the whole run and records what the run is made
+of (`run.json`), also in every checkpoint and in the final model; a fresh run refuses a folder that already
+holds a run, and `--resume` refuses a checkpoint recorded with other inputs. A checkpoint holds
+safetensors and JSON only, never a pickle.
 """
 
 import argparse
 import json
 import os
 import random
-import re
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -60,40 +58,28 @@ from tqdm import tqdm
 from config import ConfigError, load_config
 from corpus import CorpusError, load_corpus, training_samples
 from doga import DogaPlanner, ScriptLibrary
-from files import (
-    MetricsLog,
-    RunLock,
-    RunLocked,
-    fingerprint,
-    last_logged_step,
-    remove_stale_staging,
-    replace_folder,
-    truncate_jsonl,
-    write_json,
-)
+from files import MetricsLog, truncate_jsonl, write_json
 from model import (
     CheckpointError,
     Continuations,
     continuation_logprobs,
     cut_at_eos,
-    generate_completions,
     generate_groups,
     load_pretrained,
     load_with_tokenizer,
-    save_pretrained,
-    weights_fingerprint,
 )
 from reward import BEHAVIOUR_KEYS, REWARD_KEYS, CompositeReward, fit_similarity_embedder
-from sales import is_good_turn
-from training import (
-    TRAINER_STATE_FILE,
-    differences,
-    learning_rate_at,
-    load_trainer_state,
-    make_optimizer,
-    resolve_device,
-    save_trainer_state,
+from runs import (
+    RunLock,
+    RunLocked,
+    claim_run_folder,
+    interruption_note,
+    on_main_process,
+    run_identity,
+    save_checkpoint,
 )
+from sales import is_good_turn
+from training import learning_rate_at, load_trainer_state, make_optimizer, resolve_device
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,26 +151,17 @@ class Rollout:
     completion_lengths: torch.Tensor  # [B]
 
 
-def sample_groups(policy, prompt_ids, seeds, settings, eos_id, pad_id, one_batch=True):
+def sample_groups(policy, prompt_ids, seeds, settings, eos_id, pad_id):
     """`num_generations` completions of each prompt, group g sampled with its own generator seeded by
-    seeds[g]. Returns token lists (EOS kept) and truncation flags, group after group.
-
-    one_batch: all groups in one model.generate_groups call, each prompt prefilled once; otherwise each
-    group on its own (the path this replaced, for bench/grpo_step.py). Either way a group's samples depend
-    on its seed alone, up to float32 rounding (see generate_groups), not on the rank or batch it lands in.
+    seeds[g], all groups in one model.generate_groups call (each prompt prefilled once). Returns token
+    lists (EOS kept) and truncation flags, group after group. A group's samples depend on its seed alone,
+    up to float32 rounding (see generate_groups), not on the rank or batch it lands in.
     """
     device = policy.lm_head_weight.device
     generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
-    G = settings.num_generations
-    if one_batch:
-        ids = generate_groups(policy, prompt_ids, G, generators, settings.max_completion_length,
-                              settings.temperature, settings.top_p, eos_id, pad_id)       # [groups x G, n]
-        completions = cut_at_eos(ids, eos_id)
-    else:
-        completions = [completion for prompt, generator in zip(prompt_ids, generators)
-                       for completion in generate_completions(policy, [prompt] * G, settings.max_completion_length,
-                                                              eos_id, pad_id, settings.temperature,
-                                                              settings.top_p, generator)]
+    ids = generate_groups(policy, prompt_ids, settings.num_generations, generators, settings.max_completion_length,
+                          settings.temperature, settings.top_p, eos_id, pad_id)           # [groups x G, n]
+    completions = cut_at_eos(ids, eos_id)
     return [ids for ids, _ in completions], [truncated for _, truncated in completions]
 
 
@@ -215,17 +192,13 @@ def timed(timings, phase):
 
 
 @torch.no_grad()
-def rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings,
-            shared_prefix=True, timings=None):
+def rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings, timings=None):
     """Generate and score one group per prompt; everything the loss needs, batched [B = groups x G].
-
-    shared_prefix: every group sampled in one batch and each prompt run once per pass; False is the
-    full-sequence path it replaced, for bench/grpo_step.py. timings: phase -> seconds, added to.
-    """
+    timings: phase -> seconds, added to (bench/grpo_step.py reads them)."""
     G = settings.num_generations
     with timed(timings, "generate"):
         completion_tokens, truncated = sample_groups(policy, prompt_ids, group_seeds, settings, tokenizer.eos_id,
-                                                     tokenizer.pad_id, one_batch=shared_prefix)
+                                                     tokenizer.pad_id)
     device = policy.lm_head_weight.device
     expanded_prompts = [p for p in prompt_ids for _ in range(G)]
     sequences = Continuations.from_lists(expanded_prompts, completion_tokens, tokenizer.pad_id, device)
@@ -248,10 +221,10 @@ def rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_
     advantages = compute_advantages(total, settings.scale_rewards, batch_std).flatten()
 
     with timed(timings, "policy forward + backward"):
-        old = (continuation_logprobs(policy, sequences, loss_mask, settings.temperature, shared_prefix)
+        old = (continuation_logprobs(policy, sequences, loss_mask, settings.temperature)
                if settings.num_iterations > 1 else None)
     with timed(timings, "reference"):
-        ref = (continuation_logprobs(reference, sequences, loss_mask, settings.temperature, shared_prefix)
+        ref = (continuation_logprobs(reference, sequences, loss_mask, settings.temperature)
                if settings.beta > 0 else None)
     return Rollout(sequences, loss_mask, old, ref, rewards, advantages, texts, truncated,
                    sequences.mask.sum(1).cpu())
@@ -290,7 +263,7 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, settings, 
 
 
 # ----------------------------------------------------------------------------------------------
-# Processes, checkpoints, evaluation.
+# Several processes: each rank takes its share of a step's groups.
 
 def init_processes():
     """(rank, world_size), starting torch.distributed when torchrun launched us.
@@ -317,151 +290,19 @@ def global_sum(value):
     return tensor.item()
 
 
-def save_checkpoint(folder, policy, tokenizer, optimizer, step, identity):
-    """HF-layout model + tokenizer + trainer state (training.save_trainer_state) + the run record, swapped
-    into place as one folder (files.replace_folder)."""
-    with replace_folder(folder) as staging:
-        save_pretrained(policy, staging)
-        tokenizer.save(staging)
-        save_trainer_state(staging, optimizer, step)
-        write_json(os.path.join(staging, RUN_RECORD), identity, indent=1)
-
-
-def latest_checkpoint(out_dir):
-    root = os.path.join(out_dir, "checkpoints")
-    if not os.path.isdir(root):
-        return None
-    done = sorted(d for d in os.listdir(root)
-                  if re.fullmatch(r"step-\d+", d) and os.path.exists(os.path.join(root, d, TRAINER_STATE_FILE)))
-    return os.path.join(root, done[-1]) if done else None
-
-
-# ----------------------------------------------------------------------------------------------
-# What a run belongs to: recorded when it starts and in every checkpoint, checked on --resume.
-
-RUN_RECORD = "run.json"
-# What makes a folder hold a run: a fresh run refuses such a folder instead of mixing with it.
-RUN_FILES = (RUN_RECORD, "metrics.jsonl", "checkpoints", "final")
-# Knobs a resumed run may change: they decide how long it runs, what is logged, saved or evaluated, or
-# on which device, not what a step does. (`steps` too: after warmup GRPO's learning rate is constant and a
-# step's prompts depend on the step alone, so a longer run continues a shorter one exactly.)
-RESUMABLE_CHANGES = {"steps", "save_steps", "log_completion_steps", "eval_prompts", "device"}
-
-
-def run_identity(config, model_dir, data_dir, library_dir=None):
-    """What a GRPO run is made of: the config sections it reads (grpo, reward) and its inputs, each with its
-    path and a fingerprint of its content: the base model's weights, the training corpus, and the DOGA
-    script library when some prompts carry its outlines (None otherwise)."""
-    train_file = os.path.join(data_dir, "train.jsonl")
-    uses_library = library_dir is not None and config.grpo.outline_share > 0
-    return {"config": {"grpo": asdict(config.grpo), "reward": asdict(config.reward)},
-            "base_model": {"path": os.path.abspath(model_dir), "fingerprint": weights_fingerprint(model_dir)},
-            "data": {"path": os.path.abspath(train_file), "fingerprint": fingerprint(train_file)},
-            "library": ({"path": os.path.abspath(library_dir), "fingerprint": fingerprint(library_dir)}
-                        if uses_library else None)}
-
-
-RUN_INPUTS = {"base_model": "base model weights", "data": "training data", "library": "DOGA script library"}
-
-
-def identity_differences(recorded, current):
-    """What differs between a recorded run identity and this run's, one line each. Inputs are compared by
-    content: a base model or corpus that moved to another folder is the same input."""
-    def knobs(identity):
-        return {section: {k: v for k, v in values.items() if k not in RESUMABLE_CHANGES}
-                for section, values in identity["config"].items()}
-
-    def described(source):
-        return "none" if source is None else f"{source['path']} ({source['fingerprint'][:19]}...)"
-
-    lines = differences(knobs(recorded), knobs(current))
-    for key, what in RUN_INPUTS.items():
-        then, now = recorded.get(key), current[key]
-        if (then and then["fingerprint"]) != (now and now["fingerprint"]):
-            lines.append(f"{what}: {described(then)} when recorded, {described(now)} now")
-    return lines
-
-
-def claim_out_folder(out_dir, identity, resume):
-    """Check that `out_dir` may take this run; returns the checkpoint to resume from (None: start from the
-    base model). A fresh run refuses a folder that already holds a run; --resume refuses a run recorded
-    with another config, base model, corpus or library, naming what differs."""
-    if not resume:
-        found = [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))]
-        if found:
-            raise CheckpointError(f"{out_dir}: already holds a run ({', '.join(found)}): continue it with --resume, "
-                                  "or choose another --out")
-        return None
-    checkpoint = latest_checkpoint(out_dir)
-    record = os.path.join(checkpoint or out_dir, RUN_RECORD)
-    if not os.path.exists(record):
-        if checkpoint or any(os.path.exists(os.path.join(out_dir, name)) for name in RUN_FILES):
-            raise CheckpointError(f"{record}: missing, so nothing says which config, base model and data this run "
-                                  "was made with (it predates run records); start a fresh run in another --out")
-        return None
-    try:
-        with open(record, encoding="utf-8") as handle:
-            recorded = json.load(handle)
-        lines = identity_differences(recorded, identity)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{record}: unreadable run record ({error!r})") from None
-    if lines:
-        raise CheckpointError(f"{record}: --resume refused, this run was made with other inputs:\n  "
-                              + "\n  ".join(lines) + "\nResume with the same config, base model and data, or start "
-                              "a fresh run in another --out")
-    return checkpoint
-
-
-def on_main_process(action, main_process):
-    """Run `action` on rank 0 alone and give every rank its result; an error it raises is raised on every
-    rank, so that no rank is left waiting in a collective for one that stopped."""
-    outcome = [None, None]
-    if main_process:
-        try:
-            outcome[0] = action()
-        except (CheckpointError, RunLocked, OSError) as error:
-            outcome[1] = error
-    if dist.is_initialized():
-        dist.broadcast_object_list(outcome, src=0)
-    if outcome[1] is not None:
-        raise outcome[1]
-    return outcome[0]
-
-
-@torch.no_grad()
-def held_out_reward(model, reward_fn, tokenizer, samples, prompt_ids, settings):
-    """Mean of each reward term over `num_generations` sampled completions of each held-out prompt,
-    sampled `prompts_per_step` groups at a time as in training."""
-    model.eval()
-    seeds = [10_000_000 + settings.seed * 1000 + i for i in range(len(samples))]
-    G = settings.num_generations
-    sums = {}
-    for start in range(0, len(samples), settings.prompts_per_step):
-        chunk = slice(start, start + settings.prompts_per_step)
-        completions, truncated = sample_groups(model, prompt_ids[chunk], seeds[chunk], settings, tokenizer.eos_id,
-                                               tokenizer.pad_id)
-        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
-        terms = reward_fn([s for s in samples[chunk] for _ in range(G)],
-                          [p for p in prompt_ids[chunk] for _ in range(G)], texts, truncated)
-        for name, values in terms.items():
-            sums[name] = sums.get(name, 0.0) + values.sum().item()
-    return {name: total / (len(samples) * G) for name, total in sums.items()}
-
-
 # ----------------------------------------------------------------------------------------------
 # Training.
 
 def grpo_step(policy, reference, reward_fn, optimizer, tokenizer, samples, prompt_ids, group_seeds, settings, lr,
-              shared_prefix=True, timings=None):
+              timings=None):
     """One GRPO step on this process's groups: a rollout, then num_iterations updates at learning rate lr.
 
     Returns (rollout, stats, loss, grad_norm) of the last update. With several processes each rank's loss
-    is its share of the global loss, and gradients are summed over ranks before clipping. shared_prefix
-    and timings as in `rollout` (the update's phases are "policy forward + backward" and "optimizer").
+    is its share of the global loss, and gradients are summed over ranks before clipping. timings as in
+    `rollout` (the update's phases are "policy forward + backward" and "optimizer").
     """
     policy.eval()
-    batch = rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings,
-                    shared_prefix, timings)
+    batch = rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings, timings)
     num_sequences = global_sum(len(batch.advantages))
     num_tokens = global_sum(batch.loss_mask.sum().item())
     for group in optimizer.param_groups:
@@ -471,7 +312,7 @@ def grpo_step(policy, reference, reward_fn, optimizer, tokenizer, samples, promp
     for _ in range(settings.num_iterations):
         with timed(timings, "policy forward + backward"):
             logprobs, entropy = continuation_logprobs(policy, batch.sequences, batch.loss_mask, settings.temperature,
-                                                      shared_prefix, return_entropy=True)
+                                                      return_entropy=True)
             old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
             loss, stats = grpo_loss(logprobs, old, batch.ref_logprobs, batch.advantages.to(logprobs.device),
                                     batch.loss_mask, settings, num_sequences, num_tokens)
@@ -490,7 +331,7 @@ def grpo_step(policy, reference, reward_fn, optimizer, tokenizer, samples, promp
 
 def train(config, model_dir, data_dir, out_dir, resume=False, audit=False, library_dir=None):
     """GRPO from the model in `model_dir` on `data_dir`/train.jsonl into `out_dir` (with `library_dir`, a DOGA
-    script library whose outlines some prompts carry). Rank 0 holds the lock on `out_dir` (files.RunLock) for
+    script library whose outlines some prompts carry). Rank 0 holds the lock on `out_dir` (runs.RunLock) for
     the whole run; a second run into the same folder is refused."""
     rank, world_size = init_processes()
     if config.grpo.prompts_per_step % world_size:
@@ -513,14 +354,9 @@ def _train(config, model_dir, data_dir, out_dir, resume, audit, library_dir, ran
     torch.manual_seed(settings.seed)
     main_process = rank == 0
 
-    def claim():
-        for folder in (out_dir, os.path.join(out_dir, "checkpoints")):
-            remove_stale_staging(folder)      # what a kill during a save left behind
+    def claim():          # what the run is made of, and the checkpoint it resumes from (runs.py)
         identity = run_identity(config, model_dir, data_dir, library_dir)
-        checkpoint = claim_out_folder(out_dir, identity, resume)
-        if not os.path.exists(os.path.join(out_dir, RUN_RECORD)):
-            write_json(os.path.join(out_dir, RUN_RECORD), identity, indent=1)
-        return identity, checkpoint
+        return identity, claim_run_folder(out_dir, identity, resume)
 
     identity, checkpoint = on_main_process(claim, main_process)
     reference, tokenizer = load_with_tokenizer(model_dir, dtype=dtype, device=device)
@@ -568,14 +404,13 @@ def _train(config, model_dir, data_dir, out_dir, resume, audit, library_dir, ran
                             settings.num_generations)
             if settings.save_steps and (step + 1) % settings.save_steps == 0:
                 save_checkpoint(os.path.join(out_dir, "checkpoints", f"step-{step + 1:06d}"),
-                                policy, tokenizer, optimizer, step + 1, identity)
+                                policy, tokenizer, identity, optimizer, step + 1)
         if world_size > 1:
             dist.barrier()
     if audit_file:
         audit_file.close()
     if main_process:
-        save_pretrained(policy, os.path.join(out_dir, "final"))
-        tokenizer.save(os.path.join(out_dir, "final"))
+        save_checkpoint(os.path.join(out_dir, "final"), policy, tokenizer, identity)
     return policy, reference, reward_fn, tokenizer
 
 
@@ -638,6 +473,26 @@ def write_audit(audit_file, step, batch, stats, samples, G):
     audit_file.flush()
 
 
+@torch.no_grad()
+def held_out_reward(model, reward_fn, tokenizer, samples, prompt_ids, settings):
+    """Mean of each reward term over `num_generations` sampled completions of each held-out prompt,
+    sampled `prompts_per_step` groups at a time as in training."""
+    model.eval()
+    seeds = [10_000_000 + settings.seed * 1000 + i for i in range(len(samples))]
+    G = settings.num_generations
+    sums = {}
+    for start in range(0, len(samples), settings.prompts_per_step):
+        chunk = slice(start, start + settings.prompts_per_step)
+        completions, truncated = sample_groups(model, prompt_ids[chunk], seeds[chunk], settings, tokenizer.eos_id,
+                                               tokenizer.pad_id)
+        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+        terms = reward_fn([s for s in samples[chunk] for _ in range(G)],
+                          [p for p in prompt_ids[chunk] for _ in range(G)], texts, truncated)
+        for name, values in terms.items():
+            sums[name] = sums.get(name, 0.0) + values.sum().item()
+    return {name: total / (len(samples) * G) for name, total in sums.items()}
+
+
 def summarize(config, policy, reference, reward_fn, tokenizer, data_dir, out_dir):
     """Held-out mean reward of the base (the frozen reference) and of the trained policy."""
     settings = config.grpo
@@ -656,7 +511,7 @@ def summarize(config, policy, reference, reward_fn, tokenizer, data_dir, out_dir
 
 def main():
     parser = argparse.ArgumentParser(description="GRPO directly on a base model (AI-Salesman).")
-    parser.add_argument("--config", default="configs/tiny.json")
+    parser.add_argument("--config", help="a config file (configs/); default: config.py's defaults, the default recipe")
     parser.add_argument("--model", required=True, help="base model folder (HF layout, with tokenizer.json)")
     parser.add_argument("--data", default="data", help="folder with train.jsonl and test.jsonl")
     parser.add_argument("--out", required=True, help="run folder: metrics.jsonl, checkpoints/, final/")
@@ -684,19 +539,6 @@ def main():
         raise SystemExit(130) from None   # 128 + SIGINT, what a shell reports for Ctrl-C
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def interruption_note(out_dir, total_steps, trained):
-    """One line for a Ctrl-C: how far the run got (its metrics log) and how to go on (--resume)."""
-    if trained:
-        return f"interrupted during the held-out summary; training had finished: the model is in {out_dir}/final"
-    last = last_logged_step(os.path.join(out_dir, "metrics.jsonl"))
-    done = 0 if last is None else last + 1
-    checkpoint = latest_checkpoint(out_dir)
-    since = (f"from its latest checkpoint, {checkpoint}" if checkpoint else
-             "from the base model (no checkpoint was saved yet)")
-    return (f"interrupted after {done}{f' of {total_steps}' if total_steps else ''} steps: run the same command "
-            f"with --resume to continue {since}")
 
 
 if __name__ == "__main__":

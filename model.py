@@ -18,17 +18,18 @@ module is that model, written out in plain PyTorch:
     lets DOGA, the evaluation and the simulation's llm backend speak; `generate_groups`: many groups of
     samples in one batch, each prompt prefilled once and each group drawing from its own generator;
   * `load_pretrained` / `save_pretrained`: the Hugging Face folder layout (config.json + safetensors),
-    so a real Qwen2.5 checkpoint loads and our checkpoints load in other tools.
+    so a real Qwen2.5 checkpoint loads and our checkpoints load in other tools. A model we save with its
+    tokenizer records that tokenizer's fingerprint in config.json, and `load_with_tokenizer` refuses a
+    tokenizer.json other than the one the weights were trained with.
 
 Left out on purpose: sliding-window attention (Qwen2.5 checkpoints ship with it switched off), rotary
 scaling variants such as YaRN (only needed beyond the 32k native context), dropout (zero in every Qwen2
 release), and multi-file sharding on save (a single safetensors file holds a model of any size we train).
 A config that asks for one of these is refused with a clear error instead of being run wrongly.
 
-Why one module of ~870 lines: the architecture, its passes (whole sequences, or continuations after a
-shared prompt), its generation loop and its checkpoint format change together (a field of config.json
-shapes the weights, the KV cache and the file), so a reader checking the model against Qwen2 finds all
-of it here.
+Why one module: the architecture, its passes (whole sequences, or continuations after a shared prompt),
+its generation loop and its checkpoint format change together (a field of config.json shapes the weights,
+the KV cache and the file), so a reader checking the model against Qwen2 finds all of it here.
 """
 import hashlib
 import json
@@ -42,7 +43,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from files import RunLock, fingerprint, replace_folder
+from files import fingerprint, replace_folder
 from kernels import fused_linear_logprobs
 from tokenizer import ChatTokenizer, check_tokenizer_fits
 
@@ -50,6 +51,10 @@ from tokenizer import ChatTokenizer, check_tokenizer_fits
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILE = "tokenizer.json"
+# The field of our config.json that names the tokenizer the weights were trained with (files.fingerprint of
+# its tokenizer.json). Not a Qwen2 field: transformers keeps it as an unused attribute.
+TOKENIZER_FIELD = "tokenizer_fingerprint"
 
 
 class CheckpointError(ValueError):
@@ -550,8 +555,8 @@ def continuation_logprobs(model: Qwen2, sequences: Continuations, target_mask, t
     (Qwen2.continuation_hidden_states) and only the marked positions go through the fused kernel, so the
     [tokens x vocabulary] logits are never materialised. shared_prefix=False runs the full-sequence pass
     instead (sequence_logprobs over each prompt + continuation, prompts repeated): the same numbers up to
-    rounding, at several times the cost; kept to measure and test the shared one against
-    (bench/grpo_step.py, tests/).
+    rounding, at several times the cost. No training path uses it; reward.bayes_terms still offers it, and
+    tests/ and bench/grpo_step.py measure the shared pass against it.
     """
     if not shared_prefix:
         return _full_sequence_logprobs(model, sequences, target_mask, temperature, return_entropy)
@@ -843,11 +848,20 @@ def load_pretrained(path, dtype=None, device=None) -> Qwen2:
 
 
 def load_with_tokenizer(path, dtype=None, device=None):
-    """(model, ChatTokenizer) of a checkpoint folder, refused with a clear error when the tokenizer's ids
-    do not fit the model's embedding (a tokenizer.json copied from another model)."""
+    """(model, ChatTokenizer) of a checkpoint folder, refused with a clear error when the tokenizer is not
+    the one the weights were trained with: its ids do not fit the model's embedding, or config.json records
+    another tokenizer.json (one of the same size with other merges would load and then speak garbage). A
+    folder whose config.json records none (a downloaded checkpoint) is checked for size alone."""
     model = load_pretrained(path, dtype=dtype, device=device)
     tokenizer = ChatTokenizer.load(path)
     check_tokenizer_fits(tokenizer, model.config.vocab_size, path)
+    folder = Path(path)
+    recorded = json.loads((folder / CONFIG_FILE).read_text()).get(TOKENIZER_FIELD)
+    if recorded is not None and recorded != fingerprint(folder / TOKENIZER_FILE):
+        raise CheckpointError(f"{folder / TOKENIZER_FILE}: not the tokenizer these weights were trained with "
+                              f"({folder / CONFIG_FILE} records {TOKENIZER_FIELD} {recorded[:19]}..., this file is "
+                              f"{fingerprint(folder / TOKENIZER_FILE)[:19]}...); put back the tokenizer.json "
+                              "saved with the weights")
     return model, tokenizer
 
 
@@ -870,31 +884,33 @@ def weights_fingerprint(path) -> str:
     return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _carried_over(name: str) -> bool:
-    """Files of an existing folder that save_pretrained keeps: all but the weights, the config and a run lock."""
-    weights_or_config = name in (CONFIG_FILE, WEIGHTS_INDEX_FILE) or (name.startswith("model")
-                                                                      and name.endswith(".safetensors"))
-    return not weights_or_config and name != RunLock.NAME
+def _is_weights_or_config(name: str) -> bool:
+    return name in (CONFIG_FILE, WEIGHTS_INDEX_FILE) or (name.startswith("model") and name.endswith(".safetensors"))
 
 
-def save_pretrained(model: Qwen2, path) -> None:
-    """Write config.json + model.safetensors to the folder `path`, atomically.
+def save_pretrained(model: Qwen2, path, tokenizer: ChatTokenizer | None = None, leave_out=()) -> None:
+    """Write config.json + model.safetensors to the folder `path`, atomically; with `tokenizer`, also its
+    tokenizer.json, its fingerprint recorded in config.json (load_with_tokenizer checks it).
 
     Everything is written to a staging folder beside the target, flushed to disk, and swapped in by
     rename (files.replace_folder): a crash leaves either the old checkpoint or the new one at `path`,
-    never a mixture. Other files already in the target folder (tokenizer.json, ...) are carried over
-    into the new one.
+    never a mixture. Other files already in the target folder (a tokenizer.json, a training log) are
+    carried over into the new one, except the names in `leave_out`: files that belong to whoever holds
+    the folder rather than to the model (a run's lock).
     """
     target = Path(path).resolve()
     with replace_folder(target) as staging:
         staging = Path(staging)
+        if target.is_dir():   # first, so that what is written below replaces an older copy
+            for entry in target.iterdir():
+                if not _is_weights_or_config(entry.name) and entry.name not in leave_out:
+                    copy = shutil.copytree if entry.is_dir() else shutil.copy2
+                    copy(entry, staging / entry.name)
         tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
         hf_config = model.config.to_hf_dict()
         hf_config["dtype"] = str(tensors["model.embed_tokens.weight"].dtype).removeprefix("torch.")
+        if tokenizer is not None:
+            tokenizer.save(staging)
+            hf_config[TOKENIZER_FIELD] = fingerprint(staging / TOKENIZER_FILE)
         (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
-        if target.is_dir():
-            for entry in target.iterdir():
-                if _carried_over(entry.name):
-                    copy = shutil.copytree if entry.is_dir() else shutil.copy2
-                    copy(entry, staging / entry.name)

@@ -9,25 +9,20 @@ has never been optimised for any reward. With `--sft` it instead trains on the s
 
 Each call is one row that starts at its system prompt (never mid-call, so every number the model learns to
 say stands in its context, the product sheet and profile above it). What the tiny default base learns from
-that, measured (README, research arms): it says each product's own facts right once trained long enough
-(unsupported facts per closed-loop call 4.7 after 400 steps, 1.7 after 800), by tying them to the product
-rather than by copying: on repeated random tokens it never predicts the copy (no induction heads), and the
-customer's own numbers, which change every call, are the facts it still gets wrong.
-
-Optional, off by default: copy exercises (random tokens, then the same again) before the corpus
-(`copy_warmup_steps`) and in every corpus step (`copy_exercises_per_step`). They teach this model to copy
-from its context within 200 steps, but it still says memorised numbers in its sentences (README, research
-arms), so the default does without them.
+that (README, research arms): it says each product's own facts right once trained long enough, by tying
+them to the product rather than by copying them from its context, so the customer's own numbers, which
+change every call, are the facts it still gets wrong.
 
 Train as it infers: with a DOGA script library, `outline_share` of the calls carry DOGA's outline before each
 salesperson turn, exactly as the DOGA agent prompts at inference, so the base learns to read outlines;
 the outlines are context, not corpus, so they get no loss. The base stays a model of the corpus as simulated,
 its deliberate mistakes included: cleaning the data with the Manager's labels is the SFT arm's business.
 
-A pretraining run owns its --out folder (files.RunLock) and refuses one that already holds a model:
+A pretraining run owns its --out folder (runs.RunLock) and refuses one that already holds a model:
 replacing the base of an existing GRPO run would leave that run's final model beside a base it did not
 start from. The tokenizer it trains is recorded (`tokenizer_record.json`: the corpus, the vocabulary size
-and the text pipeline it was made with), so that a rerun reuses it only when it still fits.
+and the text pipeline it was made with), so that a rerun reuses it only when it still fits; the model is
+saved with it, so the weights name the tokenizer they were trained with (model.save_pretrained).
 
 Left out: resuming a pretraining run (it takes minutes; GRPO, the long stage, resumes exactly; an
 interrupted pretraining is started again), and packing several calls into one row (rows are padded to the
@@ -48,10 +43,11 @@ from tqdm import tqdm
 from config import ConfigError, load_config
 from corpus import CorpusError, call_messages, load_corpus, render_call_text, training_samples
 from doga import DogaPlanner, ScriptLibrary
-from files import MetricsLog, RunLock, RunLocked, fingerprint, last_logged_step, remove_stale_staging, write_json
+from files import MetricsLog, fingerprint, write_json
 from kernels import fused_linear_logprobs
 from model import CheckpointError, Qwen2, Qwen2Config, count_parameters, load_with_tokenizer, save_pretrained
-from tokenizer import SPECIAL_TOKENS, ChatTokenizer, format_assistant, render_chat
+from runs import RunLock, RunLocked, claim_model_folder, pretraining_interruption_note
+from tokenizer import ChatTokenizer, format_assistant, render_chat
 from training import learning_rate_at, make_optimizer
 
 
@@ -174,57 +170,6 @@ def pad_batch(rows, value):
     return torch.tensor([row + [value] * (width - len(row)) for row in rows])
 
 
-COPY_LENGTH, COPY_BATCH = 24, 32   # a copy exercise: 24 random tokens twice; 32 exercises a step
-
-
-def ordinary_token_ids(tokenizer):
-    """Every token id but the ChatML special tokens -> LongTensor: what copy exercises are drawn from."""
-    special = {tokenizer.tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
-    return torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special])
-
-
-def copy_exercises(vocabulary, generator, count=COPY_BATCH):
-    """`count` copy exercises -> (inputs, targets) [count, 2 x COPY_LENGTH - 1]: COPY_LENGTH random tokens of
-    `vocabulary` (ordinary_token_ids), then the same again, the loss on the repeat only (its first token
-    excepted). Nothing but the earlier copy predicts the repeat, so the only way down is an attention head
-    that finds the previous occurrence of the current token and reads what followed it (an induction head)."""
-    tokens = vocabulary[torch.randint(len(vocabulary), (count, COPY_LENGTH), generator=generator)]
-    sequences = torch.cat([tokens, tokens], dim=1)                          # [B, 2L]
-    targets = sequences[:, 1:].clone()
-    targets[:, :COPY_LENGTH] = -100                         # the first half and the repeat's first token
-    return sequences[:, :-1], targets
-
-
-def copy_warmup(model, optimizer, tokenizer, settings):
-    """settings.copy_warmup_steps steps of copy exercises before the corpus. Returns the last batch's share of
-    repeat tokens predicted (top-1)."""
-    vocabulary, generator = ordinary_token_ids(tokenizer), torch.Generator().manual_seed(settings.seed)
-    progress = tqdm(range(settings.copy_warmup_steps), desc="copy warm-up")
-    for step in progress:
-        inputs, targets = copy_exercises(vocabulary, generator)
-        loss = causal_lm_loss(model, inputs, targets)
-        optimizer_step(model, optimizer, loss, step, settings.copy_warmup_steps, settings)
-        progress.set_postfix(loss=f"{loss.item():.3f}")
-    with torch.no_grad():
-        predicted = model(inputs).argmax(-1)                                # [B, T]
-    copied = (predicted == targets)[targets != -100].float().mean().item()
-    print(f"copy warm-up: {settings.copy_warmup_steps} steps, repeat tokens predicted {copied:.1%}")
-    return copied
-
-
-def optimizer_step(model, optimizer, loss, step, total_steps, settings):
-    """One update on `loss` at the schedule's learning rate for `step` of `total_steps`, gradients clipped.
-    Returns (learning rate, gradient norm before clipping)."""
-    lr = learning_rate_at(step, total_steps, settings.learning_rate, settings.warmup_steps, settings.min_lr_ratio)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-    optimizer.step()
-    return lr, grad_norm
-
-
 def causal_lm_loss(model, inputs, targets):
     """Mean next-token negative log-likelihood over targets != -100, via the fused log-prob kernel."""
     hidden = model.hidden_states(inputs)                          # [B, T, H]
@@ -238,11 +183,7 @@ def causal_lm_loss(model, inputs, targets):
 def train(config, data_dir, out_dir, sft=False, init=None, library_dir=None):
     """Pretrain (or with `sft`, fine-tune `init`) into `out_dir`, holding the folder's lock for the run."""
     with RunLock(out_dir):
-        found = [name for name in ("config.json", "model.safetensors") if os.path.exists(os.path.join(out_dir, name))]
-        if found:
-            raise ValueError(f"{out_dir}: already holds a model ({', '.join(found)}); pretraining would replace it. "
-                             "Delete the folder, or choose another --out")
-        remove_stale_staging(os.path.dirname(os.path.abspath(out_dir)))   # a save killed last time
+        claim_model_folder(out_dir)
         return _train(config, data_dir, out_dir, sft, init, library_dir)
 
 
@@ -254,7 +195,6 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
 
     if init:  # SFT from an existing model (ours or a real checkpoint): keep its tokenizer
         model, tokenizer = load_with_tokenizer(init)
-        tokenizer.save(out_dir)
     else:
         tokenizer = get_tokenizer(out_dir, corpus_file, calls, config.tokenizer.vocab_size)
         model_config = Qwen2Config.from_hf_dict({**config.model, "vocab_size": tokenizer.vocab_size,
@@ -277,9 +217,6 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
 
     optimizer = make_optimizer(model, settings.learning_rate, settings.weight_decay)
     model.train()
-    if settings.copy_warmup_steps and not init:
-        copy_warmup(model, optimizer, tokenizer, settings)
-    vocabulary, copy_generator = ordinary_token_ids(tokenizer), torch.Generator().manual_seed(settings.seed + 1)
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"))
     batches = batches_of_similar_length([len(row) for row in inputs], settings.batch_size, settings.steps,
                                         settings.seed)
@@ -288,23 +225,27 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
         started = time.time()
         batch_targets = pad_batch([targets[i] for i in batch], -100)                   # [B, T]
         loss = causal_lm_loss(model, pad_batch([inputs[i] for i in batch], tokenizer.pad_id), batch_targets)
-        copy_loss = 0.0                     # the logged loss stays the corpus's
-        if settings.copy_exercises_per_step:    # keep the copying skill while the corpus is learnt
-            copy_loss = causal_lm_loss(model, *copy_exercises(vocabulary, copy_generator,
-                                                              settings.copy_exercises_per_step))
-        lr, grad_norm = optimizer_step(model, optimizer, loss + copy_loss, step, settings.steps, settings)
+        lr = learning_rate_at(step, settings.steps, settings.learning_rate, settings.warmup_steps,
+                              settings.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+        optimizer.step()
         tokens = int((batch_targets != -100).sum())
         log.write({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr,
                    "tokens_per_s": tokens / (time.time() - started)})
         progress.set_postfix(loss=f"{loss.item():.3f}")
-    save_pretrained(model, out_dir)   # tokenizer.json and its record, already in out_dir, are carried over
+    # The metrics and the tokenizer's record are carried over; the lock stays the run's, not the model's.
+    save_pretrained(model, out_dir, tokenizer, leave_out=(RunLock.NAME,))
     print(f"saved {out_dir} (final loss {loss.item():.3f})")
     return model, tokenizer
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/tiny.json")
+    parser.add_argument("--config", help="a config file (configs/); default: config.py's defaults, the default recipe")
     parser.add_argument("--data", default="data", help="folder holding train.jsonl")
     parser.add_argument("--out", required=True, help="output folder (HF layout: config.json, "
                                                      "model.safetensors, tokenizer.json)")
@@ -320,10 +261,7 @@ def main():
     except (ConfigError, CorpusError, CheckpointError, RunLocked, ValueError, OSError) as error:
         raise SystemExit(f"error: {error}")
     except KeyboardInterrupt:
-        last = last_logged_step(os.path.join(args.out, "metrics.jsonl"))
-        done = 0 if last is None else last + 1
-        print(f"\ninterrupted after {done}{f' of {config.pretrain.steps}' if config else ''} steps; no model was saved "
-              "(pretraining does not resume): run the same command again to start over", file=sys.stderr)
+        print(f"\n{pretraining_interruption_note(args.out, config and config.pretrain.steps)}", file=sys.stderr)
         raise SystemExit(130) from None   # 128 + SIGINT, what a shell reports for Ctrl-C
 
 

@@ -15,10 +15,15 @@ import sys
 import time
 
 import torch
-import transformers
 
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from transformers_reference import import_transformers  # noqa: E402
+
+
+transformers = import_transformers()   # before our kernels/ is imported: see tests/transformers_reference.py
+sys.path.insert(0, ROOT)
 from model import Qwen2, Qwen2Config, generate  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for kernels/ (issue 3): the kernel tests with the Triton kernels *compiled* (no interpreter), then the
+# GPU check for kernels/: the kernel tests with the Triton kernels *compiled* (no interpreter), then the
 # GPU benchmark tables of bench/logprob.py. Meant to finish in under 5 minutes on one H100/H200-class card.
 #   bash bench/gpu_check.sh              # uses .venv/bin/python when present, else python3; PYTHON=... overrides
 set -euo pipefail

@@ -1,11 +1,11 @@
-"""Benchmark: one GRPO step of configs/tiny.json, the full-sequence path against the shared-prefix path.
+"""Benchmark: one GRPO step of the default recipe, the full-sequence path against the shared-prefix path.
 
-The step is grpo.grpo_step on step 0's prompts (4 groups of 8 completions of up to 64 tokens after
-prompts of ~370 tokens): sample, score with the composite reward (its Bayesian pass included), the
-reference's log-probs for the KL, the policy's forward + backward, the optimizer. It runs twice per repeat:
-  full-sequence  shared_prefix=False: each group generated on its own, every pass over whole
-                 prompt + completion sequences (the code before issue 13);
-  shared-prefix  shared_prefix=True: all groups in one batch, each prompt run once per pass.
+The step is grpo.grpo_step on step 0's prompts (the config's groups of completions): sample, score with
+the composite reward (its Bayesian pass included), the reference's log-probs for the KL, the policy's
+forward + backward, the optimizer. It runs twice per repeat:
+  full-sequence  tests/full_sequence.py: each group generated on its own, every pass over whole
+                 prompt + completion sequences (the path the shared-prefix one replaced);
+  shared-prefix  grpo.grpo_step as training runs it: all groups in one batch, each prompt run once per pass.
 Both start each repeat from the same weights, fresh optimizer and the same seeds; which goes first
 alternates, so drift in a shared machine's load hits both alike. The table gives each phase's median
 seconds and the ratio ("other": advantages and bookkeeping; "step CPU": the process's CPU seconds,
@@ -26,6 +26,7 @@ at their floor). --data needs the corpus of `make data`; --library, DOGA's scrip
 (without it the prompts carry no outlines, and are shorter than in training; the output says so).
 """
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -42,10 +43,12 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count  # noqa: E402
 
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 import grpo  # noqa: E402
 from config import load_config  # noqa: E402
 from corpus import load_corpus, render_call_text  # noqa: E402
+from full_sequence import full_sequence_step  # noqa: E402
 from model import Qwen2, Qwen2Config, load_pretrained, load_with_tokenizer  # noqa: E402
 from reward import CompositeReward, fit_similarity_embedder  # noqa: E402
 from tokenizer import ChatTokenizer  # noqa: E402
@@ -97,7 +100,7 @@ def matmul_rate(size=1024, repeats=20):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/tiny.json")
+    parser.add_argument("--config", help="a config file; default: config.py's defaults, the default recipe")
     parser.add_argument("--model", default="runs/default/base")
     parser.add_argument("--data", default="data")
     parser.add_argument("--library", default="runs/default/scripts",
@@ -128,16 +131,17 @@ def main():
         optimizer = make_optimizer(policy, settings.learning_rate, settings.weight_decay)
         reward_fn = CompositeReward(config.reward, reference, tokenizer, embedder, shared_prefix=shared_prefix)
         started, cpu_started = time.perf_counter(), time.process_time()
-        batch, stats, loss, grad_norm = grpo.grpo_step(policy, reference, reward_fn, optimizer, tokenizer,
-                                                       step_samples, step_prompts, seeds, settings, lr,
-                                                       shared_prefix=shared_prefix, timings=timings)
+        with contextlib.nullcontext() if shared_prefix else full_sequence_step():
+            batch, stats, loss, grad_norm = grpo.grpo_step(policy, reference, reward_fn, optimizer, tokenizer,
+                                                           step_samples, step_prompts, seeds, settings, lr,
+                                                           timings=timings)
         if timings is not None:
             timings["step CPU (all threads)"] = time.process_time() - cpu_started
             timings["step"] = time.perf_counter() - started
         return batch, grpo.step_metrics(0, batch, stats, loss, grad_norm, lr, settings, time.time())
 
     load_before = os.getloadavg()
-    print(f"{label}; {args.config}: {len(chosen)} prompts of {[len(p) for p in step_prompts]} tokens, "
+    print(f"{label}; {config.source}: {len(chosen)} prompts of {[len(p) for p in step_prompts]} tokens, "
           f"{settings.num_generations} completions each of up to {settings.max_completion_length} tokens; "
           + (f"outlines from {library}" if library else f"no outlines ({args.library} not found)"))
     print(f"CPU, {torch.get_num_threads()} threads, float32; load average before: "

@@ -22,7 +22,7 @@ A case that runs out of GPU memory is reported as OOM.
     .venv/bin/python bench/logprob.py                          # CPU, N = 1024, 2048, 4096; GPU too if present
     .venv/bin/python bench/logprob.py --rows 4096 --repeats 2  # one N
     .venv/bin/python bench/logprob.py --device cuda            # GPU tables only
-Targets (issue 3): CPU at N = 4096: fused peak memory <= 1/8 of naive, time <= 1.25x naive.
+Targets: CPU at N = 4096: fused peak memory <= 1/8 of naive, time <= 1.25x naive.
 """
 import argparse
 import json

@@ -37,10 +37,9 @@ TRITON_AVAILABLE = triton_logprob is not None
 BACKENDS = ("auto", "triton", "torch")
 
 # Rows per chunk when chunk_size is not given. On a CPU, smaller chunks cost time (each chunk's backward reads and
-# writes all of grad_weight once) and larger ones memory; with bench/logprob.py at N = 2048 a chunk of 512 or 1024
-# rows ran ~12% faster than 256, but 256 (155 MB of float32 logits at V = 151,936) is what keeps the peak below
-# 1/8 of the naive path's at N = 4096. On a GPU a chunk may hold ~1 GiB of logits, enough rows to keep the matmul
-# busy.
+# writes all of grad_weight once) and larger ones memory; 256 rows (155 MB of float32 logits at V = 151,936) keep
+# the peak below 1/8 of the naive path's at N = 4096 (bench/logprob.py's target), which larger, faster chunks do
+# not. On a GPU a chunk may hold ~1 GiB of logits, enough rows to keep the matmul busy.
 CPU_CHUNK_ROWS = 256
 GPU_CHUNK_BYTES = 2**30
 

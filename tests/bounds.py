@@ -3,7 +3,7 @@
 A fixed tolerance such as 1e-5 records what one machine happened to give. The summation order of a
 float32 matrix product or reduction (vector width, fused multiply-add, threads, BLAS blocking) differs
 between CPUs, so the same computation lands a different distance from the exact value on each: a test
-with a fixed number passes on one CPU and fails on another (issue 11: an AMD EPYC failed a fixed 1e-5).
+with a fixed number passes on one CPU and fails on another.
 Two rules replace such numbers here:
 
 * `assert_within_reference_error`: the exact value is a float64 run; our float32 result may be FACTOR

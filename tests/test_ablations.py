@@ -23,7 +23,10 @@ def test_ablation_plan_and_arm_configs(tmp_path):
     assert sft.pretrain.steps == 5 and sft.reward.bayes == smoke.reward.bayes
     settings = ablations.eval_settings(plan)
     assert settings.turns_per_stage == 2 and settings.customers == "validation"
-    assert json.load(open(ablations.load_plan("configs/ablations.json")["base_config"]))   # the shipped plan loads
+    shipped = ablations.load_plan("configs/ablations.json")       # the default recipe, config.py's defaults
+    common = ablations.arm_config(shipped, str(tmp_path), "common")
+    assert common.grpo.save_steps == 0 and common.pretrain == load_config().pretrain
+    assert common.model == load_config().model
 
     plan_path.write_text(json.dumps({"base_config": "configs/smoke.json", "holdout_domain": "x",
                                      "eval": {"turns_per_stag": 2}}))

@@ -1,13 +1,16 @@
 """doga.py: the script library, the intent classifier and its stage machine, slot filling, the prompt
 budget, and the agents end to end with a tiny random Qwen2 and a tiny trained tokenizer."""
+import os
 import random
 import re
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
 import doga
+from config import GRPOConfig
 from corpus import training_samples
 from doga import (
     DogaAgent,
@@ -23,6 +26,7 @@ from doga import (
     fill_slots,
     track_call,
 )
+from files import write_json
 from model import Qwen2, Qwen2Config, save_pretrained
 from sales import MISTAKE_INTENTS, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, load_world, slot_values
 from simulate import make_persona, run_call, simulate_call
@@ -283,6 +287,33 @@ def test_chat_ends_cleanly_on_ctrl_d_and_ctrl_c(chat_folders, monkeypatch, capsy
     assert doga.main(chat_folders) == 130
     captured = capsys.readouterr()
     assert captured.err.strip() == "interrupted: call ended" and "Traceback" not in captured.err
+
+
+def test_chat_uses_the_lengths_the_model_was_trained_with(chat_folders, monkeypatch, capsys):
+    """A model GRPO trained carries its run's record (run.json): chat prompts and answers within the lengths it
+    recorded, here a prompt budget far above the default (a message the default refuses is taken) and
+    answers of 3 tokens."""
+    model_dir = chat_folders[2]
+    message = " ".join(["tell me everything about the price"] * 400)
+    length = len(ChatTokenizer.load(model_dir).encode(message))
+    assert length > GRPOConfig().max_prompt_length                 # too long for the default budget
+    trained = GRPOConfig(max_prompt_length=2 * length + 1000, max_completion_length=3)
+    write_json(os.path.join(model_dir, "run.json"), {"config": {"grpo": asdict(trained)}})
+    answer_lengths, generate = [], doga.generate_completions
+
+    def recorded(model, prompts, max_new_tokens, *args):
+        answer_lengths.append(max_new_tokens)
+        return generate(model, prompts, max_new_tokens, *args)
+    monkeypatch.setattr(doga, "generate_completions", recorded)
+    typed(monkeypatch, [message, EOFError])
+    try:
+        assert doga.main(chat_folders) == 0
+    finally:
+        os.remove(os.path.join(model_dir, "run.json"))
+    out = capsys.readouterr().out
+    assert out.startswith(f"prompts of up to {trained.max_prompt_length} tokens, answers of up to 3 (")
+    assert "does not fit" not in out and out.count("salesperson> ") == 2
+    assert answer_lengths == [3, 3]
 
 
 def test_chat_survives_a_message_too_long_for_the_prompt(chat_folders, monkeypatch, capsys):

@@ -1,5 +1,5 @@
 """files.py: atomic writes of one file and of a folder, the per-step JSONL logs, what a killed save leaves
-behind, fingerprints and the run lock."""
+behind, and fingerprints."""
 import json
 import os
 import socket
@@ -10,8 +10,6 @@ import pytest
 
 from files import (
     MetricsLog,
-    RunLock,
-    RunLocked,
     fingerprint,
     read_jsonl,
     replace_folder,
@@ -107,34 +105,3 @@ def test_fingerprint_changes_with_the_bytes(tmp_path):
     assert first.startswith("sha256:") and first == fingerprint(tmp_path / "a")
     write_text(tmp_path / "a", "same SIZE")
     assert fingerprint(tmp_path / "a") != first
-
-
-HOLD = """
-import sys, time
-sys.path.insert(0, {root!r})
-from files import RunLock
-lock = RunLock({folder!r}).acquire()
-print("locked", flush=True)
-time.sleep(60)
-"""
-
-
-def test_run_lock_names_its_holder_and_a_dead_holder_is_taken_over(tmp_path):
-    folder = str(tmp_path / "run")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD.format(root=ROOT, folder=folder)],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(RunLocked, match=rf"another run is using this folder \(pid {holder.pid} on "
-                                            rf"{socket.gethostname()}, running since"):
-            RunLock(folder).acquire()
-    finally:
-        holder.kill()                                              # kill -9: no chance to clean up
-        holder.wait()
-    assert str(holder.pid) in (tmp_path / "run" / ".lock").read_text()   # the dead holder's name stays
-    with RunLock(folder):
-        assert json.loads((tmp_path / "run" / ".lock").read_text())["pid"] == os.getpid()
-        with pytest.raises(RunLocked):
-            RunLock(folder).acquire()                              # one holder even within a process
-    with RunLock(folder):                                          # released at the end of the block
-        pass

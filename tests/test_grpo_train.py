@@ -5,6 +5,7 @@ them all the same floor value (zero advantage, nothing to learn). To exercise th
 in a simple deterministic reward of the text (its share of the letter 'e'): resume and multi-process
 equality do not depend on which reward is used, and reward.py has its own tests.
 """
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,9 +27,11 @@ from bounds import dot_bound
 from config import Config, GRPOConfig
 from corpus import load_corpus, render_call_text, write_corpus
 from doga import ScriptLibrary
-from files import RunLock, RunLocked, fingerprint
+from files import fingerprint
+from full_sequence import full_sequence_step
 from model import Qwen2, Qwen2Config, load_pretrained, save_pretrained, sequence_logprobs
 from reward import BEHAVIOUR_KEYS, REWARD_KEYS, TERMS
+from runs import RunLock, RunLocked, recorded_config
 from simulate import simulate_call
 from tokenizer import ChatTokenizer
 from training import make_optimizer
@@ -120,6 +123,8 @@ def test_metrics_audit_and_checkpoints(setup, tmp_path, monkeypatch):
     assert record["data"] == {"path": str(root / "train.jsonl"), "fingerprint": fingerprint(root / "train.jsonl")}
     assert record["library"] is None                                # no outlines in the prompts
     assert json.loads((out / "run.json").read_text()) == record
+    assert json.loads((out / "final" / "run.json").read_text()) == record   # the final model names its run
+    assert recorded_config(out / "final").grpo == config.grpo        # what doga.py chat reads back
 
 
 def test_resume_continues_exactly(setup, tmp_path, monkeypatch):
@@ -183,23 +188,23 @@ class AsciiReward:
 
 def test_shared_prefix_step_equals_the_full_sequence_step(setup):
     """One step through both paths (groups in one batch and each prompt run once per pass, or each group
-    generated alone and every pass over whole sequences), from the same weights and seeds. In float64 the
-    sampling probabilities agree to ~1e-16, so the completions are the same (tests/test_shared_prefix.py);
-    log-probs leave the kernel in float32 either way (compared at float32's tolerance), while the
-    gradient and the updated weights are float64 and agree to 1e-10 (the kernel's float32 steps see
-    inputs equal to ~1e-16 and round them alike)."""
+    generated alone and every pass over whole sequences: tests/full_sequence.py), from the same weights and
+    seeds. In float64 the sampling probabilities agree to ~1e-16, so the completions are the same
+    (tests/test_shared_prefix.py); log-probs leave the kernel in float32 either way (compared at float32's
+    tolerance), while the gradient and the updated weights are float64 and agree to 1e-10 (the kernel's
+    float32 steps see inputs equal to ~1e-16 and round them alike)."""
     root, config = setup
     settings = config.grpo
     tokenizer = ChatTokenizer.load(str(root / "base"))
     samples, prompt_ids = grpo.load_prompt_pool(str(root / "train.jsonl"), tokenizer, settings)
     reference = load_pretrained(str(root / "base"), dtype=torch.float64).requires_grad_(False)
     steps = []
-    for shared_prefix in (True, False):
+    for path in (contextlib.nullcontext, full_sequence_step):
         policy = load_pretrained(str(root / "base"), dtype=torch.float64)
         optimizer = make_optimizer(policy, settings.learning_rate, settings.weight_decay)
-        batch, _, loss, grad_norm = grpo.grpo_step(policy, reference, AsciiReward(), optimizer, tokenizer,
-                                                   samples[:2], prompt_ids[:2], [11, 12], settings, lr=1e-3,
-                                                   shared_prefix=shared_prefix)
+        with path():
+            batch, _, loss, grad_norm = grpo.grpo_step(policy, reference, AsciiReward(), optimizer, tokenizer,
+                                                       samples[:2], prompt_ids[:2], [11, 12], settings, lr=1e-3)
         steps.append((batch, loss, grad_norm, policy.state_dict()))
     (shared, shared_loss, shared_norm, shared_weights), (full, full_loss, full_norm, full_weights) = steps
     assert shared.completions == full.completions and torch.equal(shared.loss_mask, full.loss_mask)

@@ -45,3 +45,12 @@ def test_shared_facts_depend_on_nothing_of_ours():
     for module in ("sales", "config", "files", "kernels"):
         assert imports_of(module) == [], module
     assert "pretrain" not in imports_of("grpo") and "simulate" not in imports_of("reward")
+
+
+def test_the_run_folder_is_the_training_loops_business():
+    """runs.py (the lock, the run record, the claim of a folder) serves the two training loops and what loads
+    their models; the model and the files it is written with know nothing of runs."""
+    assert "runs" in imports_of("grpo") and "runs" in imports_of("pretrain")
+    for module in ("model", "files", "training", "tokenizer", "kernels"):
+        assert "runs" not in imports_of(module), module
+    assert not {"grpo", "pretrain"} & set(imports_of("runs"))

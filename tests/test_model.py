@@ -17,8 +17,12 @@ from safetensors.torch import load_file, save_file
 
 import model as qwen
 from bounds import assert_within_reference_error, dot_bound, unit_roundoff
-from model import CheckpointError, Qwen2, Qwen2Config, generate, load_pretrained, save_pretrained
+from corpus import render_call_text
+from files import fingerprint
+from model import CheckpointError, Qwen2, Qwen2Config, generate, load_pretrained, load_with_tokenizer, save_pretrained
+from simulate import simulate_call
 from tiny import move_weights_off_init_
+from tokenizer import ChatTokenizer
 
 
 VOCAB = 97
@@ -382,3 +386,24 @@ def test_bad_checkpoints_raise_a_clear_error(good_checkpoint, damage):
         load_pretrained(good_checkpoint)
     for phrase in phrases:
         assert phrase in str(error.value)
+
+
+def test_a_tokenizer_swapped_for_another_of_the_same_size_is_refused(tmp_path):
+    """Two tokenizers of the same size, trained on other calls: either one's ids fit the embedding, so only
+    the fingerprint recorded with the weights tells that the second is not the one they were trained with."""
+    calls = [simulate_call(i, seed=3) for i in range(6)]
+    ours = ChatTokenizer.train([render_call_text(c) for c in calls[:3]], 300)
+    other = ChatTokenizer.train([render_call_text(c) for c in calls[3:]], 300)
+    assert ours.vocab_size == other.vocab_size == 300 and ours.tokenizer.to_str() != other.tokenizer.to_str()
+    model = Qwen2(Qwen2Config(vocab_size=300, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1))
+    save_pretrained(model, tmp_path / "ckpt", ours)
+    recorded = json.loads((tmp_path / "ckpt" / "config.json").read_text())["tokenizer_fingerprint"]
+    assert recorded == fingerprint(tmp_path / "ckpt" / "tokenizer.json")
+    assert load_with_tokenizer(tmp_path / "ckpt")[1].tokenizer.to_str() == ours.tokenizer.to_str()
+    other.save(tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path}/ckpt/tokenizer.json: not the tokenizer these weights "
+                                              rf"were trained with \({tmp_path}/ckpt/config.json records "):
+        load_with_tokenizer(tmp_path / "ckpt")
+    ours.save(tmp_path / "ckpt")                                   # the right one back: loads again
+    load_with_tokenizer(tmp_path / "ckpt")

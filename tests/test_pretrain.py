@@ -9,8 +9,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 import pretrain
 from config import Config, PretrainConfig, TokenizerConfig
 from corpus import render_call_text, write_corpus
-from files import RunLock, fingerprint, write_json
+from files import fingerprint, write_json
+from model import load_with_tokenizer
 from pretrain import batches_of_similar_length, call_rows
+from runs import RunLock
 from simulate import simulate_call
 from tokenizer import SPECIAL_TOKENS, ChatTokenizer
 
@@ -132,6 +134,10 @@ def test_pretraining_refuses_a_folder_that_holds_a_model(corpora, tmp_path):
     root, _ = corpora
     pretrain.train(tiny_config(), str(root / "a"), str(tmp_path / "base"))
     assert not (tmp_path / "base" / ".lock").exists()              # the lock is not carried into the model
+    assert {"metrics.jsonl", "tokenizer_record.json"} <= {p.name for p in (tmp_path / "base").iterdir()}
+    load_with_tokenizer(tmp_path / "base")                         # the weights name the tokenizer they learnt
+    assert json.loads((tmp_path / "base" / "config.json").read_text())["tokenizer_fingerprint"] == fingerprint(
+        tmp_path / "base" / "tokenizer.json")
     with pytest.raises(ValueError, match=r"base: already holds a model \(config.json, model.safetensors\); "
                                          r"pretraining would replace it"):
         pretrain.train(tiny_config(), str(root / "a"), str(tmp_path / "base"))
@@ -160,41 +166,3 @@ def test_ctrl_c_ends_with_one_line_naming_the_step(corpora, tmp_path, monkeypatc
     assert err.strip().splitlines()[-1] == ("interrupted after 2 of 5 steps; no model was saved (pretraining does "
                                             "not resume): run the same command again to start over")
     RunLock(str(tmp_path / "base")).acquire().release()             # the lock went with the run
-
-
-def test_copy_exercises_hide_everything_but_the_repeat(tokenizer):
-    import torch
-    inputs, targets = pretrain.copy_exercises(pretrain.ordinary_token_ids(tokenizer), torch.Generator().manual_seed(0))
-    L = pretrain.COPY_LENGTH
-    assert inputs.shape == targets.shape == (pretrain.COPY_BATCH, 2 * L - 1)
-    assert (targets[:, :L] == -100).all() and (targets[:, L:] != -100).all()  # the repeat's first token unpredictable
-    assert torch.equal(targets[:, L:], inputs[:, 1:L])                 # the rest of the repeat: the first half again
-    special = {tokenizer.tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
-    assert not set(inputs.flatten().tolist()) & special
-
-
-def test_the_copy_warm_up_teaches_copying_from_the_context(tokenizer, monkeypatch):
-    """A fresh model predicts the repeat of random tokens at chance; after the warm-up, from the context
-    (an induction head: nothing else can predict a random token). The loss runs on the kernels' PyTorch
-    engine (the same math; tests/test_kernels.py checks both): 250 steps in Triton's interpreter take minutes."""
-    monkeypatch.setenv("KERNELS_BACKEND", "torch")
-    import torch
-
-    from model import Qwen2, Qwen2Config
-    from training import make_optimizer
-    torch.manual_seed(0)
-    config = Qwen2Config.from_hf_dict({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                                       "num_attention_heads": 4, "num_key_value_heads": 2,
-                                       "vocab_size": tokenizer.vocab_size}, source="test")
-    model = Qwen2(config)
-    settings = PretrainConfig(copy_warmup_steps=250, learning_rate=4e-3, warmup_steps=10)
-
-    def copied():
-        inputs, targets = pretrain.copy_exercises(pretrain.ordinary_token_ids(tokenizer),
-                                                  torch.Generator().manual_seed(99))
-        with torch.no_grad():
-            return (model(inputs).argmax(-1) == targets)[targets != -100].float().mean().item()
-
-    before = copied()
-    after = pretrain.copy_warmup(model, make_optimizer(model, 4e-3, 0.1), tokenizer, settings)
-    assert before < 0.05 and after > 0.9 and copied() > 0.9
