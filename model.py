@@ -547,19 +547,16 @@ class Continuations:
 
 
 def continuation_logprobs(model: Qwen2, sequences: Continuations, target_mask, temperature: float = 1.0,
-                          shared_prefix: bool = True, return_entropy: bool = False):
+                          return_entropy: bool = False):
     """log p(ids[b, t] | prompt rows[b], ids[b, :t]) wherever target_mask [B, Lc] is set, 0 elsewhere.
 
     Returns float32 [B, Lc], differentiable (and with return_entropy the entropy of each of those
     distributions at `temperature`, placed alike, for logging). Each prompt is run once
     (Qwen2.continuation_hidden_states) and only the marked positions go through the fused kernel, so the
-    [tokens x vocabulary] logits are never materialised. shared_prefix=False runs the full-sequence pass
-    instead (sequence_logprobs over each prompt + continuation, prompts repeated): the same numbers up to
-    rounding, at several times the cost. No training path uses it; reward.bayes_terms still offers it, and
-    tests/ and bench/grpo_step.py measure the shared pass against it.
+    [tokens x vocabulary] logits are never materialised. The same numbers up to rounding as
+    sequence_logprobs over each prompt + continuation (tests/full_sequence.py, which bench/grpo_step.py times
+    against), at several times less cost.
     """
-    if not shared_prefix:
-        return _full_sequence_logprobs(model, sequences, target_mask, temperature, return_entropy)
     hidden = model.continuation_hidden_states(sequences.prompt_ids, sequences.prompt_mask, sequences.rows,
                                               sequences.ids, sequences.mask)          # [B, Lc, H]
     chosen = target_mask.bool()
@@ -574,27 +571,6 @@ def continuation_logprobs(model: Qwen2, sequences: Continuations, target_mask, t
     if not return_entropy:
         return at_marked_positions(computed)
     return tuple(at_marked_positions(values) for values in computed)
-
-
-def _full_sequence_logprobs(model, sequences: Continuations, target_mask, temperature, return_entropy):
-    """continuation_logprobs through sequence_logprobs: each prompt + continuation as one right-padded row."""
-    prompt_width = sequences.prompt_ids.shape[1]
-    prompt_lengths = sequences.prompt_mask.sum(1)[sequences.rows]                       # [B]
-    # Row b of the concatenation is [prompt pads, prompt, continuation, continuation pads]; rolling it
-    # left by its prompt's pad count right-pads it: [prompt, continuation, pads].
-    ids = torch.cat((sequences.prompt_ids[sequences.rows], sequences.ids), dim=1)      # [B, Lp + Lc]
-    mask = torch.cat((sequences.prompt_mask[sequences.rows], sequences.mask), dim=1)
-    targets = torch.cat((torch.zeros_like(mask[:, :prompt_width]), target_mask.long()), dim=1)
-    width = ids.shape[1]
-    columns = (torch.arange(width, device=ids.device) + (prompt_width - prompt_lengths)[:, None]) % width
-    length = int(mask.sum(1).max())                                                    # T: the longest row
-    ids, mask, targets = (tensor.gather(1, columns)[:, :length] for tensor in (ids, mask, targets))  # [B, T]
-    full = sequence_logprobs(model, ids, mask, targets, temperature, return_entropy)  # [B, T] (each)
-    # Continuation token t of row b sits at column prompt_lengths[b] + t (pads clamped, then zeroed).
-    at = (prompt_lengths[:, None] + torch.arange(sequences.ids.shape[1], device=ids.device)).clamp(max=length - 1)
-    if not return_entropy:
-        return full.gather(1, at) * target_mask                                        # [B, Lc]
-    return tuple(values.gather(1, at) * target_mask for values in full)
 
 
 # ----------------------------------------------------------------------------------------------------------

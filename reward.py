@@ -77,7 +77,7 @@ WRONG_FACT_COST = 1.0
 
 
 @torch.no_grad()
-def bayes_terms(model, tokenizer, prompt_ids, thoughts, references, shared_prefix=True):
+def bayes_terms(model, tokenizer, prompt_ids, thoughts, references):
     """Prior and likelihood of the Bayesian reward for a batch, under `model` (the frozen reference).
 
     Each sequence is the prompt followed by the answer `<think>Th</think>\nA*` written by
@@ -85,7 +85,7 @@ def bayes_terms(model, tokenizer, prompt_ids, thoughts, references, shared_prefi
     single forward pass yields both terms. The prior averages over the tokens that start inside Th, the
     likelihood over those that start inside A*. Returns two float32 tensors [B] of mean log-probs.
     A prompt shared by several rows (a GRPO group) is run once and its answers attend to its keys and
-    values (model.continuation_logprobs; shared_prefix=False runs every prompt + answer in full).
+    values (model.continuation_logprobs).
     """
     answers, thought_masks, reference_masks = [], [], []
     for thought, reference in zip(thoughts, references):
@@ -100,7 +100,7 @@ def bayes_terms(model, tokenizer, prompt_ids, thoughts, references, shared_prefi
     sequences = Continuations.from_lists(prompt_ids, answers, tokenizer.pad_id, device)
     prior_mask, _ = pad_right(thought_masks, 0, device)                      # [B, La]
     likelihood_mask, _ = pad_right(reference_masks, 0, device)
-    logprobs = continuation_logprobs(model, sequences, prior_mask | likelihood_mask, shared_prefix=shared_prefix)
+    logprobs = continuation_logprobs(model, sequences, prior_mask | likelihood_mask)
     prior = (logprobs * prior_mask).sum(1) / prior_mask.sum(1).clamp(min=1)
     likelihood = (logprobs * likelihood_mask).sum(1) / likelihood_mask.sum(1).clamp(min=1)
     return prior.cpu(), likelihood.cpu()
@@ -148,12 +148,11 @@ def fit_similarity_embedder(samples):
 class CompositeReward:
     """Scores completions of training samples (corpus.Sample); see the module docstring."""
 
-    def __init__(self, config, reference_model, tokenizer, embedder, shared_prefix=True):
+    def __init__(self, config, reference_model, tokenizer, embedder):
         self.config = config              # config.RewardConfig
         self.reference_model = reference_model
         self.tokenizer = tokenizer
         self.embedder = embedder          # fit_similarity_embedder: fitted on masked reference replies
-        self.shared_prefix = shared_prefix  # False: the Bayesian pass runs each prompt per row (bench/)
 
     def weights(self):
         return {term: getattr(self.config, term) for term in TERMS}
@@ -194,8 +193,7 @@ class CompositeReward:
             if self.config.bayes != 0:  # an unweighted term is not worth a reference forward pass
                 prior, likelihood = bayes_terms(self.reference_model, self.tokenizer,
                                                 [prompt_ids[i] for i in rows], [parsed[i].thought for i in rows],
-                                                [samples[i].reference for i in rows],
-                                                shared_prefix=self.shared_prefix)
+                                                [samples[i].reference for i in rows])
                 terms["bayes_prior"][rows] = prior.clamp(min=floor)
                 terms["bayes_likelihood"][rows] = likelihood.clamp(min=floor)
         terms["bayes"] = terms["bayes_prior"] + terms["bayes_likelihood"]

@@ -129,7 +129,7 @@ def main():
         """One step from the same starting point: weights, a fresh optimizer, the seeds."""
         policy.load_state_dict(start_weights)
         optimizer = make_optimizer(policy, settings.learning_rate, settings.weight_decay)
-        reward_fn = CompositeReward(config.reward, reference, tokenizer, embedder, shared_prefix=shared_prefix)
+        reward_fn = CompositeReward(config.reward, reference, tokenizer, embedder)
         started, cpu_started = time.perf_counter(), time.process_time()
         with contextlib.nullcontext() if shared_prefix else full_sequence_step():
             batch, stats, loss, grad_norm = grpo.grpo_step(policy, reference, reward_fn, optimizer, tokenizer,

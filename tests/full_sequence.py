@@ -4,15 +4,16 @@ fast path against (tests/test_grpo_train.py) and to time both (bench/grpo_step.p
 grpo.grpo_step samples every group of a step in one batch (model.generate_groups, each prompt prefilled
 once) and runs each prompt once per pass over its group (model.continuation_logprobs). The slow path
 samples each group on its own (model.generate_completions on num_generations copies of its prompt) and
-runs every pass over whole prompt + completion sequences (continuation_logprobs with shared_prefix=False):
-the same numbers up to rounding, at several times the cost.
+runs every pass over whole prompt + completion sequences (sequence_logprobs, each prompt repeated in its
+rows): the same numbers up to rounding, at several times the cost.
 """
 from contextlib import contextmanager
 
 import torch
 
 import grpo
-from model import continuation_logprobs, generate_completions
+import reward
+from model import Continuations, generate_completions, sequence_logprobs
 
 
 def sample_groups_one_by_one(policy, prompt_ids, seeds, settings, eos_id, pad_id):
@@ -28,19 +29,36 @@ def sample_groups_one_by_one(policy, prompt_ids, seeds, settings, eos_id, pad_id
     return [ids for ids, _ in completions], [truncated for _, truncated in completions]
 
 
-def full_sequence_logprobs(model, sequences, target_mask, temperature=1.0, return_entropy=False):
-    """continuation_logprobs over whole prompt + continuation sequences, each prompt repeated in its rows."""
-    return continuation_logprobs(model, sequences, target_mask, temperature, shared_prefix=False,
-                                 return_entropy=return_entropy)
+def full_sequence_logprobs(model, sequences: Continuations, target_mask, temperature=1.0, return_entropy=False):
+    """model.continuation_logprobs through sequence_logprobs: each prompt + continuation as one right-padded
+    row, each prompt repeated in its rows."""
+    prompt_width = sequences.prompt_ids.shape[1]
+    prompt_lengths = sequences.prompt_mask.sum(1)[sequences.rows]                       # [B]
+    # Row b of the concatenation is [prompt pads, prompt, continuation, continuation pads]; rolling it
+    # left by its prompt's pad count right-pads it: [prompt, continuation, pads].
+    ids = torch.cat((sequences.prompt_ids[sequences.rows], sequences.ids), dim=1)      # [B, Lp + Lc]
+    mask = torch.cat((sequences.prompt_mask[sequences.rows], sequences.mask), dim=1)
+    targets = torch.cat((torch.zeros_like(mask[:, :prompt_width]), target_mask.long()), dim=1)
+    width = ids.shape[1]
+    columns = (torch.arange(width, device=ids.device) + (prompt_width - prompt_lengths)[:, None]) % width
+    length = int(mask.sum(1).max())                                                    # T: the longest row
+    ids, mask, targets = (tensor.gather(1, columns)[:, :length] for tensor in (ids, mask, targets))  # [B, T]
+    full = sequence_logprobs(model, ids, mask, targets, temperature, return_entropy)  # [B, T] (each)
+    # Continuation token t of row b sits at column prompt_lengths[b] + t (pads clamped, then zeroed).
+    at = (prompt_lengths[:, None] + torch.arange(sequences.ids.shape[1], device=ids.device)).clamp(max=length - 1)
+    if not return_entropy:
+        return full.gather(1, at) * target_mask                                        # [B, Lc]
+    return tuple(values.gather(1, at) * target_mask for values in full)
 
 
 @contextmanager
 def full_sequence_step():
-    """Within the block grpo's step takes the slow path: its two functions are swapped for the ones above.
-    (The reward's Bayesian pass has its own switch: CompositeReward(..., shared_prefix=False).)"""
-    saved = grpo.sample_groups, grpo.continuation_logprobs
+    """Within the block grpo's step and the reward's Bayesian pass take the slow path: their functions are
+    swapped for the ones above."""
+    saved = grpo.sample_groups, grpo.continuation_logprobs, reward.continuation_logprobs
     grpo.sample_groups, grpo.continuation_logprobs = sample_groups_one_by_one, full_sequence_logprobs
+    reward.continuation_logprobs = full_sequence_logprobs
     try:
         yield
     finally:
-        grpo.sample_groups, grpo.continuation_logprobs = saved
+        grpo.sample_groups, grpo.continuation_logprobs, reward.continuation_logprobs = saved

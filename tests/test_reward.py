@@ -5,6 +5,7 @@ Tolerances follow from error bounds (tests/bounds.py): `bayes` within a small fa
 direct computation makes in float32 on the same inputs; a similarity, one float32 dot product of unit
 vectors, within gamma_m of the exact value for its m non-zero terms.
 """
+import contextlib
 import copy
 import re
 
@@ -15,6 +16,7 @@ import torch
 from bounds import assert_within_reference_error, dot_bound, unit_roundoff
 from config import RewardConfig
 from corpus import training_samples
+from full_sequence import full_sequence_step
 from reward import CompositeReward, bayes_terms, fit_similarity_embedder
 from sales import NUMBER, check_claims, fill, is_good_turn, load_world, mask_values, slot_values
 from simulate import simulate_call
@@ -65,16 +67,16 @@ def test_bayes_matches_float64_direct_computation(tiny):
 
 
 def test_bayes_runs_a_prompt_shared_by_several_rows_once_with_the_same_result(tiny):
-    """A GRPO group: several thoughts after one prompt. Each distinct prompt run once (the default) or once
-    per row (shared_prefix=False): both equal the direct float64 computation."""
+    """A GRPO group: several thoughts after one prompt. Each distinct prompt run once, or each prompt repeated
+    in its rows (tests/full_sequence.py): both equal the direct float64 computation."""
     _, tokenizer, model, samples, _ = tiny
     rows = [samples[3]] * 3 + [samples[7]] * 2
     thoughts = ["Ask about their orders first.", "Price worries them.", "x", "Close now.", "Explain the steps."]
     prompts = [tokenizer.encode(s.prompt) for s in rows]
     expected = [direct_bayes(model, tokenizer, s.prompt, t, s.reference) for s, t in zip(rows, thoughts)]
-    for shared_prefix in (True, False):
-        prior, likelihood = bayes_terms(model, tokenizer, prompts, thoughts, [s.reference for s in rows],
-                                        shared_prefix=shared_prefix)
+    for path in (contextlib.nullcontext, full_sequence_step):
+        with path():
+            prior, likelihood = bayes_terms(model, tokenizer, prompts, thoughts, [s.reference for s in rows])
         for i, (expected_prior, expected_likelihood) in enumerate(expected):
             assert prior[i].item() == pytest.approx(expected_prior, abs=1e-4)
             assert likelihood[i].item() == pytest.approx(expected_likelihood, abs=1e-4)

@@ -14,6 +14,7 @@ of magnitude above float32's error.
 import pytest
 import torch
 
+from full_sequence import full_sequence_logprobs
 from model import (
     Continuations,
     Qwen2,
@@ -175,12 +176,12 @@ def test_shared_prefix_float32_within_float32_error(heads, kv_heads, tied, layou
 
 
 def test_the_full_sequence_path_is_sequence_logprobs_on_each_prompt_plus_continuation():
-    """continuation_logprobs(shared_prefix=False), which bench/grpo_step.py times, is the plain full pass."""
+    """tests/full_sequence.py's path, which bench/grpo_step.py times, is the plain full pass."""
     model = random_model(4, 2, False)
     prompts, rows, continuations, _ = case("padded")
     sequences = as_continuations(prompts, rows, continuations)
     with torch.no_grad():
-        assert torch.equal(continuation_logprobs(model, sequences, sequences.mask, shared_prefix=False),
+        assert torch.equal(full_sequence_logprobs(model, sequences, sequences.mask),
                            full_logprobs(model, prompts, rows, continuations))
 
 
