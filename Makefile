@@ -48,17 +48,14 @@ bench: install
 # The simulated corpus: three agents write calls, then a split by call into train and test. Its size, seed
 # and noise are the config's data section, read by config.py (missing keys take their defaults).
 # $(DATA)/recipe.json records them and is rewritten only when they change, so make simulates again exactly
-# when the config asks for another corpus than the one in $(DATA). simulate.py reads a config file or
-# --dialogues; with no CONFIG it is given config.py's default number of calls (its seed and noise default
-# to config.py's already).
-SIMULATE_FLAGS = $(or $(CONFIG_FLAG),--dialogues $$($(PY) -c 'import config; print(config.DataConfig.dialogues)'))
+# when the config asks for another corpus than the one in $(DATA).
 data: $(DATA)/train.jsonl
 
 $(DATA)/recipe.json: FORCE | install
-	$(PY) simulate.py $(SIMULATE_FLAGS) --recipe $@
+	$(PY) simulate.py $(CONFIG_FLAG) --recipe $@
 
 $(DATA)/train.jsonl: $(DATA)/recipe.json
-	$(PY) simulate.py $(SIMULATE_FLAGS) --out $(DATA)/calls.jsonl
+	$(PY) simulate.py $(CONFIG_FLAG) --out $(DATA)/calls.jsonl
 	$(PY) corpus.py split $(DATA)/calls.jsonl --train $(DATA)/train.jsonl --test $(DATA)/test.jsonl
 
 # The whole pipeline: corpus -> tokenizer + tiny base model -> GRPO directly on the base -> summary.

@@ -40,7 +40,7 @@ and played call under <out>/systems/; report.py writes the report (tables, the p
 we measured, a plot); ablations.py trains and measures every arm of the paper's comparisons the same way.
 
 For speed, replies are generated in batches (model.generate_completions, left-padded): the agent's own
-prompt assembly (`Agent.prompt`, what Agent.respond prompts with), then one batched generation, ~10x
+prompt assembly (`Agent.prompt`, what Agent.respond prompts with), then one batched generation, many times
 faster on a CPU than one reply at a time. In the closed loop each call runs
 in its own thread so that the replies of all live calls are generated as one batch (see `play_calls`).
 
@@ -50,7 +50,7 @@ the intervals say how far one run can be trusted); sampling-based evaluation (gr
 systems comparable turn by turn). See docs/design.md, "Evaluation".
 
 CLI:
-    python evaluate.py --config configs/tiny.json --run runs/default --data data --out reports/default
+    python evaluate.py --run runs/default --data data --out reports/default [--customers test|validation]
                        [--customers test|validation] [--judge DIR]
 """
 
@@ -84,6 +84,7 @@ from files import read_jsonl, write_jsonl
 from model import generate_completions, load_with_tokenizer
 from report import write_report
 from reward import REWARD_KEYS, CompositeReward, fit_similarity_embedder
+from runs import recorded_config
 from sales import STAGES, check_claims, classify_sales_intent, is_good_turn, load_world, slot_values
 from simulate import DEFAULT_NOISE, Salesperson, make_persona, run_call
 from tokenizer import format_assistant, split_thought
@@ -599,7 +600,8 @@ def reference_rows(setup, library, out_dir, noise=DEFAULT_NOISE):
 def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=None, judge_dir=None,
                  promptings=("static", "doga", "doga_copied")):
     started = time.time()
-    config = load_config(config_path)
+    # The run's own reward weights and lengths, as it recorded them; a config file only for a run without one.
+    config = recorded_config(os.path.join(run_dir, "final")) or load_config(config_path)
     base_dir = base_dir or os.path.join(run_dir, "base")
     for folder in (base_dir, os.path.join(run_dir, "final"), os.path.join(run_dir, "scripts")):
         if not os.path.isdir(folder):
@@ -616,7 +618,9 @@ def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=Non
     references = reference_rows(setup, library, out_dir)
     curves = {"grpo": {"grpo": read_jsonl(os.path.join(run_dir, "metrics.jsonl"))},
               "pretrain": {"base": read_jsonl(os.path.join(base_dir, "metrics.jsonl"))}}
-    meta = {"run": run_dir, "config": config_path, "data": data_dir, **asdict(settings),
+    recorded = os.path.exists(os.path.join(run_dir, "final", "run.json"))
+    meta = {"run": run_dir, "config": "recorded by the run" if recorded else config_path or "config.py's defaults",
+            "data": data_dir, **asdict(settings),
             "turns": len(setup.turns), "judge": judge_dir, "wall_seconds": round(time.time() - started, 1)}
     write_report(out_dir, f"AI-Salesman evaluation of {run_dir}", systems, curves, meta, references)
     return systems
@@ -628,7 +632,8 @@ def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=Non
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate one trained run: base vs GRPO, each static, "
                                                  "DOGA and DOGA with the copy oracle.")
-    parser.add_argument("--config", default="configs/tiny.json")
+    parser.add_argument("--config", default=None, help="used only when the run recorded no config (<run>/final/"
+                                                       "run.json); default: config.py's defaults")
     parser.add_argument("--run", default="runs/default", help="run folder with base/, final/ and scripts/")
     parser.add_argument("--base", default=None, help="base model folder (default: <run>/base)")
     parser.add_argument("--data", default="data", help="folder with train.jsonl and test.jsonl")

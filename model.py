@@ -15,7 +15,7 @@ module is that model, written out in plain PyTorch:
     8 completions of one prompt), gradients included;
   * `generate`: KV-cached batched sampling of completions (greedy or temperature + top-p), and
     `generate_completions`, the same for token-id prompts cut at their EOS: it draws the GRPO groups and
-    lets DOGA, the evaluation and the simulation's llm backend speak; `generate_groups`: many groups of
+    lets DOGA and the evaluation speak; `generate_groups`: many groups of
     samples in one batch, each prompt prefilled once and each group drawing from its own generator;
   * `load_pretrained` / `save_pretrained`: the Hugging Face folder layout (config.json + safetensors),
     so a real Qwen2.5 checkpoint loads and our checkpoints load in other tools. A model we save with its
@@ -725,7 +725,7 @@ def generate_completions(model: Qwen2, prompts, max_new_tokens: int, eos_token_i
 
     Returns one (completion ids, truncated) per prompt, as cut_at_eos gives them: the generated ids up to
     and including the first EOS, or all max_new_tokens of them with truncated = True when no EOS came.
-    DOGA's agents, the evaluation's batches and the llm backend of the simulation generate through it
+    DOGA's agents and the evaluation's batches generate through it
     (decoding with skip_special_tokens drops the EOS again); GRPO's groups go through generate_groups
     and the same cut_at_eos.
     """
