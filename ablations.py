@@ -6,8 +6,7 @@ out and the evaluation settings. The arms:
 
 * base (pretrain.py), SFT (pretrain.py --sft on the base), SFT then GRPO, direct GRPO, GRPO without
   the Bayesian reward (reward.bayes = 0), GRPO trained on static prompts only (grpo.outline_share = 0,
-  where direct GRPO trains as DOGA prompts) and, beyond the paper, GRPO with the simulated customer's
-  reaction in its reward (reward.reaction = 1), each measured with static and with DOGA prompting;
+  where direct GRPO trains as DOGA prompts), each measured with static and with DOGA prompting;
 * direct GRPO with DOGA whose predicted intents are flipped at 20% (`doga_noisy`);
 * a domain held out of training: base and GRPO trained on the other domains, and both it and the
   all-domain GRPO model measured on that domain's test calls and products.
@@ -157,7 +156,6 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
     sft_config = arm_config(plan, work_dir, "sft", {"pretrain": plan.get("sft", {})})
     no_bayes_config = arm_config(plan, work_dir, "grpo_no_bayes", {"reward": {"bayes": 0.0}})
     static_config = arm_config(plan, work_dir, "grpo_static", {"grpo": {"outline_share": 0.0}})
-    reaction_config = arm_config(plan, work_dir, "grpo_reaction", {"reward": {"reaction": 1.0}})
     train_file = os.path.join(data_dir, "train.jsonl")
     train_calls = load_corpus(train_file)
     test_calls = load_corpus(os.path.join(data_dir, "test.jsonl"))
@@ -198,8 +196,7 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
                                lambda: pretrain.train(sft_config, data_dir, os.path.join(work_dir, "sft"),
                                                       sft=True, init=base))
     for name, cfg, init in (("grpo", config, base), ("sft_grpo", config, models["sft"]),
-                            ("grpo_no_bayes", no_bayes_config, base), ("grpo_static", static_config, base),
-                            ("grpo_reaction", reaction_config, base)):
+                            ("grpo_no_bayes", no_bayes_config, base), ("grpo_static", static_config, base)):
         if name == "grpo" and default_grpo_matches(default_run, config, base, data_dir, library_dir):
             models[name] = os.path.join(default_run, "final")
             print(f"grpo: reusing {models[name]}")
@@ -224,7 +221,7 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
     library, holdout_library = ScriptLibrary.load(library_dir), ScriptLibrary.load(holdout_library_dir)
     setup = make_eval_setup(config, settings, train_calls, test_calls, base, judge_dir=judge_dir)
     systems = {}
-    for model_name in ("base", "sft", "sft_grpo", "grpo", "grpo_no_bayes", "grpo_static", "grpo_reaction"):
+    for model_name in ("base", "sft", "sft_grpo", "grpo", "grpo_no_bayes", "grpo_static"):
         for prompting in ("static", "doga"):
             name = f"{model_name}/{prompting}"
             systems[name] = evaluate_system(name, models[model_name], library, prompting, setup, out_dir)
@@ -238,7 +235,7 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
             systems[name]["eval_domain"] = domain
 
     grpo_runs = {name: os.path.dirname(models[name])
-                 for name in ("grpo", "sft_grpo", "grpo_no_bayes", "grpo_static", "grpo_reaction", "holdout_grpo")}
+                 for name in ("grpo", "sft_grpo", "grpo_no_bayes", "grpo_static", "holdout_grpo")}
     curves = {"grpo": {name: read_jsonl(os.path.join(run, "metrics.jsonl")) for name, run in grpo_runs.items()},
               "pretrain": {"base": read_jsonl(os.path.join(base, "metrics.jsonl")),
                            "sft": read_jsonl(os.path.join(models["sft"], "metrics.jsonl")),

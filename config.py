@@ -87,16 +87,12 @@ class RewardConfig:
                      much as the facts;
     bayes 0.1        prior + likelihood are mean log-probs, each some nats below zero, so the sum spans
                      about ten times the range of the other terms: 0.1 puts it on their scale;
-    reaction 0.0     beyond the paper and off by default: the simulated customer's interest change on hearing
-                     the reply, in units of one answered objection's interest gain. Always logged, only
-                     trained on when weighted (the ablation arm grpo_reaction).
     """
     format: float = 1.0
     similarity: float = 1.0
     faithfulness: float = 1.0
     manager: float = 1.0
     bayes: float = 0.1
-    reaction: float = 0.0
     bayes_floor: float = -10.0     # per-token mean log-prob floor for each of prior and likelihood
 
 

@@ -245,8 +245,6 @@ class Sample:
     product: dict
     visible: dict
     stage_before: str    # the stage the call was in when the salesperson spoke: the Manager judges the move by it
-    customer: dict       # the persona, hidden part included (the customer-reaction reward replays the customer)
-    history: list        # call["turns"][:turn_index], as recorded (intents and labels included)
 
 
 def training_samples(call, whispers=None):
@@ -262,7 +260,7 @@ def training_samples(call, whispers=None):
         stage_before = call["turns"][index - 1]["stage"] if index else STAGES[0]
         samples.append(Sample(call["id"], index, messages, render_chat(messages), turn["text"], turn["thought"],
                               turn["stage"], turn["intent"], turn["labels"], call["domain"], product, visible,
-                              stage_before, call["customer"], call["turns"][:index]))
+                              stage_before))
     return samples
 
 

@@ -3,7 +3,7 @@
 For a prompt (the call so far) with reference reply A*, a completion `<think>Th</think> reply` earns
 
     total = w_format * format + w_similarity * similarity + w_faithfulness * faithfulness
-            + w_manager * manager + w_bayes * bayes + w_reaction * reaction
+            + w_manager * manager + w_bayes * bayes
 
 * format        1 if the answer is one non-empty thought block then a non-empty reply, and not truncated.
 * similarity    cosine of reply and A* under the TF-IDF embedder of retrieval.py, both with their names and
@@ -18,10 +18,6 @@ For a prompt (the call so far) with reference reply A*, a completion `<think>Th<
 * manager       the Manager's view of the move (sales.stage_move on the reply's intent in the stage the call
                 was in): 1 for the move A* made, 0.5 for another on-stage move, 0 for an off-stage move or a
                 mistake (pressure, a generic pitch).
-* reaction      beyond the paper, weight 0 by default (an ablation arm): the interest the simulated customer of
-                the prompt's call would gain on hearing the reply, its state replayed from the recorded call
-                (sales.replay_customer, sales.customer_reaction: the rules simulate.Customer plays by), in
-                units of one answered objection. Logged always.
 * bayes         the Bayesian reasoning reward, prior + likelihood:
                     prior      = mean_t log P_ref(Th_t | c, Th_<t)          how coherent the thought is
                     likelihood = mean_t log P_ref(A*_t | c, Th, A*_<t)     how well it explains A*
@@ -37,12 +33,12 @@ With w_bayes = 0 the reference pass is skipped and both parts read as the floor 
 Otherwise it runs each distinct prompt once, and the answers of its rows (a GRPO group) attend to that
 prompt's keys and values (model.continuation_logprobs).
 
-A malformed or truncated completion never raises: it gets format 0, similarity, faithfulness, manager and
-reaction 0 (what it says is not judged) and bayes = 2 * bayes_floor, the lowest value the term can take.
+A malformed or truncated completion never raises: it gets format 0, similarity, faithfulness and manager
+0 (what it says is not judged) and bayes = 2 * bayes_floor, the lowest value the term can take.
 Every term is returned separately for logs and audits. Weights and their reasons live in config.RewardConfig.
 
-Left out: a learned reward model or LLM judge (evaluate.py has the optional judge). The reaction term reads
-the simulator's own rules, which a real deployment does not have: that is why it is off by default.
+Left out: a learned reward model or LLM judge (evaluate.py has the optional judge), and any term that reads
+the simulated customer's own rules (a real deployment has no such customer to ask).
 """
 
 import torch
@@ -50,19 +46,16 @@ import torch
 from model import Continuations, continuation_logprobs, pad_right
 from retrieval import HashedTfidfEmbedder
 from sales import (
-    ANSWERED_OBJECTION_GAIN,
     check_claims,
     classify_sales_intent,
-    customer_reaction,
     mask_values,
-    replay_customer,
     stage_move,
     without_lists,
 )
 from tokenizer import THINK_OPEN, format_assistant, split_thought
 
 
-TERMS = ("format", "similarity", "faithfulness", "manager", "bayes", "reaction")
+TERMS = ("format", "similarity", "faithfulness", "manager", "bayes")
 # Everything CompositeReward returns: the weighted total, the terms, and the two halves of `bayes`.
 REWARD_KEYS = ("total",) + TERMS + ("bayes_prior", "bayes_likelihood")
 # What the replies *do*, measured on every completion and logged beside the reward, never weighted: an
@@ -131,15 +124,6 @@ def faithfulness_score(reply, reference):
     return precision * coverage(reply, reference) - WRONG_FACT_COST * (1.0 - precision)
 
 
-def reaction_score(sample, intent, reply):
-    """The reaction term for a reply with `intent` and ClaimCheck `reply` to `sample`: the interest its call's
-    customer, replayed to the turn (sales.replay_customer), would gain, in units of one answered objection."""
-    heard, _, open_objection, _ = replay_customer(sample.customer, sample.history)
-    gain, _, _, _ = customer_reaction(intent, bool(reply.forbidden or reply.unsupported), sample.stage_before,
-                                      heard[intent], open_objection)
-    return gain / ANSWERED_OBJECTION_GAIN
-
-
 def fit_similarity_embedder(samples):
     """The similarity term's embedder, fitted on the masked reference replies of training samples."""
     return HashedTfidfEmbedder().fit([mask_values(s.reference, s.product, s.visible) for s in samples])
@@ -167,7 +151,7 @@ class CompositeReward:
         parsed = [split_thought(text) for text in completions]
         ok = torch.tensor([p.well_formed and not cut for p, cut in zip(parsed, truncated)])
         floor = self.config.bayes_floor
-        judged = ("similarity", "faithfulness", "manager", "reaction")          # 0 unless well formed
+        judged = ("similarity", "faithfulness", "manager")                      # 0 unless well formed
         terms = {"format": ok.float(), **{key: torch.zeros(n) for key in judged + BEHAVIOUR_KEYS},
                  "bayes_prior": torch.full((n,), floor), "bayes_likelihood": torch.full((n,), floor)}
         for i, (answer, sample) in enumerate(zip(parsed, samples)):
@@ -182,7 +166,6 @@ class CompositeReward:
             if ok[i]:
                 terms["manager"][i] = (1.0 if intent == sample.intent else OTHER_MOVE_CREDIT) if on_stage else 0.0
                 terms["faithfulness"][i] = faithfulness_score(reply, reference)
-                terms["reaction"][i] = reaction_score(sample, intent, reply)
         rows = ok.nonzero().flatten().tolist()
         if rows:
             replies = [mask_values(without_lists(parsed[i].reply), samples[i].product, samples[i].visible)

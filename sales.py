@@ -10,8 +10,7 @@ apart:
   (`is_legal_move`), where does a turn move the call (`stage_move`, the Manager's move), and is a
   labelled turn a good one to learn from (`is_good_turn`: on-stage and faithful);
 * how a customer takes a move (`customer_reaction`: interest gain, annoyance, reaction), which the simulated
-  Customer applies, and the customer of a recorded call replayed to any turn (`replay_customer`), which the
-  optional customer-reaction reward asks;
+  Customer applies;
 * world/: product sheets, business rules, persona ranges and utterance templates (`load_world`);
 * how values are spoken (`slot_values`: "$49", "a, b and c"), which the prompts, the templates and
   DOGA's slots share;
@@ -128,8 +127,7 @@ def is_good_turn(labels):
 
 
 # ----------------------------------------------------------------------------------------------
-# How a customer takes a move: simulate.Customer applies it in every call; reward.py's optional reaction
-# term asks it about a candidate reply at a recorded turn.
+# How a customer takes a move: simulate.Customer applies it in every call.
 
 GOOD_TURN_GAIN = {"diagnose_with_numbers": 0.08, "present_product": 0.06, "explain_features": 0.05,
                   "explain_pricing": 0.05, "explain_signup_steps": 0.05, "explain_activation": 0.04,
@@ -162,26 +160,6 @@ def customer_reaction(intent, false_claim, stage_before, times_heard, open_objec
     elif reaction is None:
         gain += GOOD_TURN_GAIN.get(intent, 0.0)
     return gain, annoyance, reaction, answered
-
-
-def replay_customer(persona, turns):
-    """The customer of a recorded call (corpus format) after `turns`, from the recorded intents and labels:
-    (Counter of the moves it heard, objections not yet raised, the open objection or None, patience left).
-    Exactly the bookkeeping simulate.Customer.respond does; its interest, which has noise, is not replayed."""
-    heard, pending = Counter(), list(persona["hidden"]["objections"])
-    open_objection, patience, stage = None, persona["hidden"]["patience"], STAGES[0]
-    for turn in turns:
-        if turn["role"] == "sales":
-            _, annoyance, _, answered = customer_reaction(turn["intent"], not turn["labels"]["faithful"], stage,
-                                                          heard[turn["intent"]], open_objection)
-            heard[turn["intent"]] += 1
-            open_objection = None if answered else open_objection
-            patience -= annoyance
-        elif turn["intent"].startswith("raise_"):
-            open_objection = turn["intent"][len("raise_"):-len("_objection")]
-            pending.remove(open_objection)
-        stage = turn["stage"]
-    return heard, pending, open_objection, patience
 
 
 # ----------------------------------------------------------------------------------------------

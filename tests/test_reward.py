@@ -84,7 +84,7 @@ def test_bayes_runs_a_prompt_shared_by_several_rows_once_with_the_same_result(ti
 
 def test_terms_and_weighted_total(tiny):
     _, tokenizer, model, samples, embedder = tiny
-    config = RewardConfig(format=1.0, similarity=2.0, faithfulness=0.5, manager=0.7, bayes=0.1, reaction=0.3)
+    config = RewardConfig(format=1.0, similarity=2.0, faithfulness=0.5, manager=0.7, bayes=0.1)
     reward = CompositeReward(config, model, tokenizer, embedder)
     sample = next(s for s in samples if "$" in s.reference)      # a reply that states a price
     price = f"${sample.product['price']}"
@@ -117,14 +117,13 @@ def test_terms_and_weighted_total(tiny):
     # malformed or truncated: the defined floor on every term, no exception
     for row in (3, 4, 5, 6):
         assert terms["similarity"][row] == 0 and terms["faithfulness"][row] == 0 and terms["manager"][row] == 0
-        assert terms["reaction"][row] == 0
         assert terms["bayes"][row].item() == 2 * config.bayes_floor
     exact = direct_bayes(model, tokenizer, sample.prompt, "Quote the real price.", sample.reference)
     plain = direct_bayes(model, tokenizer, sample.prompt, "Quote the real price.", sample.reference, torch.float32)
     assert min(exact) > config.bayes_floor                          # the floor does not apply: no clamp
     assert_within_reference_error(terms["bayes"][:1], [sum(plain)], [sum(exact)])
     expected_total = (1.0 * terms["format"] + 2.0 * terms["similarity"] + 0.5 * terms["faithfulness"]
-                      + 0.7 * terms["manager"] + 0.1 * terms["bayes"] + 0.3 * terms["reaction"])
+                      + 0.7 * terms["manager"] + 0.1 * terms["bayes"])
     torch.testing.assert_close(terms["total"], expected_total)
 
 
@@ -205,32 +204,6 @@ def test_pushy_and_off_stage_replies_score_below_the_on_stage_one(tiny):
         early = fill(templates["greet_and_introduce"]["texts"]["any"][0], slots)   # back to the opening: off-stage
         on_stage, pushy_total, off_stage_total = total_rewards(tiny, sample, [sample.reference, pushy, early])
         assert pushy_total < on_stage and off_stage_total < on_stage
-
-
-def test_the_reaction_term_is_the_interest_the_customer_would_gain(tiny):
-    """By hand, from simulate.py's rules: an open objection answered gains 0.12 (1 unit), answering another
-    objection instead costs 0.04, a wrong number costs 0.12 and earns nothing else; a good diagnosis gains 0.08."""
-    calls, tokenizer, model, samples, embedder = tiny
-    reward = CompositeReward(RewardConfig(), model, tokenizer, embedder)
-    slots_of = {id(s): slot_values(s.product, s.visible) for s in samples}
-    templates = load_world().sales_templates
-
-    def reaction(sample, replies):
-        terms = reward([sample] * len(replies), [tokenizer.encode(sample.prompt)] * len(replies),
-                       [format_assistant("Go.", r) for r in replies], [False] * len(replies))
-        return terms["reaction"].tolist()
-
-    handles = [s for s in samples if s.intent.startswith("handle_") and s.history[-1]["intent"].startswith("raise_")]
-    assert handles
-    for sample in handles[:4]:
-        other = next(i for i in ("handle_price_objection", "handle_trust_objection") if i != sample.intent)
-        wrong_objection = fill(templates[other]["texts"]["any"][0], slots_of[id(sample)])
-        assert reaction(sample, [sample.reference, wrong_objection]) == pytest.approx([1.0, -0.04 / 0.12])
-    for sample in turns_with_facts(tiny, intents=("diagnose_with_numbers",))[:3]:
-        number = spoken_numbers(sample.reference)[0]
-        digits = re.sub(r"[^\d.]", "", number)
-        wrong = sample.reference.replace(number, number.replace(digits, str(int(float(digits)) + 17)), 1)
-        assert reaction(sample, [sample.reference, wrong]) == pytest.approx([0.08 / 0.12, -1.0])
 
 
 def test_behaviour_measures(tiny):

@@ -4,6 +4,7 @@ import json
 import math
 import random
 import re
+from collections import Counter
 
 import pytest
 
@@ -20,7 +21,6 @@ from sales import (
     domain_texts,
     fill,
     load_world,
-    replay_customer,
     slot_values,
 )
 from simulate import generate_corpus, make_persona, run_call
@@ -141,8 +141,28 @@ def test_faithfulness_labels_agree_with_the_product_sheets(calls):
     assert checked_wrong > 20
 
 
+def replay_customer(persona, turns):
+    """The customer of a recorded call after `turns`, rebuilt from the recorded intents and labels alone: (Counter
+    of the moves it heard, objections not yet raised, the open objection or None, patience left). An
+    independent reading of simulate.Customer.respond's bookkeeping; its interest, which has noise, is not."""
+    heard, pending = Counter(), list(persona["hidden"]["objections"])
+    open_objection, patience, stage = None, persona["hidden"]["patience"], STAGES[0]
+    for turn in turns:
+        if turn["role"] == "sales":
+            _, annoyance, _, answered = customer_reaction(turn["intent"], not turn["labels"]["faithful"], stage,
+                                                          heard[turn["intent"]], open_objection)
+            heard[turn["intent"]] += 1
+            open_objection = None if answered else open_objection
+            patience -= annoyance
+        elif turn["intent"].startswith("raise_"):
+            open_objection = turn["intent"][len("raise_"):-len("_objection")]
+            pending.remove(open_objection)
+        stage = turn["stage"]
+    return heard, pending, open_objection, patience
+
+
 def test_a_customer_replayed_from_the_record_is_the_one_that_played(monkeypatch):
-    """sales.replay_customer (the state the customer-reaction reward asks) against the live customer of each
+    """replay_customer (the customer's state rebuilt from the record) against the live customer of each
     call: before every salesperson turn, the same moves heard, objections not yet raised, open objection and
     patience; and sales.customer_reaction in that state gives the reaction and the hang-up the call recorded."""
     live = {}                                    # turn index -> the live customer's state before that turn
