@@ -15,7 +15,7 @@ so a reply that says `<script>` shows as text.
   per customer turn its intent; the outcome. Off-stage turns and unsupported or forbidden claims stand out
   in colour, and each call's summary line counts them.
 * **audit.html** (`write_audit_page`; CLI `audit`): the lines of a run's audit.jsonl (`grpo.py --audit`),
-  per step and group: the prompt as the policy saw it and the reference reply A*, then each completion with
+  per step and group: the prompt as the policy saw it and the target reply A*, then each completion with
   every reward term, its advantage and its ratio pi / pi_old (mean, min and max over its tokens), and the
   group's mean and standard deviation of the total reward.
 
@@ -255,10 +255,10 @@ def audit_group(rows):
     prompt_html = ('<p class="note">prompt not recorded (an audit.jsonl written before prompts were)</p>'
                    if prompt is None else f"<details><summary>prompt ({len(prompt)} characters)</summary>"
                                           f"<pre>{escape(prompt)}</pre></details>")
-    reference = first.get("reference")
+    target = first.get("target_reply")
     return (f'<div class="group"><h3>group {first["group"]} &middot; turn {escape(first["prompt_id"])} &middot; '
             f"total reward mean {number(mean)}, std {number(std)}</h3>\n{prompt_html}\n"
-            + ("" if reference is None else f'<p>reference reply A*: &ldquo;{escape(reference)}&rdquo;</p>\n')
+            + ("" if target is None else f'<p>target reply A*: &ldquo;{escape(target)}&rdquo;</p>\n')
             + f'<div class="scroll"><table><tr>{header}</tr>\n' + "\n".join(lines) + "</table></div></div>")
 
 

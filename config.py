@@ -76,13 +76,13 @@ class RewardConfig:
     """Weights of the composite reward (docs/design.md, "Rewards"). Defaults and their reasons:
 
     format 1.0       the answer must be parseable before anything else can be scored;
-    similarity 1.0   cosine in [0, 1] of reply and reference with names and numbers masked: the phrasing of
+    similarity 1.0   cosine in [0, 1] of reply and target reply with names and numbers masked: the phrasing of
                      the move, never a shared name;
     faithfulness 1.0 precision x coverage - (1 - precision) over distinct claims, in [-1, 1]; a forbidden
                      promise scores -1. Equal to the move terms: a fluent but false reply is worse than a clumsy
                      true one (weight 2 all but removed unsupported facts, but the agent skipped the diagnosis
-                     move and chose the reference's move less often: README's research arms);
-    manager 1.0      the Manager's view of the move in [0, 1]: the reference's move 1, another on-stage move
+                     move and chose the target reply's move less often: README's research arms);
+    manager 1.0      the Manager's view of the move in [0, 1]: the target reply's move 1, another on-stage move
                      0.5, off-stage or a mistake 0. The customer reacts to the move first, so it weighs as
                      much as the facts;
     bayes 0.1        prior + likelihood are mean log-probs, each some nats below zero, so the sum spans
@@ -100,7 +100,7 @@ class RewardConfig:
 class GRPOConfig:
     # --- TRL GRPOConfig names ---
     num_generations: int = 8       # completions per prompt (one group)
-    beta: float = 0.04             # weight of the k3 KL penalty to the frozen reference
+    beta: float = 0.04             # weight of the k3 KL penalty to the frozen ref_model
     epsilon: float = 0.2           # lower clip: ratio >= 1 - epsilon
     epsilon_high: float = 0.28     # upper clip (DAPO's clip-higher); set equal to epsilon for plain PPO
     loss_type: str = "dapo"        # grpo | dr_grpo | dapo: how per-token losses are averaged
@@ -122,7 +122,7 @@ class GRPOConfig:
     # --- the loop ---
     steps: int = 200               # the length of the research arms that sold best; longer sold no more (README)
     prompts_per_step: int = 4      # groups per step, over all processes together
-    reference_filter: str = "good"  # good: train on turns the Manager labelled on-stage and faithful | all
+    turn_filter: str = "good"  # good: train on turns the Manager labelled on-stage and faithful | all
     outline_share: float = 1.0     # training prompts with DOGA's outline (needs a library): train as it infers
     save_steps: int = 50           # checkpoint every N steps (0: only the final model): a few per run
     log_completion_steps: int = 10  # print a sample completion every N steps
@@ -135,7 +135,7 @@ class GRPOConfig:
 CHOICES = {
     ("grpo", "loss_type"): ("grpo", "dr_grpo", "dapo"),
     ("grpo", "scale_rewards"): ("group", "batch", "none"),
-    ("grpo", "reference_filter"): ("good", "all"),
+    ("grpo", "turn_filter"): ("good", "all"),
     ("grpo", "device"): ("auto", "cpu", "cuda"),
     ("grpo", "dtype"): ("float32", "bfloat16"),
 }

@@ -4,7 +4,7 @@ AI-Salesman (arXiv 2511.12133) trains on a corpus of telemarketing calls whose s
 a stage, an intent, a private thought and the Manager's labels. This module writes down the schema of
 such a call in the vocabulary of sales.py (stages, intents, outcomes, rules); it validates a JSONL corpus
 line by line (errors name the file, the line and the field), splits it by call, turns one call into one
-training sample per salesperson turn (a ChatML prompt rendered by tokenizer.render_chat, the reference
+training sample per salesperson turn (a ChatML prompt rendered by tokenizer.render_chat, the target
 reply A*, its thought, stage, intent and labels), and renders whole calls as plain text for pretraining
 the base model in exactly the chat format the policy is later prompted with.
 
@@ -213,20 +213,20 @@ def system_prompt(product, visible):
             f"Customer:\n{profile}")
 
 
-def chat_messages(product, visible, turns, whispers=None):
+def chat_messages(product, visible, turns, outlines=None):
     """System prompt, then the call so far: customer -> user, salesperson -> assistant (spoken text only).
 
-    whispers: {turn index: text}, DOGA's outline for a salesperson turn (doga.Outline.whisper), each a system
+    outlines: {turn index: text}, DOGA's outline for a salesperson turn (doga.Outline.message), each a system
     message just before the turn it guided; the one at index len(turns) guides the turn about to be spoken and
-    comes last. Without whispers the prompt is the plain one."""
-    whispers = whispers or {}
+    comes last. Without outlines the prompt is the plain one."""
+    outlines = outlines or {}
     messages = [{"role": "system", "content": system_prompt(product, visible)}]
     for index, turn in enumerate(turns):
-        if index in whispers:
-            messages.append({"role": "system", "content": whispers[index]})
+        if index in outlines:
+            messages.append({"role": "system", "content": outlines[index]})
         messages.append({"role": "assistant" if turn["role"] == "sales" else "user", "content": turn["text"]})
-    if len(turns) in whispers:
-        messages.append({"role": "system", "content": whispers[len(turns)]})
+    if len(turns) in outlines:
+        messages.append({"role": "system", "content": outlines[len(turns)]})
     return messages
 
 
@@ -236,8 +236,8 @@ class Sample:
     turn_index: int      # index of the salesperson turn in call["turns"]
     messages: list       # system + history, ChatML roles
     prompt: str          # render_chat(messages): ends with the open assistant turn
-    reference: str       # A*, the spoken reply of the corpus
-    thought: str         # the reference thought
+    target_reply: str    # A*, the reply the corpus's salesperson spoke: what the reward compares a completion with
+    thought: str         # the thought recorded with it
     stage: str           # the stage after the turn (the Manager's label)
     intent: str
     labels: dict
@@ -247,15 +247,15 @@ class Sample:
     stage_before: str    # the stage the call was in when the salesperson spoke: the Manager judges the move by it
 
 
-def training_samples(call, whispers=None):
-    """One Sample per salesperson turn of `call`. With whispers ({turn index: text}, see chat_messages) each
+def training_samples(call, outlines=None):
+    """One Sample per salesperson turn of `call`. With outlines ({turn index: text}, see chat_messages) each
     prompt carries DOGA's outline before every salesperson turn so far and before the one to speak."""
     product, visible = call["product"], call["customer"]["visible"]
     samples = []
     for index, turn in enumerate(call["turns"]):
         if turn["role"] != "sales":
             continue
-        shown = {i: text for i, text in (whispers or {}).items() if i <= index}
+        shown = {i: text for i, text in (outlines or {}).items() if i <= index}
         messages = chat_messages(product, visible, call["turns"][:index], shown)
         stage_before = call["turns"][index - 1]["stage"] if index else STAGES[0]
         samples.append(Sample(call["id"], index, messages, render_chat(messages), turn["text"], turn["thought"],
@@ -264,18 +264,18 @@ def training_samples(call, whispers=None):
     return samples
 
 
-def call_messages(call, whispers=None):
-    """A whole call as chat messages, salesperson turns as `<think>thought</think>\\nreply` (whispers as in
+def call_messages(call, outlines=None):
+    """A whole call as chat messages, salesperson turns as `<think>thought</think>\\nreply` (outlines as in
     chat_messages): what the base model is pretrained on, in the exact format the policy is prompted and
     answers in."""
-    messages = chat_messages(call["product"], call["customer"]["visible"], call["turns"], whispers)
+    messages = chat_messages(call["product"], call["customer"]["visible"], call["turns"], outlines)
     answers = iter(format_assistant(t["thought"], t["text"]) for t in call["turns"] if t["role"] == "sales")
     return [{"role": "assistant", "content": next(answers)} if m["role"] == "assistant" else m for m in messages]
 
 
-def render_call_text(call, whispers=None):
+def render_call_text(call, outlines=None):
     """call_messages rendered as one ChatML text."""
-    return render_chat(call_messages(call, whispers), add_generation_prompt=False)
+    return render_chat(call_messages(call, outlines), add_generation_prompt=False)
 
 
 # ----------------------------------------------------------------------------------------------

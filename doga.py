@@ -453,23 +453,21 @@ class Outline:
     lines: list            # retrieved templates, slots filled, best first
     template_ids: list
 
-    def notes(self):
-        """The outline as prompt lines: the goal first, then one line per template."""
+    def full_text(self):
+        """The whole outline, for a person (make chat's /outline): the move and its goal, then every retrieved
+        line."""
         step = self.intent.replace("_", " ")
-        return ([f"Next step: {step} ({SALES_INTENTS[self.intent].replace('_', ' ')}). Goal: {self.goal}"]
-                + [f"Proven line: {line}" for line in self.lines])
+        return "\n".join([f"Next step: {step} ({SALES_INTENTS[self.intent].replace('_', ' ')}). Goal: {self.goal}"]
+                         + [f"Proven line: {line}" for line in self.lines])
 
-    def render(self):
-        return "\n".join(self.notes())
-
-    def whisper(self):
+    def message(self):
         """The outline as the short system message put just before the salesperson speaks: the move, then the
         best proven line. Short on purpose: one stands before every salesperson turn of a DOGA prompt."""
         told = self.record()
         return f"Outline: {told['intent'].replace('_', ' ')}. Proven line: {told['line']}"
 
     def record(self):
-        """What the whisper tells, as a played call keeps it on the turn it preceded: the move and the line
+        """What the outline message tells, as a played call keeps it on the turn it preceded: the move and the line
         (the best retrieved one, or the stage goal when no template could be filled)."""
         return {"intent": self.intent, "line": self.lines[0] if self.lines else self.goal}
 
@@ -528,7 +526,7 @@ class DogaPlanner:
         return Outline(stage, intent, STAGE_GOALS[SALES_INTENTS[intent]], lines, ids)
 
     def record_outlines(self, calls):
-        """Store on every salesperson turn of played `calls` the outline whispered before it (turn["outline"],
+        """Store on every salesperson turn of played `calls` the outline put before it (turn["outline"],
         Outline.record), planned from the call as it stood then. Plans are deterministic and remembered, so
         these are the outlines the agent was prompted with, not new ones."""
         positions = [(call, i) for call in calls for i, turn in enumerate(call["turns"]) if turn["role"] == "sales"]
@@ -537,43 +535,43 @@ class DogaPlanner:
         for (call, i), outline in zip(positions, outlines):
             call["turns"][i]["outline"] = outline.record()
 
-    def whispers(self, calls, next_turn=True):
-        """For each (product, visible, turns): {turn index: Outline.whisper()} for every salesperson turn of
+    def outline_messages(self, calls, next_turn=True):
+        """For each (product, visible, turns): {turn index: Outline.message()} for every salesperson turn of
         `turns` and, with next_turn, for the turn after them (index len(turns)), each planned from the call as
-        it stood before that turn: the whispers corpus.chat_messages puts in a DOGA prompt."""
+        it stood before that turn: the outlines corpus.chat_messages puts in a DOGA prompt."""
         positions = [(n, index) for n, (_, _, turns) in enumerate(calls) for index in range(len(turns) + next_turn)
                      if index == len(turns) or turns[index]["role"] == "sales"]
-        outlines = self.plan_many([(calls[n][0], calls[n][1], calls[n][2][:index]) for n, index in positions])
-        whispers = [{} for _ in calls]
-        for (n, index), outline in zip(positions, outlines):
-            whispers[n][index] = outline.whisper()
-        return whispers
+        planned = self.plan_many([(calls[n][0], calls[n][1], calls[n][2][:index]) for n, index in positions])
+        messages = [{} for _ in calls]
+        for (n, index), outline in zip(positions, planned):
+            messages[n][index] = outline.message()
+        return messages
 
 
 # ----------------------------------------------------------------------------------------------
-# The prompt: system header + guidance notes + history, within max_prompt_length tokens.
+# The prompt: system header + guidance lines + history, within max_prompt_length tokens.
 
 class PromptTooLong(ValueError):
     pass
 
 
-def assemble_messages(tokenizer, header, title, notes, history, max_prompt_length):
+def assemble_messages(tokenizer, header, title, guidance, history, max_prompt_length):
     """ChatML messages for the next salesperson turn, at most `max_prompt_length` tokens.
 
-    The system message is `header` (never cut), then `title` and the `notes` that fit. When the prompt is
-    too long, notes are dropped from the last one up, then history messages from the oldest on (the
-    customer's latest message stays). Returns (messages, notes kept). Raises PromptTooLong when even
+    The system message is `header` (never cut), then `title` and the `guidance` lines that fit. When the prompt
+    is too long, guidance lines are dropped from the last one up, then history messages from the oldest on (the
+    customer's latest message stays). Returns (messages, guidance kept). Raises PromptTooLong when even
     the header and the latest message do not fit.
     """
-    notes, history = list(notes), list(history)
+    guidance, history = list(guidance), list(history)
     while True:
-        system = header if not notes else f"{header}\n{title}\n" + "\n".join(f"- {note}" for note in notes)
+        system = header if not guidance else f"{header}\n{title}\n" + "\n".join(f"- {line}" for line in guidance)
         messages = [{"role": "system", "content": system}] + history
         length = len(tokenizer.encode_chat(messages))
         if length <= max_prompt_length:
-            return messages, notes
-        if notes:
-            notes.pop()
+            return messages, guidance
+        if guidance:
+            guidance.pop()
         elif len(history) > 1:
             history.pop(0)
         else:
@@ -636,18 +634,18 @@ class Agent:
 
 
 class DogaAgent(Agent):
-    """The outline-guided agent: each turn, a fresh outline from DogaPlanner, whispered before the turn."""
+    """The outline-guided agent: each turn, a fresh outline from DogaPlanner, put just before the turn."""
 
     def __init__(self, model, tokenizer, library, classifier=None, k=3, **generation):
         super().__init__(model, tokenizer, library, **generation)
         self.planner = DogaPlanner(library, classifier, k)
 
     def prompt(self, call):
-        """The plain prompt with DOGA's outline whispered before every salesperson turn, the one about to be
+        """The plain prompt with DOGA's outline before every salesperson turn, the one about to be
         spoken included (corpus.chat_messages): the format the policy is trained on (train as it infers)."""
         product, visible, turns = as_call_view(call)
-        [whispers] = self.planner.whispers([(product, visible, turns)])
-        messages = fit_history(self.tokenizer, chat_messages(product, visible, turns, whispers),
+        [outlines] = self.planner.outline_messages([(product, visible, turns)])
+        messages = fit_history(self.tokenizer, chat_messages(product, visible, turns, outlines),
                                self.max_prompt_length)
         return self.tokenizer.encode_chat(messages), self.planner.plan(product, visible, turns)
 
@@ -661,15 +659,15 @@ class StaticAgent(Agent):
 
     def prompt(self, call):
         product, visible, turns = as_call_view(call)
-        values, notes = slot_values(product, visible), []
+        values, guidance = slot_values(product, visible), []
         for stage in STAGES:
             candidates = sorted((m for m in self.library.templates.metadata if m["stage"] == stage),
                                 key=lambda m: (product.get("domain") not in m["domains"], -m["support"], m["id"]))
             filled = next((f for f in (fill_slots(m["text"], values) for m in candidates) if f), None)
             if filled:
-                notes.append(f"{stage.replace('_', ' ')}: {filled}")
+                guidance.append(f"{stage.replace('_', ' ')}: {filled}")
         history = chat_messages(product, visible, turns)[1:]
-        messages, _ = assemble_messages(self.tokenizer, system_prompt(product, visible), self.title, notes,
+        messages, _ = assemble_messages(self.tokenizer, system_prompt(product, visible), self.title, guidance,
                                         history, self.max_prompt_length)
         return self.tokenizer.encode_chat(messages), None
 
@@ -727,7 +725,7 @@ def chat(model_dir, library_dir, product_id=None, persona_seed=0):
             if line == "/quit":
                 return
             if line == "/outline":
-                print(outline.render() if outline else "(no outline yet)")
+                print(outline.full_text() if outline else "(no outline yet)")
             elif line:
                 turns.append({"role": "customer", "text": line})
                 break

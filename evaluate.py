@@ -13,12 +13,12 @@ headline). Both are drawn from the evaluation pool of names (world/personas.json
 evaluation customer shares a name, a business name or a profile with a training call:
 
 * **Turn level** (`select_turns`, `score_turns`). On held-out test calls, the salesperson turns the
-  Manager labelled good (on-stage and faithful: a deliberate mistake of the noisy corpus is no reference
+  Manager labelled good (on-stage and faithful: a deliberate mistake of the noisy corpus is no target
   to aim at), the same number per capability (the six stages of sales.STAGES, drawn with a seed). The
   system answers the call so far, greedily; the answer is scored with every term of the training reward
-  (reward.CompositeReward, with the *frozen base model* as the Bayesian reference for every system, so
+  (reward.CompositeReward, with the *frozen base model* as the ref_model for every system, so
   that numbers compare), with **intent appropriateness** (sales.classify_sales_intent(reply) equals the
-  reference turn's intent) and with its length in words. Aggregated per capability (the reference turn's
+  target turn's intent) and with its length in words. Aggregated per capability (the target turn's
   stage) and overall. *The capability score* of the report's first table is intent appropriateness: the
   share of turns where the reply does what a good salesperson did at that moment. It is bounded, needs no
   weights and reads the same for every system; the mean total reward is the second table. The held-out
@@ -286,18 +286,18 @@ def score_turns(selected, answers, reward_fn, batch_size=16):
         stage_before, _ = track_call(call["turns"][:sample.turn_index])
         reply_intent = classify_sales_intent(answer.reply, stage_before)
         records.append({"call_id": sample.call_id, "turn_index": sample.turn_index, "stage": sample.stage,
-                        "reference_intent": sample.intent, "reply_intent": reply_intent,
+                        "target_intent": sample.intent, "reply_intent": reply_intent,
                         "intent_appropriate": reply_intent == sample.intent,
-                        "thought": answer.thought, "reply": answer.reply, "reference": sample.reference,
+                        "thought": answer.thought, "reply": answer.reply, "target_reply": sample.target_reply,
                         "truncated": truncated, "reply_words": len(answer.reply.split()),
-                        "reference_words": len(sample.reference.split()),
+                        "target_words": len(sample.target_reply.split()),
                         **{key: terms[key][row] for key in REWARD_KEYS}})
     return records
 
 
 def aggregate_turns(records):
     """{"capabilities": {stage: summary}, "overall": summary}; a summary holds n, the mean of every reward
-    term, intent appropriateness (Wilson interval), total reward (t interval), reply and reference words,
+    term, intent appropriateness (Wilson interval), total reward (t interval), reply and target words,
     the share of truncated answers and, when a judge ran, its mean score and how many replies it could not score."""
     def summarize(rows):
         n = len(rows)
@@ -308,7 +308,7 @@ def aggregate_turns(records):
         for key in REWARD_KEYS:
             summary[key] = sum(r[key] for r in rows) / n
         summary["reply_words"] = sum(r["reply_words"] for r in rows) / n
-        summary["reference_words"] = sum(r["reference_words"] for r in rows) / n
+        summary["target_words"] = sum(r["target_words"] for r in rows) / n
         summary["truncated"] = sum(r["truncated"] for r in rows) / n
         if any("judge" in r for r in rows):
             scores = [r["judge"] for r in rows if r.get("judge") is not None]
@@ -488,7 +488,7 @@ class EvalSetup:
     settings: EvalSettings
     turns: list                # [(call, Sample)] held-out turns
     products: list             # product sheets of the closed loop
-    reward_fn: CompositeReward  # frozen base model as the Bayesian reference
+    reward_fn: CompositeReward  # the frozen base model as its ref_model
     judge: object = None       # Judge or None
 
     def jobs(self):
@@ -501,13 +501,13 @@ def make_eval_setup(config, settings, train_calls, test_calls, base_dir, domain=
     """Turns, products, reward and judge for one evaluation; `domain` restricts turns and products to it.
     The turns come from the half of the held-out calls that belongs to settings.customers (held_out_half).
 
-    The similarity embedder is fitted on the good reference replies of the training calls (as GRPO's is);
+    The similarity embedder is fitted on the good target replies of the training calls (as GRPO's is);
     turns whose plain prompt exceeds max_prompt_length under the base tokenizer are left out (as in GRPO)."""
     device = resolve_device(config.grpo.device)
     base, tokenizer = load_with_tokenizer(base_dir, device=device)
     base.eval().requires_grad_(False)
-    references = [s for call in train_calls for s in training_samples(call) if is_good_turn(s.labels)]
-    reward_fn = CompositeReward(config.reward, base, tokenizer, fit_similarity_embedder(references))
+    good = [s for call in train_calls for s in training_samples(call) if is_good_turn(s.labels)]
+    reward_fn = CompositeReward(config.reward, base, tokenizer, fit_similarity_embedder(good))
     calls = [c for c in held_out_half(test_calls, settings.customers) if domain in (None, c["domain"])]
     turns = select_turns(calls, settings.turns_per_stage, settings.seed,
                          lambda s: len(tokenizer.encode(s.prompt)) <= config.grpo.max_prompt_length)

@@ -16,7 +16,7 @@ One step, for each of `prompts_per_step` training prompts (a salesperson turn of
 Knob names follow TRL's GRPOConfig (config.GRPOConfig) so that results can be compared. Log-probs of
 completions come from the fused kernel on the final hidden states (model.continuation_logprobs): the
 [tokens x vocabulary] logits are never materialised for the training pass. Every pass over a group (the
-policy's forward and backward, the reference's log-probs for the KL, the Bayesian reward's prior and
+policy's forward and backward, the ref_model's log-probs for the KL, the Bayesian reward's prior and
 likelihood) runs its prompt once and lets the G completions attend to the prompt's keys and values:
 the prompt is most of each sequence, so this cuts the work of a pass several times over, with the same
 numbers and gradients up to float32 rounding (tests/test_shared_prefix.py; bench/grpo_step.py times it).
@@ -88,31 +88,31 @@ from training import learning_rate_at, load_trainer_state, make_optimizer, resol
 def load_prompt_pool(path, tokenizer, settings, library_dir=None):
     """Training samples from a corpus file, with their prompt token ids.
 
-    `reference_filter = "good"` keeps turns the Manager labelled on-stage and faithful: the Bayesian
+    `turn_filter = "good"` keeps turns the Manager labelled on-stage and faithful: the Bayesian
     likelihood should reward thoughts that explain *good* replies, not the corpus's deliberate mistakes.
     With a DOGA script library, `outline_share` of the calls (each chosen by a hash of its id) are prompted as
     the DOGA agent prompts at inference, its outline before every salesperson turn: train as it infers.
     Prompts longer than max_prompt_length are left out (cutting one would cut its system prompt).
     """
     calls = load_corpus(path)
-    whispers = [None] * len(calls)
+    outlines = [None] * len(calls)
     if library_dir and settings.outline_share > 0:
         chosen = [n for n, call in enumerate(calls)
                   if random.Random(f"{settings.seed}:{call['id']}").random() < settings.outline_share]
-        planned = DogaPlanner(ScriptLibrary.load(library_dir)).whispers(
+        planned = DogaPlanner(ScriptLibrary.load(library_dir)).outline_messages(
             [(calls[n]["product"], calls[n]["customer"]["visible"], calls[n]["turns"]) for n in chosen],
             next_turn=False)
-        for n, call_whispers in zip(chosen, planned):
-            whispers[n] = call_whispers
-    samples = [s for call, call_whispers in zip(calls, whispers) for s in training_samples(call, call_whispers)]
-    if settings.reference_filter == "good":
+        for n, call_outlines in zip(chosen, planned):
+            outlines[n] = call_outlines
+    samples = [s for call, call_outlines in zip(calls, outlines) for s in training_samples(call, call_outlines)]
+    if settings.turn_filter == "good":
         samples = [s for s in samples if is_good_turn(s.labels)]
     if not calls:
         raise ValueError(f"{path}: the corpus is empty (no calls)")
     if not samples:
         raise ValueError(f"{path}: none of its {len(calls)} calls has a salesperson turn to train on"
-                         + (" (grpo.reference_filter = 'good' keeps only turns labelled on-stage and faithful)"
-                            if settings.reference_filter == "good" else ""))
+                         + (" (grpo.turn_filter = 'good' keeps only turns labelled on-stage and faithful)"
+                            if settings.turn_filter == "good" else ""))
     ids = tokenizer.encode_batch(s.prompt for s in samples)
     kept = [(s, p) for s, p in zip(samples, ids) if len(p) <= settings.max_prompt_length]
     if not kept:
@@ -192,7 +192,7 @@ def timed(timings, phase):
 
 
 @torch.no_grad()
-def rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings, timings=None):
+def rollout(policy, ref_model, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings, timings=None):
     """Generate and score one group per prompt; everything the loss needs, batched [B = groups x G].
     timings: phase -> seconds, added to (bench/grpo_step.py reads them)."""
     G = settings.num_generations
@@ -223,8 +223,8 @@ def rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_
     with timed(timings, "policy forward + backward"):
         old = (continuation_logprobs(policy, sequences, loss_mask, settings.temperature)
                if settings.num_iterations > 1 else None)
-    with timed(timings, "reference"):
-        ref = (continuation_logprobs(reference, sequences, loss_mask, settings.temperature)
+    with timed(timings, "ref_model"):
+        ref = (continuation_logprobs(ref_model, sequences, loss_mask, settings.temperature)
                if settings.beta > 0 else None)
     return Rollout(sequences, loss_mask, old, ref, rewards, advantages, texts, truncated,
                    sequences.mask.sum(1).cpu())
@@ -293,7 +293,7 @@ def global_sum(value):
 # ----------------------------------------------------------------------------------------------
 # Training.
 
-def grpo_step(policy, reference, reward_fn, optimizer, tokenizer, samples, prompt_ids, group_seeds, settings, lr,
+def grpo_step(policy, ref_model, reward_fn, optimizer, tokenizer, samples, prompt_ids, group_seeds, settings, lr,
               timings=None):
     """One GRPO step on this process's groups: a rollout, then num_iterations updates at learning rate lr.
 
@@ -302,7 +302,7 @@ def grpo_step(policy, reference, reward_fn, optimizer, tokenizer, samples, promp
     `rollout` (the update's phases are "policy forward + backward" and "optimizer").
     """
     policy.eval()
-    batch = rollout(policy, reference, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings, timings)
+    batch = rollout(policy, ref_model, reward_fn, tokenizer, samples, prompt_ids, group_seeds, settings, timings)
     num_sequences = global_sum(len(batch.advantages))
     num_tokens = global_sum(batch.loss_mask.sum().item())
     for group in optimizer.param_groups:
@@ -359,8 +359,8 @@ def _train(config, model_dir, data_dir, out_dir, resume, audit, library_dir, ran
         return identity, claim_run_folder(out_dir, identity, resume)
 
     identity, checkpoint = on_main_process(claim, main_process)
-    reference, tokenizer = load_with_tokenizer(model_dir, dtype=dtype, device=device)
-    reference.eval().requires_grad_(False)
+    ref_model, tokenizer = load_with_tokenizer(model_dir, dtype=dtype, device=device)
+    ref_model.eval().requires_grad_(False)
     policy = load_pretrained(checkpoint or model_dir, dtype=dtype, device=device)
     optimizer = make_optimizer(policy, settings.learning_rate, settings.weight_decay)
     start_step = 0
@@ -372,7 +372,7 @@ def _train(config, model_dir, data_dir, out_dir, resume, audit, library_dir, ran
         print(f"--resume: no checkpoint under {out_dir}/checkpoints, starting from {model_dir}")
 
     samples, prompt_ids = load_prompt_pool(os.path.join(data_dir, "train.jsonl"), tokenizer, settings, library_dir)
-    reward_fn = CompositeReward(config.reward, reference, tokenizer, fit_similarity_embedder(samples))
+    reward_fn = CompositeReward(config.reward, ref_model, tokenizer, fit_similarity_embedder(samples))
 
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume_step=start_step - 1 if checkpoint else None) \
         if main_process else None
@@ -389,7 +389,7 @@ def _train(config, model_dir, data_dir, out_dir, resume, audit, library_dir, ran
         mine = range(rank * per_rank, (rank + 1) * per_rank)   # positions in the step's global batch
         lr = learning_rate_at(step, settings.steps, settings.learning_rate, settings.warmup_steps, 1.0)
         batch, stats, loss, grad_norm = grpo_step(
-            policy, reference, reward_fn, optimizer, tokenizer, [samples[global_indices[g]] for g in mine],
+            policy, ref_model, reward_fn, optimizer, tokenizer, [samples[global_indices[g]] for g in mine],
             [prompt_ids[global_indices[g]] for g in mine],
             [settings.seed * 1_000_003 + step * 1000 + g for g in mine], settings, lr)
         record = step_metrics(step, batch, stats, loss, grad_norm, lr, settings, started)
@@ -411,7 +411,7 @@ def _train(config, model_dir, data_dir, out_dir, resume, audit, library_dir, ran
         audit_file.close()
     if main_process:
         save_checkpoint(os.path.join(out_dir, "final"), policy, tokenizer, identity)
-    return policy, reference, reward_fn, tokenizer
+    return policy, ref_model, reward_fn, tokenizer
 
 
 def step_metrics(step, batch, stats, loss, grad_norm, lr, settings, started):
@@ -453,7 +453,7 @@ def warn_if_degenerate(record, settings, progress, groups):
 
 def write_audit(audit_file, step, batch, stats, samples, G):
     """One line per completion: what it said, every reward term, its advantage and its ratios. The first line of
-    each group also holds the group's prompt (as the policy saw it) and reference reply A*: once per group, as
+    each group also holds the group's prompt (as the policy saw it) and target reply A*: once per group, as
     the prompt is most of a line's size (`calls_page.py audit` shows each with its group)."""
     for row, text in enumerate(batch.completions):
         sample = samples[row // G]
@@ -468,7 +468,7 @@ def write_audit(audit_file, step, batch, stats, samples, G):
                       if tokens.any() else None),
         }
         if row % G == 0:
-            record.update(prompt=sample.prompt, reference=sample.reference)
+            record.update(prompt=sample.prompt, target_reply=sample.target_reply)
         audit_file.write(json.dumps(record) + "\n")
     audit_file.flush()
 
@@ -493,13 +493,13 @@ def held_out_reward(model, reward_fn, tokenizer, samples, prompt_ids, settings):
     return {name: total / (len(samples) * G) for name, total in sums.items()}
 
 
-def summarize(config, policy, reference, reward_fn, tokenizer, data_dir, out_dir):
-    """Held-out mean reward of the base (the frozen reference) and of the trained policy."""
+def summarize(config, policy, ref_model, reward_fn, tokenizer, data_dir, out_dir):
+    """Held-out mean reward of the base (the frozen ref_model) and of the trained policy."""
     settings = config.grpo
     samples, prompt_ids = load_prompt_pool(os.path.join(data_dir, "test.jsonl"), tokenizer, settings)
     chosen = prompts_for_step(0, len(samples), min(settings.eval_prompts, len(samples)), settings.seed + 1)
     samples, prompt_ids = [samples[i] for i in chosen], [prompt_ids[i] for i in chosen]
-    before = held_out_reward(reference, reward_fn, tokenizer, samples, prompt_ids, settings)
+    before = held_out_reward(ref_model, reward_fn, tokenizer, samples, prompt_ids, settings)
     after = held_out_reward(policy, reward_fn, tokenizer, samples, prompt_ids, settings)
     print(f"\nheld-out reward, {len(samples)} test prompts x {settings.num_generations} samples each")
     print(f"{'term':<18}{'base':>10}{'GRPO':>10}")
@@ -525,12 +525,12 @@ def main():
     config, trained = None, False
     try:
         config = load_config(args.config)
-        policy, reference, reward_fn, tokenizer = train(config, args.model, args.data, args.out,
+        policy, ref_model, reward_fn, tokenizer = train(config, args.model, args.data, args.out,
                                                         resume=args.resume, audit=args.audit,
                                                         library_dir=args.library)
         trained = True
         if not args.no_summary and (not dist.is_initialized() or dist.get_rank() == 0):
-            summarize(config, policy, reference, reward_fn, tokenizer, args.data, args.out)
+            summarize(config, policy, ref_model, reward_fn, tokenizer, args.data, args.out)
     except (ConfigError, CorpusError, CheckpointError, RunLocked, ValueError, OSError) as error:
         raise SystemExit(f"error: {error}")
     except KeyboardInterrupt:

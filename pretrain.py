@@ -101,27 +101,27 @@ def get_tokenizer(out_dir, corpus_file, calls, vocab_size):
     return tokenizer
 
 
-def outline_whispers(calls, library_dir, share, seed):
-    """{call id: whispers} for `share` of the calls (each chosen by a hash of its id and `seed`): DOGA's outline
+def planned_outlines(calls, library_dir, share, seed):
+    """{call id: outlines} for `share` of the calls (each chosen by a hash of its id and `seed`): DOGA's outline
     before each of their salesperson turns, planned as the agent plans at inference (doga.DogaPlanner)."""
     chosen = [call for call in calls if random.Random(f"{seed}:{call['id']}").random() < share]
     if not chosen:
         return {}
     planner = DogaPlanner(ScriptLibrary.load(library_dir))
-    whispers = planner.whispers([(c["product"], c["customer"]["visible"], c["turns"]) for c in chosen],
+    outlines = planner.outline_messages([(c["product"], c["customer"]["visible"], c["turns"]) for c in chosen],
                                 next_turn=False)
-    return {call["id"]: w for call, w in zip(chosen, whispers)}
+    return {call["id"]: messages for call, messages in zip(chosen, outlines)}
 
 
-def call_rows(calls, tokenizer, seq_len, whispers=None):
+def call_rows(calls, tokenizer, seq_len, outlines=None):
     """One row per call, from its system prompt on: (inputs, targets), lists of token-id lists.
 
-    whispers: {call id: {turn index: text}} (corpus.chat_messages); whispered tokens get target -100. A call
+    outlines: {call id: {turn index: text}} (corpus.chat_messages); outline tokens get target -100. A call
     longer than seq_len + 1 tokens is cut at the end."""
     inputs, targets = [], []
     for call in calls:
         ids, labels = [], []
-        for index, message in enumerate(call_messages(call, (whispers or {}).get(call["id"]))):
+        for index, message in enumerate(call_messages(call, (outlines or {}).get(call["id"]))):
             encoded = tokenizer.encode(render_chat([message], add_generation_prompt=False))
             ids += encoded
             labels += [-100] * len(encoded) if index > 0 and message["role"] == "system" else encoded
@@ -138,7 +138,7 @@ def sft_examples(calls, tokenizer, seq_len):
     for call in calls:
         for sample in training_samples(call):
             prompt = tokenizer.encode(sample.prompt)
-            answer = tokenizer.encode(format_assistant(sample.thought, sample.reference)) + [tokenizer.eos_id]
+            answer = tokenizer.encode(format_assistant(sample.thought, sample.target_reply)) + [tokenizer.eos_id]
             ids = (prompt + answer)[-(seq_len + 1):]             # keep the answer if the prompt is long
             labels = ([-100] * len(prompt) + answer)[-(seq_len + 1):]
             inputs.append(ids[:-1])
@@ -205,10 +205,10 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
     if sft:
         inputs, targets = sft_examples(calls, tokenizer, settings.seq_len)
     else:
-        whispers = (outline_whispers(calls, library_dir, settings.outline_share, settings.seed)
+        outlines = (planned_outlines(calls, library_dir, settings.outline_share, settings.seed)
                     if library_dir and settings.outline_share > 0 else {})
-        inputs, targets = call_rows(calls, tokenizer, settings.seq_len, whispers)
-        print(f"{len(whispers)} of {len(calls)} calls with DOGA's outlines; "
+        inputs, targets = call_rows(calls, tokenizer, settings.seq_len, outlines)
+        print(f"{len(outlines)} of {len(calls)} calls with DOGA's outlines; "
               f"{sum(len(row) == settings.seq_len for row in inputs)} cut at seq_len={settings.seq_len}")
     params = count_parameters(model)
     print(f"{'SFT' if sft else 'pretraining'}: {params / 1e6:.2f}M parameters, {len(inputs)} sequences of up to "

@@ -218,14 +218,14 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
                                   f"({s['judge_missing']} missing)")
     lines += ["", "## Turn level, overall", "",
               "| system | intent appropriateness | total reward | format | similarity | faithfulness | manager | "
-              "bayes (prior + likelihood) | words (reference) | truncated |", "|" + "---|" * 10]
+              "bayes (prior + likelihood) | words (target) | truncated |", "|" + "---|" * 10]
     for name, result in in_report_order(systems):
         o = result["overall"]
         lines.append(f"| {row_name(name, result)} | {_interval(o['intent_appropriateness'], '.2f')} | "
                      f"{_interval(o['total_reward'], '.3f')} | {o['format']:.2f} | {o['similarity']:.3f} | "
                      f"{o['faithfulness']:.3f} | {o['manager']:.3f} | {o['bayes']:.2f} "
                      f"({o['bayes_prior']:.2f} + {o['bayes_likelihood']:.2f}) | "
-                     f"{o['reply_words']:.1f} ({o['reference_words']:.1f}) | {o['truncated']:.0%} |")
+                     f"{o['reply_words']:.1f} ({o['target_words']:.1f}) | {o['truncated']:.0%} |")
     lines += ["", "## Closed loop against simulated customers",
               "Rates with Wilson 95% intervals; per-call means with Student-t 95% intervals. The rows labelled "
               "*reference:* play the same customers without a trained model; they and the *diagnostic:* rows are "

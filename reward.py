@@ -1,35 +1,38 @@
 """The composite reward of AI-Salesman's training engine (docs/design.md, "Rewards").
 
-For a prompt (the call so far) with reference reply A*, a completion `<think>Th</think> reply` earns
+For a prompt (the call so far) with target reply A* (what the corpus's salesperson said), a completion
+`<think>Th</think> reply` earns
 
     total = w_format * format + w_similarity * similarity + w_faithfulness * faithfulness
             + w_manager * manager + w_bayes * bayes
 
 * format        1 if the answer is one non-empty thought block then a non-empty reply, and not truncated.
 * similarity    cosine of reply and A* under the TF-IDF embedder of retrieval.py, both with their names and
-                numbers masked (sales.mask_values): it measures the phrasing of the move, so repeating the
-                customer's name or a number is no likeness.
+                numbers masked (sales.mask_values) and the reply's bare number lists dropped: it measures the
+                phrasing of the move, so repeating the customer's name or a number is no likeness.
 * faithfulness  precision x coverage - (1 - precision), over *distinct* claims (sales.check_claims, the
                 checker the Manager labels with), in [-1, 1]: precision is the share of the reply's numbers the
-                sheet or profile supports (another product's or company's name counts as wrong, the product's
-                own name does not raise it); coverage is the share of A*'s facts the reply states. A claim-free
-                reply earns nothing where A* gives facts, and a wrong claim costs: leaving a fact out beats
-                getting it wrong. A forbidden promise scores -1.
+                sheet or profile supports, each about its own subject (another product's, company's,
+                customer's or business's name counts as wrong, the product's own name does not raise it);
+                coverage is the share of A*'s facts the reply states. A claim-free reply earns nothing where A*
+                gives facts, and a wrong claim costs: leaving a fact out beats getting it wrong. A forbidden
+                promise scores -1.
 * manager       the Manager's view of the move (sales.stage_move on the reply's intent in the stage the call
-                was in): 1 for the move A* made, 0.5 for another on-stage move, 0 for an off-stage move or a
-                mistake (pressure, a generic pitch).
+                was in): 1 for the move A* made, 0.5 for another on-stage move, 0 for an off-stage move, a
+                mistake (pressure, a generic pitch) or words that are not speech (sales.is_speech).
 * bayes         the Bayesian reasoning reward, prior + likelihood:
                     prior      = mean_t log P_ref(Th_t | c, Th_<t)          how coherent the thought is
                     likelihood = mean_t log P_ref(A*_t | c, Th, A*_<t)     how well it explains A*
-                both under the *frozen reference* model, each length-normalised and floored at
+                both under the frozen reference model (`ref_model`), each length-normalised and floored at
                 `bayes_floor` so that one absurd token cannot swamp the group.
 
 No term can be raised by saying less, by repeating a name or a number, or by a minimal answer: tests on
-hand-made replies to real corpus turns check each (tests/test_reward.py). Beside the reward, every completion
-is measured on what it *does* (BEHAVIOUR_KEYS: an on-stage move, the reference's move, claim-free where the
-reference states facts), logged per step, so that reward hacking shows as it happens.
+hand-made replies to real corpus turns check each (tests/test_reward.py, tests/test_reward_ranks.py, whose
+mutants show that each rule is guarded). Beside the reward, every completion
+is measured on what it *does* (BEHAVIOUR_KEYS: an on-stage move, the target reply's move, claim-free where
+the target reply states facts), logged per step, so that reward hacking shows as it happens.
 
-With w_bayes = 0 the reference pass is skipped and both parts read as the floor (the no-bayes ablation).
+With w_bayes = 0 the ref_model pass is skipped and both parts read as the floor (the no-bayes ablation).
 Otherwise it runs each distinct prompt once, and the answers of its rows (a GRPO group) attend to that
 prompt's keys and values (model.continuation_logprobs).
 
@@ -59,19 +62,19 @@ TERMS = ("format", "similarity", "faithfulness", "manager", "bayes")
 # Everything CompositeReward returns: the weighted total, the terms, and the two halves of `bayes`.
 REWARD_KEYS = ("total",) + TERMS + ("bayes_prior", "bayes_likelihood")
 # What the replies *do*, measured on every completion and logged beside the reward, never weighted: an
-# on-stage move, the move the reference made, and claim-free where the reference states facts. A reward that
+# on-stage move, the move of the target reply, and claim-free where the target reply states facts. A reward that
 # rises while these fall is being gamed.
 BEHAVIOUR_KEYS = ("on_stage", "intent_match", "claim_free")
-# The manager term for an on-stage move other than the reference's: a good move, but not the one a good
-# salesperson made here (the reference's move earns 1, an off-stage move or a mistake 0).
+# The manager term for an on-stage move other than the target reply's: a good move, but not the one a good
+# salesperson made here (the target reply's move earns 1, an off-stage move or a mistake 0).
 OTHER_MOVE_CREDIT = 0.5
 # What a wrong claim costs the faithfulness term, per unit of lost precision: a wrong fact is worse than none.
 WRONG_FACT_COST = 1.0
 
 
 @torch.no_grad()
-def bayes_terms(model, tokenizer, prompt_ids, thoughts, references):
-    """Prior and likelihood of the Bayesian reward for a batch, under `model` (the frozen reference).
+def bayes_terms(model, tokenizer, prompt_ids, thoughts, target_replies):
+    """Prior and likelihood of the Bayesian reward for a batch, under `model` (the frozen ref_model).
 
     Each sequence is the prompt followed by the answer `<think>Th</think>\nA*` written by
     tokenizer.format_assistant and encoded as one string, exactly as the model reads an answer, so a
@@ -80,63 +83,63 @@ def bayes_terms(model, tokenizer, prompt_ids, thoughts, references):
     A prompt shared by several rows (a GRPO group) is run once and its answers attend to its keys and
     values (model.continuation_logprobs).
     """
-    answers, thought_masks, reference_masks = [], [], []
-    for thought, reference in zip(thoughts, references):
-        answer = format_assistant(thought, reference)
+    answers, thought_masks, target_masks = [], [], []
+    for thought, target in zip(thoughts, target_replies):
+        answer = format_assistant(thought, target)
         answer_ids, offsets = tokenizer.encode_with_offsets(answer)
         thought_start = len(THINK_OPEN)
-        thought_end, reference_start = thought_start + len(thought), len(answer) - len(reference)
+        thought_end, target_start = thought_start + len(thought), len(answer) - len(target)
         answers.append(answer_ids)
         thought_masks.append([int(thought_start <= a < thought_end) for a, _ in offsets])
-        reference_masks.append([int(a >= reference_start) for a, _ in offsets])
+        target_masks.append([int(a >= target_start) for a, _ in offsets])
     device = model.lm_head_weight.device
     sequences = Continuations.from_lists(prompt_ids, answers, tokenizer.pad_id, device)
     prior_mask, _ = pad_right(thought_masks, 0, device)                      # [B, La]
-    likelihood_mask, _ = pad_right(reference_masks, 0, device)
+    likelihood_mask, _ = pad_right(target_masks, 0, device)
     logprobs = continuation_logprobs(model, sequences, prior_mask | likelihood_mask)
     prior = (logprobs * prior_mask).sum(1) / prior_mask.sum(1).clamp(min=1)
     likelihood = (logprobs * likelihood_mask).sum(1) / likelihood_mask.sum(1).clamp(min=1)
     return prior.cpu(), likelihood.cpu()
 
 
-def coverage(reply, reference):
-    """The share of the reference's distinct facts the reply states (each about its own subject), 1 when the
-    reference states none."""
-    return len(reply.facts & reference.facts) / len(reference.facts) if reference.facts else 1.0
+def coverage(reply, target):
+    """The share of the target reply's distinct facts the reply states (each about its own subject), 1 when
+    the target reply states none."""
+    return len(reply.facts & target.facts) / len(target.facts) if target.facts else 1.0
 
 
-def faithfulness_score(reply, reference):
-    """Faithfulness of a reply from its ClaimCheck and the reference's, in [-1, 1]: facts earn, falsehoods cost.
+def faithfulness_score(reply, target):
+    """Faithfulness of a reply from its ClaimCheck and the target reply's, in [-1, 1]: facts earn, falsehoods cost.
 
         faithfulness = precision x coverage - WRONG_FACT_COST x (1 - precision)
 
     precision  distinct supported numbers / (distinct numbers + distinct wrong names), 1 when there are none.
                The product's and the company's own names are facts, but they do not raise precision: naming
                the product cannot excuse a wrong price.
-    coverage   share of the reference's distinct facts the reply states, 1 when the reference states none.
-    So the reference's facts said right score 1, nothing checkable where the reference gives facts 0, and
+    coverage   share of the target reply's distinct facts the reply states, 1 when it states none.
+    So the target reply's facts said right score 1, nothing checkable where it gives facts 0, and
     a wrong number -1: leaving a fact out always beats getting it wrong, as it does with a real customer.
     A forbidden promise scores -1."""
     if reply.forbidden:
         return -1.0
     checked = reply.numbers + len(reply.wrong)
     precision = reply.numbers / checked if checked else 1.0
-    return precision * coverage(reply, reference) - WRONG_FACT_COST * (1.0 - precision)
+    return precision * coverage(reply, target) - WRONG_FACT_COST * (1.0 - precision)
 
 
 def fit_similarity_embedder(samples):
-    """The similarity term's embedder, fitted on the masked reference replies of training samples."""
-    return HashedTfidfEmbedder().fit([mask_values(s.reference, s.product, s.visible) for s in samples])
+    """The similarity term's embedder, fitted on the masked target replies of training samples."""
+    return HashedTfidfEmbedder().fit([mask_values(s.target_reply, s.product, s.visible) for s in samples])
 
 
 class CompositeReward:
     """Scores completions of training samples (corpus.Sample); see the module docstring."""
 
-    def __init__(self, config, reference_model, tokenizer, embedder):
+    def __init__(self, config, ref_model, tokenizer, embedder):
         self.config = config              # config.RewardConfig
-        self.reference_model = reference_model
+        self.ref_model = ref_model
         self.tokenizer = tokenizer
-        self.embedder = embedder          # fit_similarity_embedder: fitted on masked reference replies
+        self.embedder = embedder          # fit_similarity_embedder: fitted on masked target replies
 
     def weights(self):
         return {term: getattr(self.config, term) for term in TERMS}
@@ -159,24 +162,24 @@ class CompositeReward:
             intent = classify_sales_intent(answer.reply, sample.stage_before)
             on_stage, _ = stage_move(intent, sample.stage_before)
             reply = check_claims(answer.reply, sample.product, sample.visible)
-            reference = check_claims(sample.reference, sample.product, sample.visible)
+            target = check_claims(sample.target_reply, sample.product, sample.visible)
             terms["on_stage"][i] = float(on_stage)
             terms["intent_match"][i] = float(intent == sample.intent)
-            terms["claim_free"][i] = float(bool(reference.facts) and not reply.facts and not reply.wrong)
+            terms["claim_free"][i] = float(bool(target.facts) and not reply.facts and not reply.wrong)
             if ok[i]:
                 terms["manager"][i] = (1.0 if intent == sample.intent else OTHER_MOVE_CREDIT) if on_stage else 0.0
-                terms["faithfulness"][i] = faithfulness_score(reply, reference)
+                terms["faithfulness"][i] = faithfulness_score(reply, target)
         rows = ok.nonzero().flatten().tolist()
         if rows:
             replies = [mask_values(without_lists(parsed[i].reply), samples[i].product, samples[i].visible)
                        for i in rows]
-            references = [mask_values(samples[i].reference, samples[i].product, samples[i].visible) for i in rows]
-            cosine = (self.embedder.encode(replies) * self.embedder.encode(references)).sum(axis=1).clip(0.0, 1.0)
+            targets = [mask_values(samples[i].target_reply, samples[i].product, samples[i].visible) for i in rows]
+            cosine = (self.embedder.encode(replies) * self.embedder.encode(targets)).sum(axis=1).clip(0.0, 1.0)
             terms["similarity"][rows] = torch.as_tensor(cosine, dtype=torch.float32)
-            if self.config.bayes != 0:  # an unweighted term is not worth a reference forward pass
-                prior, likelihood = bayes_terms(self.reference_model, self.tokenizer,
+            if self.config.bayes != 0:  # an unweighted term is not worth a ref_model forward pass
+                prior, likelihood = bayes_terms(self.ref_model, self.tokenizer,
                                                 [prompt_ids[i] for i in rows], [parsed[i].thought for i in rows],
-                                                [samples[i].reference for i in rows])
+                                                [samples[i].target_reply for i in rows])
                 terms["bayes_prior"][rows] = prior.clamp(min=floor)
                 terms["bayes_likelihood"][rows] = likelihood.clamp(min=floor)
         terms["bayes"] = terms["bayes_prior"] + terms["bayes_likelihood"]

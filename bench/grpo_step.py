@@ -55,7 +55,7 @@ from tokenizer import ChatTokenizer  # noqa: E402
 from training import learning_rate_at, make_optimizer  # noqa: E402
 
 
-PHASES = ("generate", "reward", "reference", "policy forward + backward", "optimizer")
+PHASES = ("generate", "reward", "ref_model", "policy forward + backward", "optimizer")
 PATHS = {"full-sequence": False, "shared-prefix": True}
 # Metrics that describe the step's outcome (not its speed), compared between the two paths.
 COMPARED = ("reward_mean", "reward_std", "reward_bayes", "completion_len_mean", "kl", "entropy", "loss", "grad_norm")

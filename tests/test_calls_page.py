@@ -150,7 +150,7 @@ def audit_lines():
                         "advantage": n - 1.0, "ratio": {"mean": 1.0 + n / 1000, "min": 0.99, "max": 1.01}}
                 if n == 0:
                     line.update(prompt=f"<|im_start|>system\nYou sell {step}/{group}<|im_end|>",
-                                reference=f"It is $4{group}.")
+                                target_reply=f"It is $4{group}.")
                 lines.append(line)
     return lines
 
@@ -167,7 +167,7 @@ def test_audit_page_shows_every_term_advantage_and_ratio(tmp_path):
         assert all(f"<td>{value:.3f}</td>" in row for value in line["rewards"].values())
         assert f"{line['advantage']:.3f}</b>" in row and f"{line['ratio']['mean']:.4f} [0.9900, 1.0100]" in row
         if "prompt" in line:
-            assert escape(line["prompt"]) in text and escape(line["reference"]) in text
+            assert escape(line["prompt"]) in text and escape(line["target_reply"]) in text
     assert "<script" not in text and "<think>" not in text and "<|im_start|>" not in text
     assert text.count('<div class="group">') == 4 and 'href="#step-1"' in text
     assert "total reward mean 0.100, std 0.100" in text                 # step 0, group 0: 0, 0.1, 0.2

@@ -153,7 +153,7 @@ def test_training_samples(calls):
     assert [s.turn_index for s in samples] == sales_indices
     for sample in samples:
         turn = call["turns"][sample.turn_index]
-        assert sample.reference == turn["text"] and sample.thought == turn["thought"]
+        assert sample.target_reply == turn["text"] and sample.thought == turn["thought"]
         assert (sample.stage, sample.intent, sample.labels) == (turn["stage"], turn["intent"], turn["labels"])
         assert sample.product is call["product"] and sample.visible is call["customer"]["visible"]
         history = [{"role": "assistant" if t["role"] == "sales" else "user", "content": t["text"]}
@@ -193,20 +193,20 @@ def test_write_corpus_leaves_the_old_file_when_writing_fails(tmp_path, calls):
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
 
 
-def test_whispers_stand_before_the_turns_they_guided(calls):
+def test_outlines_stand_before_the_turns_they_guided(calls):
     """DOGA's outline as system messages: before each salesperson turn it guided, and last before the turn to
     speak; a sample's prompt shows the outlines up to its own turn only."""
     call = calls[0]
     sales = [i for i, t in enumerate(call["turns"]) if t["role"] == "sales"]
-    whispers = {i: f"Outline {i}" for i in sales}
-    messages = chat_messages(call["product"], call["customer"]["visible"], call["turns"][:sales[2]], whispers)
+    outlines = {i: f"Outline {i}" for i in sales}
+    messages = chat_messages(call["product"], call["customer"]["visible"], call["turns"][:sales[2]], outlines)
     roles = [m["role"] for m in messages]
     assert roles[0] == "system" and roles[-1] == "system" and messages[-1]["content"] == f"Outline {sales[2]}"
     assert [m["content"] for m in messages if m["role"] == "system"][1:] == [f"Outline {i}" for i in sales[:3]]
     for position, message in enumerate(messages[1:-1], start=1):
         if message["role"] == "system":
             assert messages[position + 1]["role"] == "assistant"      # each outline is right before its turn
-    samples = training_samples(call, whispers)
+    samples = training_samples(call, outlines)
     for sample in samples:
         shown = [m["content"] for m in sample.messages if m["role"] == "system"][1:]
         assert shown == [f"Outline {i}" for i in sales if i <= sample.turn_index]
@@ -214,5 +214,5 @@ def test_whispers_stand_before_the_turns_they_guided(calls):
         assert sample.stage_before == before
     plain = training_samples(call)
     assert [s.prompt for s in plain] == [s.prompt for s in training_samples(call, {})]
-    text = render_call_text(call, {i: w for i, w in whispers.items()})
+    text = render_call_text(call, {i: w for i, w in outlines.items()})
     assert text.count("<|im_start|>system\n") == 1 + len(sales)

@@ -151,18 +151,18 @@ def test_prompt_respects_max_prompt_length(tokenizer, calls):
     call = calls[0]
     header = "You are a salesperson. " + "Facts. " * 20
     history = [{"role": "assistant" if t["role"] == "sales" else "user", "content": t["text"]} for t in call["turns"]]
-    notes = [f"Proven line: {t['text']}" for t in call["turns"][:6]]
+    guidance = [f"Proven line: {t['text']}" for t in call["turns"][:6]]
     full = len(tokenizer.encode_chat([{"role": "system", "content": header}] + history))
     for budget in (full // 3, full // 2, full, full * 3):
-        messages, kept = assemble_messages(tokenizer, header, "Outline:", notes, history, budget)
+        messages, kept = assemble_messages(tokenizer, header, "Outline:", guidance, history, budget)
         assert len(tokenizer.encode_chat(messages)) <= budget
         assert messages[0]["content"].startswith(header)              # the header is never cut
         assert messages[-1] == history[-1]                             # the latest message stays
-        assert notes[:len(kept)] == kept                               # notes are dropped from the end
-    messages, kept = assemble_messages(tokenizer, header, "Outline:", notes, history, full * 3)
-    assert kept == notes and messages[1:] == history
+        assert guidance[:len(kept)] == kept                            # guidance is dropped from the end
+    messages, kept = assemble_messages(tokenizer, header, "Outline:", guidance, history, full * 3)
+    assert kept == guidance and messages[1:] == history
     with pytest.raises(PromptTooLong):
-        assemble_messages(tokenizer, header, "Outline:", notes, history, 10)
+        assemble_messages(tokenizer, header, "Outline:", guidance, history, 10)
 
 
 def test_library_save_load_round_trip(library, calls, tmp_path):
@@ -232,17 +232,17 @@ def test_recorded_outlines_are_the_ones_the_calls_were_played_with(library, call
 
 def test_doga_prompt_is_the_training_prompt(library, tokenizer, calls):
     """Train as it infers: for a call so far, the DOGA agent prompts exactly as GRPO's pool and pretraining
-    render it (corpus.chat_messages with the planner's whispers before every salesperson turn)."""
+    render it (corpus.chat_messages with the planner's outlines before every salesperson turn)."""
     model = Qwen2(Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32,
                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)).eval()
     agent = DogaAgent(model, tokenizer, library, max_prompt_length=10_000)
     call = calls[330]
-    [whispers] = agent.planner.whispers([(call["product"], call["customer"]["visible"], call["turns"])],
+    [outlines] = agent.planner.outline_messages([(call["product"], call["customer"]["visible"], call["turns"])],
                                         next_turn=False)
-    for sample in training_samples(call, whispers):
+    for sample in training_samples(call, outlines):
         prompt_ids, outline = agent.prompt({**call, "turns": call["turns"][:sample.turn_index]})
         assert prompt_ids == tokenizer.encode(sample.prompt)
-        assert sample.messages[-1] == {"role": "system", "content": outline.whisper()}
+        assert sample.messages[-1] == {"role": "system", "content": outline.message()}
     # over budget: the oldest history goes first; the system prompt, the customer's words and the outline stay
     last = {**call, "turns": call["turns"][:max(i for i, t in enumerate(call["turns"]) if t["role"] == "sales")]}
     full = len(agent.prompt(last)[0])
@@ -250,7 +250,7 @@ def test_doga_prompt_is_the_training_prompt(library, tokenizer, calls):
     ids, outline = short.prompt(last)
     text = tokenizer.decode(ids)
     assert len(ids) <= full // 2 and text.startswith("<|im_start|>system\nYou are a telesales agent")
-    assert text.endswith(f"{outline.whisper()}<|im_end|>\n<|im_start|>assistant\n")
+    assert text.endswith(f"{outline.message()}<|im_end|>\n<|im_start|>assistant\n")
 
 
 @pytest.fixture(scope="module")

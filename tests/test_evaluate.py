@@ -89,15 +89,15 @@ def test_reference_answers_score_similarity_one_and_intent_appropriate(scorer):
     selected = evaluate.select_turns(calls, per_stage=2, seed=0)
     assert {s.stage for _, s in selected} <= set(STAGES) and len(selected) >= 8
     assert all(s.labels["on_stage"] and s.labels["faithful"] for _, s in selected)
-    answers = [(format_assistant("Say what a good salesperson says.", s.reference), False) for _, s in selected]
+    answers = [(format_assistant("Say what a good salesperson says.", s.target_reply), False) for _, s in selected]
     records = evaluate.score_turns(selected, answers, reward_fn)
     for record, (_, sample) in zip(records, selected):
         # the float32 sum of squares of a unit vector: within gamma_m of 1 (tests/test_reward.py says why)
-        nonzero = np.count_nonzero(reward_fn.embedder.encode([sample.reference])[0])
+        nonzero = np.count_nonzero(reward_fn.embedder.encode([sample.target_reply])[0])
         assert abs(record["similarity"] - 1) <= dot_bound(nonzero + 3)
         assert record["intent_appropriate"] and record["reply_intent"] == sample.intent
         assert record["format"] == 1.0 and record["faithfulness"] == 1.0
-        assert record["reply_words"] == len(sample.reference.split())
+        assert record["reply_words"] == len(sample.target_reply.split())
     summary = evaluate.aggregate_turns(records)
     assert summary["overall"]["intent_appropriateness"]["value"] == 1.0
     assert summary["overall"]["n"] == len(records)
@@ -111,14 +111,14 @@ def test_reference_answers_score_similarity_one_and_intent_appropriate(scorer):
 def test_wrong_price_malformed_and_truncated_answers(scorer):
     calls, _, _, reward_fn = scorer
     priced = next((c, s) for c, s in evaluate.select_turns(calls, per_stage=50, seed=0)
-                  if f"${s.product['price']}" in s.reference)
+                  if f"${s.product['price']}" in s.target_reply)
     call, sample = priced
-    wrong = sample.reference.replace(f"${sample.product['price']}", f"${sample.product['price'] + 13}")
+    wrong = sample.target_reply.replace(f"${sample.product['price']}", f"${sample.product['price'] + 13}")
     answers = [(format_assistant("Quote it.", wrong), False),                   # a wrong price
                ("no thought block, just talk", False),                           # malformed
-               (format_assistant("Quote it.", sample.reference), True),          # cut at the length limit
+               (format_assistant("Quote it.", sample.target_reply), True),          # cut at the length limit
                (format_assistant("Greet.", "Good morning, lovely weather today."), False),   # another intent
-               (format_assistant("Quote it.", sample.reference), False)]         # the reference itself
+               (format_assistant("Quote it.", sample.target_reply), False)]         # the reference itself
     records = evaluate.score_turns([priced] * 5, answers, reward_fn)
     # Faithfulness is in [-1, 1]; the wrong price costs against the reference's own facts.
     assert -1.0 <= records[0]["faithfulness"] < records[4]["faithfulness"] and records[0]["format"] == 1.0
@@ -214,7 +214,7 @@ def test_judge_retries_then_counts_missing(tmp_path, scorer, monkeypatch):
     monkeypatch.setattr(evaluate, "generate_batch", lambda *args, **kwargs: next(answers))
     scores, attempts = judge.score(samples, ["a", "b", "c"])
     assert scores == [8, 6, None] and attempts == [2, 1, 3]
-    records = [{"stage": s.stage, "intent_appropriate": True, "reply_words": 1, "reference_words": 2,
+    records = [{"stage": s.stage, "intent_appropriate": True, "reply_words": 1, "target_words": 2,
                 "truncated": False, "judge": j,
                 **{k: 0.0 for k in evaluate.REWARD_KEYS}} for s, j in zip(samples, scores)]
     overall = evaluate.aggregate_turns(records)["overall"]
@@ -256,7 +256,7 @@ def test_report_from_a_smoke_run(tmp_path):
         for summary in list(system["capabilities"].values()) + [system["overall"]]:
             if summary["n"]:
                 assert 0 <= summary["intent_appropriateness"]["value"] <= 1
-                expected = evaluate.REWARD_KEYS + ("reply_words", "reference_words", "truncated")
+                expected = evaluate.REWARD_KEYS + ("reply_words", "target_words", "truncated")
                 assert all(key in summary for key in expected)
         loop = system["closed_loop"]
         assert loop["calls"] == 12                                              # 12 products x 1

@@ -107,7 +107,7 @@ def test_metrics_audit_and_checkpoints(setup, tmp_path, monkeypatch):
     assert {"prompt_id", "completion", "rewards", "advantage", "ratio"} <= set(audit[0])
     group = [a["advantage"] for a in audit[:4]]
     assert sum(group) == pytest.approx(0, abs=1e-5)                 # advantages are centred per group
-    assert [("prompt" in a, "reference" in a) for a in audit] == [(i % 4 == 0,) * 2 for i in range(len(audit))]
+    assert [("prompt" in a, "target_reply" in a) for a in audit] == [(i % 4 == 0,) * 2 for i in range(len(audit))]
     page = open(calls_page.write_audit_page(str(out)), encoding="utf-8").read()   # every completion on the page
     assert all(escape(a["prompt"]) in page for a in audit[::4]) and all(escape(a["completion"]) in page for a in audit)
     assert sorted(os.listdir(out / "checkpoints")) == ["step-000002", "step-000004"]

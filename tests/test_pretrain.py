@@ -28,23 +28,23 @@ def tokenizer(calls):
 
 
 def test_a_row_is_the_whole_call_and_its_outlines_get_no_loss(calls, tokenizer):
-    whispers = {calls[0]["id"]: {i: f"Outline: say line {i}." for i, t in enumerate(calls[0]["turns"])
+    outlines = {calls[0]["id"]: {i: f"Outline: say line {i}." for i, t in enumerate(calls[0]["turns"])
                                  if t["role"] == "sales"}}
-    inputs, targets = call_rows(calls, tokenizer, seq_len=10_000, whispers=whispers)
+    inputs, targets = call_rows(calls, tokenizer, seq_len=10_000, outlines=outlines)
     for call, ids, labels in zip(calls, inputs, targets):
         # Message by message, the encoding is the encoding of the whole rendered call (plus <|endoftext|>).
-        expected = tokenizer.encode(render_call_text(call, whispers.get(call["id"]))) + [tokenizer.endoftext_id]
+        expected = tokenizer.encode(render_call_text(call, outlines.get(call["id"]))) + [tokenizer.endoftext_id]
         assert ids == expected[:-1]
         assert len(labels) == len(ids)
         kept = [token for token, label in zip(expected[1:], labels) if label != -100]
-        if call["id"] not in whispers:
+        if call["id"] not in outlines:
             assert labels == expected[1:]                                  # the whole call is learned
         else:
             text = tokenizer.decode(kept)
             assert "Outline:" not in text and call["turns"][0]["text"] in text   # outlines only are masked
             masked = len(labels) - len(kept)
             assert masked == sum(len(tokenizer.encode(f"<|im_start|>system\nOutline: say line {i}.<|im_end|>\n"))
-                                 for i in whispers[call["id"]])
+                                 for i in outlines[call["id"]])
     short, _ = call_rows(calls[:1], tokenizer, seq_len=50)
     assert len(short[0]) == 50 and short[0][0] == tokenizer.im_start_id        # cut at the end, never the start
 

@@ -58,11 +58,11 @@ def test_bayes_matches_float64_direct_computation(tiny):
     chosen = samples[:5]
     thoughts = ["Ask about their orders first.", "Price worries them.", "x", "Close now.", "Explain the steps."]
     prior, likelihood = bayes_terms(model, tokenizer, [tokenizer.encode(s.prompt) for s in chosen], thoughts,
-                                    [s.reference for s in chosen])
+                                    [s.target_reply for s in chosen])
     exact, plain = [], []                                           # batch rows differ in length: padding
     for sample, thought in zip(chosen, thoughts):
-        exact.append(direct_bayes(model, tokenizer, sample.prompt, thought, sample.reference))
-        plain.append(direct_bayes(model, tokenizer, sample.prompt, thought, sample.reference, torch.float32))
+        exact.append(direct_bayes(model, tokenizer, sample.prompt, thought, sample.target_reply))
+        plain.append(direct_bayes(model, tokenizer, sample.prompt, thought, sample.target_reply, torch.float32))
     assert_within_reference_error(torch.stack([prior, likelihood], 1), np.array(plain), np.array(exact))
 
 
@@ -73,10 +73,10 @@ def test_bayes_runs_a_prompt_shared_by_several_rows_once_with_the_same_result(ti
     rows = [samples[3]] * 3 + [samples[7]] * 2
     thoughts = ["Ask about their orders first.", "Price worries them.", "x", "Close now.", "Explain the steps."]
     prompts = [tokenizer.encode(s.prompt) for s in rows]
-    expected = [direct_bayes(model, tokenizer, s.prompt, t, s.reference) for s, t in zip(rows, thoughts)]
+    expected = [direct_bayes(model, tokenizer, s.prompt, t, s.target_reply) for s, t in zip(rows, thoughts)]
     for path in (contextlib.nullcontext, full_sequence_step):
         with path():
-            prior, likelihood = bayes_terms(model, tokenizer, prompts, thoughts, [s.reference for s in rows])
+            prior, likelihood = bayes_terms(model, tokenizer, prompts, thoughts, [s.target_reply for s in rows])
         for i, (expected_prior, expected_likelihood) in enumerate(expected):
             assert prior[i].item() == pytest.approx(expected_prior, abs=1e-4)
             assert likelihood[i].item() == pytest.approx(expected_likelihood, abs=1e-4)
@@ -86,20 +86,20 @@ def test_terms_and_weighted_total(tiny):
     _, tokenizer, model, samples, embedder = tiny
     config = RewardConfig(format=1.0, similarity=2.0, faithfulness=0.5, manager=0.7, bayes=0.1)
     reward = CompositeReward(config, model, tokenizer, embedder)
-    sample = next(s for s in samples if "$" in s.reference)      # a reply that states a price
+    sample = next(s for s in samples if "$" in s.target_reply)      # a reply that states a price
     price = f"${sample.product['price']}"
-    wrong = sample.reference.replace(price, f"${sample.product['price'] + 17}")
-    promise = sample.reference + " " + sample.product["forbidden_promises"][0].capitalize() + "."
-    completions = [format_assistant("Quote the real price.", sample.reference),
+    wrong = sample.target_reply.replace(price, f"${sample.product['price'] + 17}")
+    promise = sample.target_reply + " " + sample.product["forbidden_promises"][0].capitalize() + "."
+    completions = [format_assistant("Quote the real price.", sample.target_reply),
                    format_assistant("Quote a price.", wrong),
                    format_assistant("Promise anything.", promise),
                    "no thought block at all", "<think>unclosed", format_assistant("", "empty thought"),
-                   format_assistant("Fine.", sample.reference)]
+                   format_assistant("Fine.", sample.target_reply)]
     truncated = [False] * 6 + [True]
     terms = reward([sample] * 7, [tokenizer.encode(sample.prompt)] * 7, completions, truncated)
 
     assert terms["format"].tolist() == [1, 1, 1, 0, 0, 0, 0]
-    masked = [mask_values(text, sample.product, sample.visible) for text in (wrong, sample.reference)]
+    masked = [mask_values(text, sample.product, sample.visible) for text in (wrong, sample.target_reply)]
     vectors = embedder.encode(masked).astype(np.float64)
     # reply == reference: the float32 sum of squares of a unit vector (entries rounded to float32: 2u on
     # the sum; the products: u) is within gamma_m of 1, m its non-zero entries.
@@ -108,7 +108,7 @@ def test_terms_and_weighted_total(tiny):
     assert abs(terms["similarity"][1].item() - vectors[0] @ vectors[1]) <= dot_bound(m) + unit_roundoff()
     assert terms["faithfulness"][0].item() == 1.0
     # By hand: the wrong price is one wrong number among the reply's numbers; it covers every fact but the price.
-    reply, reference = (check_claims(text, sample.product, sample.visible) for text in (wrong, sample.reference))
+    reply, reference = (check_claims(text, sample.product, sample.visible) for text in (wrong, sample.target_reply))
     precision = reply.numbers / (reply.numbers + 1)
     expected = precision * (len(reference.facts) - 1) / len(reference.facts) - (1 - precision)
     assert terms["faithfulness"][1].item() == pytest.approx(expected)
@@ -118,8 +118,8 @@ def test_terms_and_weighted_total(tiny):
     for row in (3, 4, 5, 6):
         assert terms["similarity"][row] == 0 and terms["faithfulness"][row] == 0 and terms["manager"][row] == 0
         assert terms["bayes"][row].item() == 2 * config.bayes_floor
-    exact = direct_bayes(model, tokenizer, sample.prompt, "Quote the real price.", sample.reference)
-    plain = direct_bayes(model, tokenizer, sample.prompt, "Quote the real price.", sample.reference, torch.float32)
+    exact = direct_bayes(model, tokenizer, sample.prompt, "Quote the real price.", sample.target_reply)
+    plain = direct_bayes(model, tokenizer, sample.prompt, "Quote the real price.", sample.target_reply, torch.float32)
     assert min(exact) > config.bayes_floor                          # the floor does not apply: no clamp
     assert_within_reference_error(terms["bayes"][:1], [sum(plain)], [sum(exact)])
     expected_total = (1.0 * terms["format"] + 2.0 * terms["similarity"] + 0.5 * terms["faithfulness"]
@@ -145,7 +145,7 @@ def turns_with_facts(tiny, intents=("explain_pricing", "present_product", "diagn
     """Good reference turns of these intents that state at least one number."""
     _, _, _, samples, _ = tiny
     chosen = [s for s in samples if s.intent in intents and
-              check_claims(s.reference, s.product, s.visible).numbers]
+              check_claims(s.target_reply, s.product, s.visible).numbers]
     assert len(chosen) >= 3
     return chosen[:6]
 
@@ -156,8 +156,8 @@ def spoken_numbers(text):
 
 def test_stating_the_facts_beats_saying_nothing_checkable(tiny):
     for sample in turns_with_facts(tiny):
-        claim_free = mask_values(sample.reference, sample.product, sample.visible).replace("{", "").replace("}", "")
-        correct, empty = total_rewards(tiny, sample, [sample.reference, "Let me tell you more about it."])
+        claim_free = mask_values(sample.target_reply, sample.product, sample.visible).replace("{", "").replace("}", "")
+        correct, empty = total_rewards(tiny, sample, [sample.target_reply, "Let me tell you more about it."])
         assert correct > empty
         assert check_claims(claim_free, sample.product, sample.visible).total == 0
         assert correct > total_rewards(tiny, sample, [claim_free])[0]
@@ -165,18 +165,18 @@ def test_stating_the_facts_beats_saying_nothing_checkable(tiny):
 
 def test_repeating_a_name_or_a_number_gains_nothing(tiny):
     for sample in turns_with_facts(tiny):
-        number = spoken_numbers(sample.reference)[0]
+        number = spoken_numbers(sample.target_reply)[0]
         once, names, numbers = total_rewards(tiny, sample, [
-            sample.reference,
-            sample.reference + f" {sample.product['name']}, {sample.product['name']}, {sample.product['name']}.",
-            sample.reference + f" Yes, {number}. {number}!"])
+            sample.target_reply,
+            sample.target_reply + f" {sample.product['name']}, {sample.product['name']}, {sample.product['name']}.",
+            sample.target_reply + f" Yes, {number}. {number}!"])
         assert names <= once and numbers <= once
 
 
 def test_a_minimal_answer_scores_below_a_correct_one(tiny):
     _, _, _, samples, _ = tiny
     for sample in turns_with_facts(tiny) + [s for s in samples if s.intent == "greet_and_introduce"][:3]:
-        correct, minimal = total_rewards(tiny, sample, [sample.reference, "y"])
+        correct, minimal = total_rewards(tiny, sample, [sample.target_reply, "y"])
         assert minimal < correct
 
 
@@ -184,10 +184,10 @@ def test_a_wrong_number_scores_below_leaving_it_out(tiny):
     # diagnose_with_numbers: the reference's only facts are the customer's numbers, so leaving one out and
     # getting it wrong both miss it; the wrong one must still score lower
     for sample in turns_with_facts(tiny) + turns_with_facts(tiny, intents=("diagnose_with_numbers",)):
-        number = spoken_numbers(sample.reference)[0]
+        number = spoken_numbers(sample.target_reply)[0]
         digits = re.sub(r"[^\d.]", "", number)
-        wrong = sample.reference.replace(number, number.replace(digits, str(int(float(digits)) + 17)), 1)
-        left_out = sample.reference.replace(number, "", 1)
+        wrong = sample.target_reply.replace(number, number.replace(digits, str(int(float(digits)) + 17)), 1)
+        left_out = sample.target_reply.replace(number, "", 1)
         assert check_claims(wrong, sample.product, sample.visible).unsupported
         wrong_total, left_out_total = total_rewards(tiny, sample, [wrong, left_out])
         assert wrong_total < left_out_total
@@ -202,7 +202,7 @@ def test_pushy_and_off_stage_replies_score_below_the_on_stage_one(tiny):
         slots = slot_values(sample.product, sample.visible)
         pushy = fill(templates["pressure_close"]["texts"]["any"][0], slots)
         early = fill(templates["greet_and_introduce"]["texts"]["any"][0], slots)   # back to the opening: off-stage
-        on_stage, pushy_total, off_stage_total = total_rewards(tiny, sample, [sample.reference, pushy, early])
+        on_stage, pushy_total, off_stage_total = total_rewards(tiny, sample, [sample.target_reply, pushy, early])
         assert pushy_total < on_stage and off_stage_total < on_stage
 
 
@@ -211,7 +211,7 @@ def test_behaviour_measures(tiny):
     _, tokenizer, model, _, embedder = tiny
     sample = turns_with_facts(tiny)[0]
     reward = CompositeReward(RewardConfig(), model, tokenizer, embedder)
-    replies = [sample.reference, "Let me tell you more about it.", "Honestly, you need to sign up right now."]
+    replies = [sample.target_reply, "Let me tell you more about it.", "Honestly, you need to sign up right now."]
     terms = reward([sample] * 3, [tokenizer.encode(sample.prompt)] * 3,
                    [format_assistant("Go.", r) for r in replies], [False] * 3)
     assert terms["intent_match"].tolist() == [1.0, 0.0, 0.0]
@@ -221,6 +221,6 @@ def test_behaviour_measures(tiny):
 
 def test_all_malformed_batch_never_calls_the_model(tiny):
     _, tokenizer, _, samples, embedder = tiny
-    reward = CompositeReward(RewardConfig(), reference_model=None, tokenizer=tokenizer, embedder=embedder)
+    reward = CompositeReward(RewardConfig(), ref_model=None, tokenizer=tokenizer, embedder=embedder)
     terms = reward(samples[:2], [[1, 2], [3]], ["", "<think>a</think>"], [False, False])
     assert terms["total"].tolist() == [pytest.approx(0.1 * 2 * -10.0)] * 2

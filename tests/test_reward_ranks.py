@@ -79,7 +79,7 @@ def ranking_failures(corpus):
     rng = random.Random(0)
     for intent in GOOD_INTENTS:
         for sample in by_intent.get(intent, [])[:2]:
-            ref, numbers = sample.reference, prompt_numbers(sample)
+            ref, numbers = sample.target_reply, prompt_numbers(sample)
             check = sales.check_claims(ref, sample.product, sample.visible)
             words = ref.split()
             shuffled = " ".join(rng.sample(words, len(words)))
@@ -126,16 +126,16 @@ def test_the_reward_ranks_as_a_sales_manager(corpus):
 def test_a_true_number_of_another_subject_or_another_name_is_wrong(corpus):
     by_intent, embedder = corpus
     sample = next(s for s in by_intent["diagnose_with_numbers"] if sales.check_claims(
-        s.reference, s.product, s.visible).numbers >= 2)
-    facts = sorted(sales.check_claims(sample.reference, sample.product, sample.visible).facts)
+        s.target_reply, s.product, s.visible).numbers >= 2)
+    facts = sorted(sales.check_claims(sample.target_reply, sample.product, sample.visible).facts)
     (_, first), (_, second) = [f for f in facts if f[0] not in sales.NAME_SUBJECTS][:2]
-    spoken = {float(m.group(2).replace(",", "")): m.group(2) for m in NUMBER.finditer(sample.reference)}
+    spoken = {float(m.group(2).replace(",", "")): m.group(2) for m in NUMBER.finditer(sample.target_reply)}
     a, b = spoken[first], spoken[second]
-    swapped = sample.reference.replace(a, "\0").replace(b, a).replace("\0", b)
+    swapped = sample.target_reply.replace(a, "\0").replace(b, a).replace("\0", b)
     name = sample.visible["name"]
     other = "Chloe Haddad" if name != "Chloe Haddad" else "Adam Okafor"
-    renamed = f"Thanks, {other}. " + sample.reference
-    s = scores(embedder, sample, [sample.reference, swapped, f"Thanks, {name}. " + sample.reference, renamed])
+    renamed = f"Thanks, {other}. " + sample.target_reply
+    s = scores(embedder, sample, [sample.target_reply, swapped, f"Thanks, {name}. " + sample.target_reply, renamed])
     assert s["faithfulness"][1] < s["faithfulness"][0] and s["total"][1] < s["total"][0]
     assert s["faithfulness"][3] < s["faithfulness"][2] and s["total"][3] < s["total"][2]
 
