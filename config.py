@@ -56,7 +56,7 @@ TINY_MODEL = {
 @dataclass
 class PretrainConfig:
     # The base needs long pretraining: GRPO on a base pretrained for fewer steps lost customers instead of
-    # winning them, and fewer steps at a higher learning rate made a weaker base (README, research arms).
+    # winning them, and fewer steps at a higher learning rate made a weaker base (docs/log.md, the research arms).
     steps: int = 800
     batch_size: int = 8            # whole calls per step; with half the batch the base learnt the calls worse
     seq_len: int = 1280            # a row is one call from its system prompt on: nearly every call fits whole
@@ -81,7 +81,7 @@ class RewardConfig:
     faithfulness 1.0 precision x coverage - (1 - precision) over distinct claims, in [-1, 1]; a forbidden
                      promise scores -1. Equal to the move terms: a fluent but false reply is worse than a clumsy
                      true one (weight 2 all but removed unsupported facts, but the agent skipped the diagnosis
-                     move and chose the target reply's move less often: README's research arms);
+                     move and chose the target reply's move less often: the research log, docs/log.md);
     manager 1.0      the Manager's view of the move in [0, 1]: the target reply's move 1, another on-stage move
                      0.5, off-stage or a mistake 0. The customer reacts to the move first, so it weighs as
                      much as the facts;
@@ -114,13 +114,13 @@ class GRPOConfig:
     max_completion_length: int = 64  # a thought and a reply of a sentence or two
     mask_truncated_completions: bool = True  # a completion with no EOS gets no gradient
     # Far above the rate for a pretrained LLM (configs/qwen2.5-0.5b.json), as the tiny base's pretraining rate
-    # is; three times this rate lost the base's moves (README, research arms).
+    # is; three times this rate lost the base's moves (docs/log.md, the research arms).
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     warmup_steps: int = 3          # short: GRPO starts from a trained base, not from random weights
     # --- the loop ---
-    steps: int = 200               # the length of the research arms that sold best; longer sold no more (README)
+    steps: int = 200               # the length of the research arms that sold best; longer sold no more (docs/log.md)
     prompts_per_step: int = 4      # groups per step, over all processes together
     turn_filter: str = "good"  # good: train on turns the Manager labelled on-stage and faithful | all
     outline_share: float = 1.0     # training prompts with DOGA's outline (needs a library): train as it infers

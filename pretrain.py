@@ -9,7 +9,7 @@ has never been optimised for any reward. With `--sft` it instead trains on the s
 
 Each call is one row that starts at its system prompt (never mid-call, so every number the model learns to
 say stands in its context, the product sheet and profile above it). What the tiny default base learns from
-that (README, research arms): it says each product's own facts right once trained long enough, by tying
+that (docs/log.md, the research arms): it says each product's own facts right once trained long enough, by tying
 them to the product rather than by copying them from its context, so the customer's own numbers, which
 change every call, are the facts it still gets wrong.
 
