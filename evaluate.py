@@ -24,7 +24,7 @@ evaluation customer shares a name, a business name or a profile with a training 
   weights and reads the same for every system; the mean total reward is the second table. The held-out
   calls are split in two halves by their id (`held_out_half`): validation turns come from one, test turns
   from the other.
-* **Closed loop** (`closed_loop_jobs`, `play_calls`). The system plays the salesperson in simulate.run_call
+* **Closed loop** (`closed_loop_jobs`, `play_calls`). The system plays the salesperson of simulate.Call
   against the simulated Customer, `calls_per_product` calls for every product, the same personas for every
   system (from the evaluation pool, their random streams keyed by the customers, validation or test):
   conversion and hang-up rates with Wilson 95% intervals; mean turns per call, faithfulness violations
@@ -41,8 +41,8 @@ we measured, a plot); ablations.py trains and measures every arm of the paper's 
 
 For speed, replies are generated in batches (model.generate_completions, left-padded): the agent's own
 prompt assembly (`Agent.prompt`, what Agent.respond prompts with), then one batched generation, many times
-faster on a CPU than one reply at a time. In the closed loop each call runs
-in its own thread so that the replies of all live calls are generated as one batch (see `play_calls`).
+faster on a CPU than one reply at a time. In the closed loop each call is a simulate.Call, stepped a turn
+at a time, so that the replies of all live calls are generated as one batch (see `play_calls`).
 
 Left out, and why: the paper's human evaluation and API-model judge (no network; the local judge is the
 stand-in); paired significance tests and several seeds per arm (a CPU budget of one hour for all arms;
@@ -59,7 +59,6 @@ import math
 import os
 import random
 import re
-import threading
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -86,7 +85,7 @@ from report import write_report
 from reward import REWARD_KEYS, CompositeReward, fit_similarity_embedder
 from runs import recorded_config
 from sales import STAGES, check_claims, classify_sales_intent, is_good_turn, load_world, slot_values
-from simulate import DEFAULT_NOISE, Salesperson, make_persona, run_call
+from simulate import DEFAULT_NOISE, Call, Salesperson, make_persona, run_call
 from tokenizer import format_assistant, split_thought
 from training import resolve_device
 
@@ -347,59 +346,18 @@ def held_out_half(calls, customers):
 
 
 def play_calls(answer, jobs, desc="calls"):
-    """Play every job with simulate.run_call, all calls at once -> the played calls, in job order.
+    """Play every job to its end, all calls at once -> the played calls, in job order.
 
-    run_call asks for one salesperson turn at a time through a callback. So that the turns of many calls
-    are generated as one batch, each call runs in its own thread, and its callback posts the call so far
-    and waits. Once every live call waits, this thread answers them all with one answer(views) ->
-    [(thought, reply)] and wakes them. A round holds exactly the calls still live at that turn, so the
-    result does not depend on thread timing."""
-    condition = threading.Condition()
-    waiting, replies = {}, {}         # job index -> call so far; job index -> (thought, reply)
-    played, errors = [None] * len(jobs), []
-    live = len(jobs)
-
-    def salesperson(index):
-        def speak(view):
-            with condition:
-                waiting[index] = view
-                condition.notify_all()
-                condition.wait_for(lambda: index in replies)
-                return replies.pop(index)
-        return speak
-
-    def play(index, call_id, product, persona, rng):
-        nonlocal live
-        try:
-            played[index] = run_call(product, persona, salesperson(index), rng, call_id=call_id)
-        except BaseException as error:  # re-raised below, in this thread
-            errors.append(error)
-        finally:
-            with condition:
-                live -= 1
-                condition.notify_all()
-
-    threads = [threading.Thread(target=play, args=(index, *job), daemon=True) for index, job in enumerate(jobs)]
-    for thread in threads:
-        thread.start()
-    with tqdm(total=len(jobs), desc=desc, unit="call") as progress:
-        while True:
-            with condition:
-                condition.wait_for(lambda: len(waiting) == live)
-                batch = sorted(waiting.items())
-                waiting.clear()
-                progress.update(len(jobs) - live - progress.n)
-            if not batch:
-                break
-            answers = answer([view for _, view in batch])
-            with condition:
-                replies.update({index: reply for (index, _), reply in zip(batch, answers)})
-                condition.notify_all()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return played
+    Each round asks answer(views) -> [(thought, reply)] for the turn of every call still live (one batched
+    generation) and steps each call with its reply (simulate.Call.step); a call leaves the rounds when it
+    ends. A round holds exactly the calls still live at that turn, in job order."""
+    calls = [Call(product, persona, rng, call_id) for call_id, product, persona, rng in jobs]
+    with tqdm(total=len(calls), desc=desc, unit="call") as progress:
+        while live := [call for call in calls if not call.over]:
+            for call, (thought, reply) in zip(live, answer([call.view() for call in live])):
+                call.step(thought, reply)
+            progress.update(sum(call.over for call in calls) - progress.n)
+    return [call.record() for call in calls]
 
 
 def closed_loop_metrics(calls):

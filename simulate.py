@@ -14,8 +14,9 @@
 The rules all three agents follow (stages, intents, world/, the claim checker, the intent classifier)
 live in sales.py; this module only plays the agents.
 
-`run_call(product, persona, salesperson_fn, rng)` is the one call loop: the scripted Salesperson plays it
-to write the corpus, and evaluation plays a model through it against the same simulated Customer.
+`Call` is one call advanced a reply at a time (`step`), and `run_call` plays one to its end: the scripted
+Salesperson writes the corpus through it, and the evaluation plays many calls together, a batch of replies
+per turn, against the same simulated Customer.
 
 The Manager is rule-based on purpose: its labels must come from the same checker the reward uses, not from
 another model's opinion.
@@ -376,29 +377,52 @@ class Salesperson:
 # ----------------------------------------------------------------------------------------------
 # One call: the loop the corpus and the evaluation share.
 
+class Call:
+    """One call, advanced one salesperson reply at a time, so that many calls can be played together (the
+    evaluation answers every live call's turn in one batch). `view()` is the call so far as the salesperson
+    sees it; `step(thought, reply)`: the Manager labels the reply, the Customer answers; returns the
+    customer's words (None when the call ended on the reply) and whether the call is over. `record()`: the
+    call in the corpus format."""
+
+    def __init__(self, product, persona, rng, call_id="call", max_turns=MAX_TURNS):
+        self.product, self.persona, self.call_id, self.max_turns = product, persona, call_id, max_turns
+        self.manager = Manager(product, persona["visible"])
+        self.customer = Customer(persona, product, rng)
+        self.turns, self.over = [], False
+
+    def view(self):
+        """The call so far: its id, domain, product, the customer's visible profile and the turns (a copy)."""
+        return {"id": self.call_id, "domain": self.product["domain"], "product": self.product,
+                "customer": {"visible": self.persona["visible"]}, "turns": list(self.turns)}
+
+    def step(self, thought, reply):
+        if self.over:
+            raise RuntimeError(f"{self.call_id}: the call is over; no more replies")
+        stage_before = self.manager.stage
+        intent, stage, labels = self.manager.label_turn(reply)
+        self.turns.append({"role": "sales", "text": reply, "stage": stage, "intent": intent, "thought": thought,
+                           "labels": labels})
+        customer = self.customer
+        if customer.accepted or customer.declined or len(self.turns) >= self.max_turns:
+            self.over = True
+            return None, True
+        reply_intent, text = customer.respond(reply, stage_before, self.turns)
+        self.turns.append({"role": "customer", "text": text, "stage": stage, "intent": reply_intent})
+        self.over = customer.hung_up or len(self.turns) >= self.max_turns
+        return text, self.over
+
+    def record(self):
+        return {"id": self.call_id, "domain": self.product["domain"], "product": self.product,
+                "customer": self.persona, "outcome": Manager.outcome(self.customer), "turns": self.turns}
+
+
 def run_call(product, persona, salesperson_fn, rng, call_id="call", max_turns=MAX_TURNS):
-    """Play one call. salesperson_fn(call_so_far) -> (thought, reply), where call_so_far has the call's
-    id, domain, product, customer (visible profile only) and turns so far (do not mutate them). The
-    Manager labels each reply, the Customer answers; returns the call dict of the corpus format."""
-    visible = persona["visible"]
-    manager, customer = Manager(product, visible), Customer(persona, product, rng)
-    turns = []
-    while True:
-        view = {"id": call_id, "domain": product["domain"], "product": product,
-                "customer": {"visible": visible}, "turns": list(turns)}
-        thought, reply = salesperson_fn(view)
-        stage_before = manager.stage
-        intent, stage, labels = manager.label_turn(reply)
-        turns.append({"role": "sales", "text": reply, "stage": stage, "intent": intent, "thought": thought,
-                      "labels": labels})
-        if customer.accepted or customer.declined or len(turns) >= max_turns:
-            break
-        reply_intent, text = customer.respond(reply, stage_before, turns)
-        turns.append({"role": "customer", "text": text, "stage": stage, "intent": reply_intent})
-        if customer.hung_up or len(turns) >= max_turns:
-            break
-    return {"id": call_id, "domain": product["domain"], "product": product, "customer": persona,
-            "outcome": Manager.outcome(customer), "turns": turns}
+    """Play one call to its end: salesperson_fn(call so far, Call.view()) -> (thought, reply). Returns the
+    call dict of the corpus format."""
+    call = Call(product, persona, rng, call_id, max_turns)
+    while not call.over:
+        call.step(*salesperson_fn(call.view()))
+    return call.record()
 
 
 def simulate_call(index, seed, noise=DEFAULT_NOISE, domains=None):

@@ -230,3 +230,25 @@ def test_stats_cli_prints_the_summary(tmp_path, capsys):
     assert re.search(r"^calls\s+30$", out, re.M)
     for stage in ("opening", "business_analysis"):
         assert stage in STAGES and stage in out
+
+
+def test_a_stepped_call_equals_run_call_on_the_same_replies():
+    """simulate.Call advanced reply by reply, as the evaluation steps it, against run_call with the same
+    salesperson and the same random streams: the same call, turn for turn."""
+    world = load_world()
+    for index in range(40):
+        rng = random.Random(f"step:{index}")
+        product = rng.choice([p for ps in world.products.values() for p in ps])
+        persona = make_persona(product["domain"], product, rng)
+        speaker = simulate.Salesperson(product, persona["visible"], random.Random(index), 0.3)
+        looped = run_call(product, persona, speaker, random.Random(f"c{index}"), call_id="x")
+        call = simulate.Call(product, persona, random.Random(f"c{index}"), call_id="x")
+        speaker, heard = simulate.Salesperson(product, persona["visible"], random.Random(index), 0.3), []
+        while not call.over:
+            words, over = call.step(*speaker(call.view()))
+            heard.append(words)
+        assert call.record() == looped
+        assert [w for w in heard if w is not None] == [t["text"] for t in looped["turns"] if t["role"] == "customer"]
+        assert None not in heard[:-1]                          # only the last reply can end the call unanswered
+        with pytest.raises(RuntimeError, match="over"):
+            call.step("", "One more thing.")
