@@ -180,6 +180,8 @@ class World:
     promise_thoughts: list
     customer_templates: dict  # intent -> {domain|"any": [str]}
     phrasings: dict         # intent -> {domain|"any": [str]}: other ways to make a move (phrasings.json)
+    subject_words: dict     # numeric field -> the words that name it in speech (subjects.json)
+    subject_stop: frozenset  # words that never name a subject on their own
 
 
 def _read_json(folder, name):
@@ -221,8 +223,10 @@ def load_world(folder=WORLD_DIR):
     for intent in phrasings:
         if intent not in SALES_INTENTS:
             raise ValueError(f"{folder}/phrasings.json: unknown salesperson intent {intent!r}")
+    subjects = _read_json(folder, "subjects.json")
     return World(products, tuple(catalogue["money_fields"]), promises, concepts, sentences, personas,
-                 templates["sales"], templates["promise_thoughts"], templates["customer"], phrasings)
+                 templates["sales"], templates["promise_thoughts"], templates["customer"], phrasings,
+                 {field: frozenset(words) for field, words in subjects["fields"].items()}, frozenset(subjects["stop"]))
 
 
 def domain_texts(by_domain, domain):
@@ -337,13 +341,6 @@ CLAUSE = re.compile(r"(?:[^.?!;:,]|[.,](?=\d))+")
 CLAIM_TOKEN = re.compile(r"\{number\}|[a-z]+")
 
 
-@lru_cache(maxsize=1)
-def _subject_words():
-    """{field: cue words} and the stop words of world/subjects.json."""
-    spec = _read_json(WORLD_DIR, "subjects.json")
-    return {field: frozenset(words) for field, words in spec["fields"].items()}, frozenset(spec["stop"])
-
-
 def _numbers_in(text):
     """[(value, is_money, unit, as_written)] for every number in `text`."""
     found = []
@@ -354,19 +351,21 @@ def _numbers_in(text):
     return found
 
 
-def _subjects(product, visible, money_fields):
+def _subjects(product, visible):
     """[(subject, cue words, value, is_money)]: every number the sheet and the profile state, with what it is
     about. A numeric field is its own subject, named by the cue words of world/subjects.json; a number inside a
     phrase of the sheet ("a $250 deductible", "up to 30 days of closure covered") is about that phrase, named by
-    the phrase's other words."""
-    cues, stop = _subject_words()
+    the phrase's words next to it."""
+    world = load_world()
+    cues, stop = world.subject_words, world.subject_stop
     subjects = []
     for source in (product, visible):
         for key, value in source.items():
             if isinstance(value, bool):
                 continue
             if isinstance(value, (int, float)):
-                subjects.append((key, cues.get(key, frozenset({key})), round(float(value), 2), key in money_fields))
+                subjects.append((key, cues.get(key, frozenset({key})), round(float(value), 2),
+                                 key in world.money_fields))
                 continue
             for phrase in (value if isinstance(value, list) else [value]):
                 if not isinstance(phrase, str) or not any(c.isdigit() for c in phrase):
@@ -475,7 +474,7 @@ def _name_claims(text, visible):
 @lru_cache(maxsize=512)
 def _call_subjects(product_key, visible_key):
     product, visible = json.loads(product_key), json.loads(visible_key)
-    return _subjects(product, visible, load_world().money_fields)
+    return _subjects(product, visible)
 
 
 def check_claims(text, product, visible):
@@ -627,16 +626,11 @@ def world_lines():
     return lines
 
 
-def world_speech():
-    """Every utterance of world/ (world_lines without the intents)."""
-    return [text for _, text in world_lines()]
-
-
 @lru_cache(maxsize=2)
 def _speech_model(classes):
-    """Bigram and unigram counts of world_speech() (over word classes if `classes`), Witten-Bell weights."""
+    """Bigram and unigram counts of the world's lines (over word classes if `classes`), Witten-Bell weights."""
     pairs, unigrams = Counter(), Counter()
-    for text in world_speech():
+    for _, text in world_lines():
         for words in _speech_sentences(text):
             sequence = ["<s>"] + [_word_class(w) if classes else w for w in words] + ["</s>"]
             pairs.update(zip(sequence, sequence[1:]))
