@@ -600,11 +600,12 @@ def _speech_sentences(text):
     return sentences + [words] if words else sentences
 
 
+@lru_cache(maxsize=1)
 def world_lines():
     """(intent, text) for every utterance of world/, filled with each product's sheet and a stand-in profile: the
     salesperson's lines and the hand-written phrasings with their intent, and with None the salesperson's
     thoughts, the customer's lines and the careless promises. The speech models and the intent classifier are
-    trained on them."""
+    trained on them (built once: callers read, never change, the list)."""
     world = load_world()
     lines = [(None, t) for t in world.promise_thoughts]
     lines += [(None, s) for sentences in world.promise_sentences.values() for s in sentences]
