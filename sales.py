@@ -673,9 +673,9 @@ def speech_scores(text):
     word_score = _log_ratio(_as_sequence(sentences), _speech_model(False)) / pairs
     classed = [[_word_class(w) for w in s] for s in sentences]
     class_score = _log_ratio(_as_sequence(classed), _speech_model(True)) / pairs
-    rng, shuffled = random.Random(zlib.crc32(text.encode())), []
+    rng, shuffled, classes = random.Random(zlib.crc32(text.encode())), [], [w for s in classed for w in s]
     for _ in range(SHUFFLES):        # the same words in random order, the same number of sentences
-        tokens = [w for s in classed for w in s]
+        tokens = classes[:]
         rng.shuffle(tokens)
         cuts = sorted(rng.sample(range(1, len(tokens)), min(len(classed), len(tokens)) - 1)) if len(tokens) > 1 else []
         pieces = [tokens[a:b] for a, b in zip([0] + cuts, cuts + [len(tokens)])]
