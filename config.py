@@ -69,6 +69,11 @@ class PretrainConfig:
     # Calls pretrained with DOGA's outline before each salesperson turn (needs a library): the base learns to
     # read outlines and still knows plain prompts.
     outline_share: float = 0.5
+    # The base writes a call's values as slots ({price}, {monthly_orders}), said from the call's record before
+    # anyone hears them (tokenizer.py, sales.heard): a model this small does not copy a number from its context into
+    # a sentence, so it would say numbers learnt by heart. false: it writes the values themselves, as a real
+    # checkpoint does (a base without the record, MODEL=..., always does).
+    slots: bool = True
 
 
 @dataclass

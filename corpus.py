@@ -34,6 +34,7 @@ from sales import (
     STAGE_TRANSITIONS,
     STAGES,
     slot_values,
+    slotter_for,
 )
 from tokenizer import THINK_CLOSE, THINK_OPEN, format_assistant, render_chat
 
@@ -200,31 +201,52 @@ def split_calls(calls, test_fraction=0.1, holdout_domain=None, seed=0):
 # ----------------------------------------------------------------------------------------------
 # Prompts: the system prompt, the chat history, and training samples.
 
-def system_prompt(product, visible):
+def system_prompt(product, visible, slots=False):
     """The salesperson's instructions: its role, the product sheet and the visible customer profile,
-    every value written the way it is spoken (sales.slot_values: '$49', 'a, b and c')."""
+    every value written the way it is spoken (sales.slot_values: '$49', 'a, b and c'). With `slots` the model
+    writes values as slots (tokenizer.ChatTokenizer.slots): each line names its slot beside the value
+    ('- {price} = $49'), so a reader of the prompt sees both what the model knows and what it writes."""
     spoken = slot_values(product, visible)
     sheet_keys = [key for key in product if key not in ("id", "domain", "currency", "forbidden_promises")]
-    sheet = "\n".join(f"- {key}: {spoken['product' if key == 'name' else key]}" for key in sheet_keys)
-    profile = "\n".join(f"- {key}: {spoken[key]}" for key in visible)
-    return (f"You are a telesales agent. Use only the facts below. Think in one sentence inside "
+    slot_names = ["product" if key == "name" else key for key in sheet_keys]
+
+    def line(key, slot):
+        return f"- {{{slot}}} = {spoken[slot]}" if slots else f"- {key}: {spoken[slot]}"
+
+    sheet = "\n".join(line(key, slot) for key, slot in zip(sheet_keys, slot_names))
+    profile = "\n".join(line(key, key) for key in visible)
+    values = " Write each value below as its {slot}." if slots else ""
+    return (f"You are a telesales agent. Use only the facts below.{values} Think in one sentence inside "
             f"{THINK_OPEN}{THINK_CLOSE}, then reply in one or two sentences.\n"
             f"Product:\n{sheet}\nNever promise: {'; '.join(product['forbidden_promises'])}\n"
             f"Customer:\n{profile}")
 
 
-def chat_messages(product, visible, turns, outlines=None):
-    """System prompt, then the call so far: customer -> user, salesperson -> assistant (spoken text only).
+def written(text, product, visible, slots):
+    """A salesperson's text as the model writes it: with `slots`, this call's values replaced by their slots
+    (sales.Slotter); a text whose value two slots share (a 3-month term and 3 activation days) stays as
+    spoken, since no slot can be told from the other."""
+    if not slots:
+        return text
+    slotted = slotter_for(product, visible)(text)
+    return text if slotted is None else slotted
+
+
+def chat_messages(product, visible, turns, outlines=None, slots=False):
+    """System prompt, then the call so far: customer -> user, salesperson -> assistant (its reply only, as the
+    model writes it: `written`). The customer's words are the customer's, values and all.
 
     outlines: {turn index: text}, DOGA's outline for a salesperson turn (doga.Outline.message), each a system
     message just before the turn it guided; the one at index len(turns) guides the turn about to be spoken and
     comes last. Without outlines the prompt is the plain one."""
     outlines = outlines or {}
-    messages = [{"role": "system", "content": system_prompt(product, visible)}]
+    messages = [{"role": "system", "content": system_prompt(product, visible, slots)}]
     for index, turn in enumerate(turns):
         if index in outlines:
             messages.append({"role": "system", "content": outlines[index]})
-        messages.append({"role": "assistant" if turn["role"] == "sales" else "user", "content": turn["text"]})
+        sales = turn["role"] == "sales"
+        messages.append({"role": "assistant" if sales else "user",
+                         "content": written(turn["text"], product, visible, slots) if sales else turn["text"]})
     if len(turns) in outlines:
         messages.append({"role": "system", "content": outlines[len(turns)]})
     return messages
@@ -247,35 +269,40 @@ class Sample:
     stage_before: str    # the stage the call was in when the salesperson spoke: the Manager judges the move by it
 
 
-def training_samples(call, outlines=None):
+def training_samples(call, outlines=None, slots=False):
     """One Sample per salesperson turn of `call`. With outlines ({turn index: text}, see chat_messages) each
-    prompt carries DOGA's outline before every salesperson turn so far and before the one to speak."""
+    prompt carries DOGA's outline before every salesperson turn so far and before the one to speak. With
+    `slots` the prompt, the target reply and the thought write values as slots (`written`)."""
     product, visible = call["product"], call["customer"]["visible"]
     samples = []
     for index, turn in enumerate(call["turns"]):
         if turn["role"] != "sales":
             continue
         shown = {i: text for i, text in (outlines or {}).items() if i <= index}
-        messages = chat_messages(product, visible, call["turns"][:index], shown)
+        messages = chat_messages(product, visible, call["turns"][:index], shown, slots)
         stage_before = call["turns"][index - 1]["stage"] if index else STAGES[0]
-        samples.append(Sample(call["id"], index, messages, render_chat(messages), turn["text"], turn["thought"],
-                              turn["stage"], turn["intent"], turn["labels"], call["domain"], product, visible,
-                              stage_before))
+        samples.append(Sample(call["id"], index, messages, render_chat(messages),
+                              written(turn["text"], product, visible, slots),
+                              written(turn["thought"], product, visible, slots), turn["stage"], turn["intent"],
+                              turn["labels"], call["domain"], product, visible, stage_before))
     return samples
 
 
-def call_messages(call, outlines=None):
-    """A whole call as chat messages, salesperson turns as `<think>thought</think>\\nreply` (outlines as in
-    chat_messages): what the base model is pretrained on, in the exact format the policy is prompted and
+def call_messages(call, outlines=None, slots=False):
+    """A whole call as chat messages, salesperson turns as `<think>thought</think>\\nreply` (outlines and slots as
+    in chat_messages): what the base model is pretrained on, in the exact format the policy is prompted and
     answers in."""
-    messages = chat_messages(call["product"], call["customer"]["visible"], call["turns"], outlines)
-    answers = iter(format_assistant(t["thought"], t["text"]) for t in call["turns"] if t["role"] == "sales")
+    product, visible = call["product"], call["customer"]["visible"]
+    messages = chat_messages(product, visible, call["turns"], outlines, slots)
+    answers = iter(format_assistant(written(t["thought"], product, visible, slots),
+                                    written(t["text"], product, visible, slots))
+                   for t in call["turns"] if t["role"] == "sales")
     return [{"role": "assistant", "content": next(answers)} if m["role"] == "assistant" else m for m in messages]
 
 
-def render_call_text(call, outlines=None):
+def render_call_text(call, outlines=None, slots=False):
     """call_messages rendered as one ChatML text."""
-    return render_chat(call_messages(call, outlines), add_generation_prompt=False)
+    return render_chat(call_messages(call, outlines, slots), add_generation_prompt=False)
 
 
 # ----------------------------------------------------------------------------------------------

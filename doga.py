@@ -30,7 +30,7 @@ caused it), trains in seconds and is fast enough to run per turn on a CPU (bench
 See docs/design.md, "DOGA".
 
 Why one module: the four steps share one definition of a turn's context (`context_parts`, slotted by
-`Slotter`), used offline to key the library and per turn to classify and retrieve; kept in one file, the
+`sales.Slotter`), used offline to key the library and per turn to classify and retrieve; kept in one file, the
 offline and the online side cannot drift apart, and the file reads in the order above.
 
 CLI:
@@ -64,11 +64,15 @@ from sales import (
     SALES_INTENTS,
     SLOT,
     STAGES,
+    Slotter,
     classify_sales_intent,
+    fill_slots,
+    heard,
     is_good_turn,
     is_legal_move,
     load_world,
     slot_values,
+    slotter_for,
     stage_move,
 )
 from simulate import make_persona
@@ -113,67 +117,6 @@ def track_call(turns):
         if on_stage:
             achieved.append(intent)
     return stage, achieved
-
-
-# ----------------------------------------------------------------------------------------------
-# Slots: values -> {slot} when building the library, {slot} -> values when speaking.
-
-class Slotter:
-    """Replaces the spoken values of one product sheet and visible profile by their slot names.
-
-    Values are spoken by sales.slot_values ("$49", "per month", lists as "a, b and c"). Longer values
-    are replaced first, so a feature list wins over a number inside it. A value two slots share (a
-    3-month term and 3 activation days) cannot be attributed and makes the text unusable (None).
-    """
-
-    def __init__(self, product, visible):
-        by_value = {}
-        for slot, value in slot_values(product, visible).items():
-            if slot in ("id", "domain", "currency") or not value.strip():
-                continue
-            by_value.setdefault(value, []).append(slot)
-        self.by_value = by_value
-        values = sorted(by_value, key=len, reverse=True)
-        # A value is matched only as a whole: not inside a longer number or word.
-        self.pattern = re.compile(r"(?<![\w.$])(" + "|".join(re.escape(v) for v in values) + r")(?![\w]|[.,]\d)") \
-            if values else None
-
-    def __call__(self, text):
-        """Text with values replaced by `{slot}`, or None if a value in it belongs to several slots."""
-        if self.pattern is None:
-            return text
-        ambiguous = False
-
-        def replace(match):
-            nonlocal ambiguous
-            slots = self.by_value[match.group(1)]
-            ambiguous |= len(slots) > 1
-            return "{" + slots[0] + "}"
-
-        slotted = self.pattern.sub(replace, text)
-        return None if ambiguous else slotted
-
-
-_SLOTTERS = {}
-
-
-def slotter_for(product, visible):
-    """A cached Slotter: a call asks for the same one every turn, and compiling its pattern is the slow part."""
-    key = json.dumps([product, visible], sort_keys=True)
-    if key not in _SLOTTERS:
-        if len(_SLOTTERS) >= 256:
-            _SLOTTERS.clear()
-        _SLOTTERS[key] = Slotter(product, visible)
-    return _SLOTTERS[key]
-
-
-def fill_slots(template, values):
-    """Fill every `{slot}` from `values`; None when any slot has no value (the template is then not used)."""
-    names = SLOT.findall(template)
-    if any(name not in values for name in names):
-        return None
-    filled = SLOT.sub(lambda match: values[match.group(1)], template)
-    return None if SLOT.search(filled) else filled
 
 
 # ----------------------------------------------------------------------------------------------
@@ -452,6 +395,7 @@ class Outline:
     goal: str              # STAGE_GOALS of the intent's stage
     lines: list            # retrieved templates, slots filled, best first
     template_ids: list
+    templates: list        # the same templates as written, slots and all (what a model that writes slots reads)
 
     def full_text(self):
         """The whole outline, for a person (make chat's /outline): the move and its goal, then every retrieved
@@ -460,11 +404,12 @@ class Outline:
         return "\n".join([f"Next step: {step} ({SALES_INTENTS[self.intent].replace('_', ' ')}). Goal: {self.goal}"]
                          + [f"Proven line: {line}" for line in self.lines])
 
-    def message(self):
+    def message(self, slots=False):
         """The outline as the short system message put just before the salesperson speaks: the move, then the
-        best proven line. Short on purpose: one stands before every salesperson turn of a DOGA prompt."""
-        told = self.record()
-        return f"Outline: {told['intent'].replace('_', ' ')}. Proven line: {told['line']}"
+        best proven line, written as the model writes (slots or values). Short on purpose: one stands before
+        every salesperson turn of a DOGA prompt."""
+        line = (self.templates if slots else self.lines)[:1] or [self.goal]
+        return f"Outline: {self.intent.replace('_', ' ')}. Proven line: {line[0]}"
 
     def record(self):
         """What the outline message tells, as a played call keeps it on the turn it preceded: the move and the line
@@ -476,14 +421,16 @@ class DogaPlanner:
     """Per turn: stage -> next intent -> top-k templates of that intent -> slots filled -> Outline.
 
     Templates said in the call's own domain come first; templates of other domains are used only when
-    none of the own domain fits (a domain held out of training still gets its shared lines). Plans are
-    remembered by the call so far: a DOGA prompt shows the outline of every earlier salesperson turn, so the
-    same plans are asked for again turn after turn."""
+    none of the own domain fits (a domain held out of training still gets its shared lines). Only templates
+    this call can fill are used, also when the model reads them with their slots (`slots`: the outline messages
+    write values as the model does). Plans are remembered by the call so far: a DOGA prompt shows the outline of
+    every earlier salesperson turn, so the same plans are asked for again turn after turn."""
 
-    def __init__(self, library, classifier=None, k=3):
+    def __init__(self, library, classifier=None, k=3, slots=False):
         self.library = library
         self.classifier = classifier or IntentClassifier(library)
         self.k = k
+        self.slots = slots
         self._plans = {}              # situation(product, visible, turns) -> Outline
 
     def plan(self, product, visible, turns):
@@ -515,15 +462,16 @@ class DogaPlanner:
     def _outline(self, product, visible, stage, intent, candidates):
         values = slot_values(product, visible)
         own_domain = [t for t in candidates if product.get("domain") in t["domains"]]
-        lines, ids = [], []
+        lines, ids, texts = [], [], []
         for template in own_domain or candidates:
             filled = fill_slots(template["text"], values)
             if filled is not None and filled not in lines:
                 lines.append(filled)
                 ids.append(template["id"])
+                texts.append(template["text"])
             if len(lines) == self.k:
                 break
-        return Outline(stage, intent, STAGE_GOALS[SALES_INTENTS[intent]], lines, ids)
+        return Outline(stage, intent, STAGE_GOALS[SALES_INTENTS[intent]], lines, ids, texts)
 
     def record_outlines(self, calls):
         """Store on every salesperson turn of played `calls` the outline put before it (turn["outline"],
@@ -544,7 +492,7 @@ class DogaPlanner:
         planned = self.plan_many([(calls[n][0], calls[n][1], calls[n][2][:index]) for n, index in positions])
         messages = [{} for _ in calls]
         for (n, index), outline in zip(positions, planned):
-            messages[n][index] = outline.message()
+            messages[n][index] = outline.message(self.slots)
         return messages
 
 
@@ -608,12 +556,15 @@ def as_call_view(call):
 # The agents: DOGA and the static few-shot baseline share everything but the prompt.
 
 class Agent:
-    """A salesperson around a causal LM: prompt -> model.generate_completions -> `<think>` parsing. Prompt
-    and answer lengths default to the policy's training lengths (config.GRPOConfig)."""
+    """A salesperson around a causal LM: prompt -> model.generate_completions -> `<think>` parsing -> the reply as
+    the customer hears it. The model writes values as its tokenizer says (`tokenizer.slots`): its prompts are
+    written the same way, and its answers are heard with the call's values (`hear`). Prompt and answer lengths
+    default to the policy's training lengths (config.GRPOConfig)."""
 
     def __init__(self, model, tokenizer, library, max_prompt_length=GRPOConfig.max_prompt_length,
                  max_new_tokens=GRPOConfig.max_completion_length, temperature=0.0, top_p=1.0, seed=0):
         self.model, self.tokenizer, self.library = model, tokenizer, library
+        self.slots = tokenizer.slots
         self.max_prompt_length, self.max_new_tokens = max_prompt_length, max_new_tokens
         self.temperature, self.top_p = temperature, top_p
         self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
@@ -623,14 +574,23 @@ class Agent:
         only here; evaluate.py batches many prompts through one generate call."""
         raise NotImplementedError
 
+    @staticmethod
+    def hear(text, call):
+        """A generated answer -> (thought, reply) as heard: parsed (tokenizer.split_thought), then each slot said
+        with the call's value (sales.heard; a slot the call has no value for stays, an unsupported claim)."""
+        product, visible, _ = as_call_view(call)
+        answer = split_thought(text)
+        return heard(answer.thought, product, visible), heard(answer.reply, product, visible)
+
     def respond(self, call):
-        """The next salesperson turn for a call so far (call dict or Sample): (thought, reply, outline)."""
+        """The next salesperson turn for a call so far (call dict or Sample): (thought, reply, outline), the
+        reply as the customer hears it."""
         prompt_ids, outline = self.prompt(call)
         [(completion, _)] = generate_completions(self.model, [prompt_ids], self.max_new_tokens, self.tokenizer.eos_id,
                                                  self.tokenizer.pad_id, self.temperature, self.top_p,
                                                  self.generator if self.temperature > 0 else None)
-        answer = split_thought(self.tokenizer.decode(completion, skip_special_tokens=True))
-        return answer.thought, answer.reply, outline
+        thought, reply = self.hear(self.tokenizer.decode(completion, skip_special_tokens=True), call)
+        return thought, reply, outline
 
 
 class DogaAgent(Agent):
@@ -638,14 +598,14 @@ class DogaAgent(Agent):
 
     def __init__(self, model, tokenizer, library, classifier=None, k=3, **generation):
         super().__init__(model, tokenizer, library, **generation)
-        self.planner = DogaPlanner(library, classifier, k)
+        self.planner = DogaPlanner(library, classifier, k, slots=self.slots)
 
     def prompt(self, call):
         """The plain prompt with DOGA's outline before every salesperson turn, the one about to be
         spoken included (corpus.chat_messages): the format the policy is trained on (train as it infers)."""
         product, visible, turns = as_call_view(call)
         [outlines] = self.planner.outline_messages([(product, visible, turns)])
-        messages = fit_history(self.tokenizer, chat_messages(product, visible, turns, outlines),
+        messages = fit_history(self.tokenizer, chat_messages(product, visible, turns, outlines, self.slots),
                                self.max_prompt_length)
         return self.tokenizer.encode_chat(messages), self.planner.plan(product, visible, turns)
 
@@ -653,7 +613,7 @@ class DogaAgent(Agent):
 class StaticAgent(Agent):
     """The baseline: the plain prompt with one static few-shot block in the system prompt instead of the
     outlines: for each stage, the most supported template of the library (of the call's domain when there
-    is one), filled for this call. The block is the same on every turn of a call."""
+    is one) this call can fill, written as the model writes. The block is the same on every turn of a call."""
 
     title = "Examples of good lines, one per stage:"
 
@@ -663,12 +623,13 @@ class StaticAgent(Agent):
         for stage in STAGES:
             candidates = sorted((m for m in self.library.templates.metadata if m["stage"] == stage),
                                 key=lambda m: (product.get("domain") not in m["domains"], -m["support"], m["id"]))
-            filled = next((f for f in (fill_slots(m["text"], values) for m in candidates) if f), None)
-            if filled:
-                guidance.append(f"{stage.replace('_', ' ')}: {filled}")
-        history = chat_messages(product, visible, turns)[1:]
-        messages, _ = assemble_messages(self.tokenizer, system_prompt(product, visible), self.title, guidance,
-                                        history, self.max_prompt_length)
+            fillable = next((m for m in candidates if fill_slots(m["text"], values)), None)
+            if fillable:
+                line = fillable["text"] if self.slots else fill_slots(fillable["text"], values)
+                guidance.append(f"{stage.replace('_', ' ')}: {line}")
+        history = chat_messages(product, visible, turns, slots=self.slots)[1:]
+        messages, _ = assemble_messages(self.tokenizer, system_prompt(product, visible, self.slots), self.title,
+                                        guidance, history, self.max_prompt_length)
         return self.tokenizer.encode_chat(messages), None
 
 

@@ -3,12 +3,11 @@ customers, for each system of `make eval`.
 
 A *system* is a model with a prompting: `static` (doga.StaticAgent, one few-shot block), `doga`
 (doga.DogaAgent, a fresh outline every turn) or `doga_noisy` (DOGA whose intent classifier's predictions
-are flipped to another legal intent at rate `label_noise`, 20%). One more, `doga_copied`, is a diagnosis
-rather than a system: DOGA, with every reply that is a library template said with other numbers than the
-call's replaced by that template filled for the call (`copy_numbers`): what the model would sell if it
-could copy a number from its context, everything else its own. Every system is measured the same way, on
-one of two sets of customers (`EvalSettings.customers`): **validation** customers, on which recipe choices and
-research arms are measured (ablations.py), or **test** customers, on which no choice was made (`make eval`, the
+are flipped to another legal intent at rate `label_noise`, 20%). A model that writes values as slots
+(tokenizer.py) is measured on what the customer hears: its replies are said with the call's values
+(doga.Agent.hear) before anything scores them. Every system is measured the same way, on one of two sets of
+customers (`EvalSettings.customers`): **validation** customers, on which recipe choices and research arms are
+measured (ablations.py), or **test** customers, on which no choice was made (`make eval`, the
 headline). Both are drawn from the evaluation pool of names (world/personas.json's "evaluation" section), so no
 evaluation customer shares a name, a business name or a profile with a training call:
 
@@ -71,30 +70,25 @@ from config import ConfigError, load_config
 from corpus import load_corpus, training_samples
 from doga import (
     STAGE_GOALS,
+    Agent,
     DogaAgent,
     DogaPlanner,
     IntentClassifier,
     ScriptLibrary,
     StaticAgent,
-    fill_slots,
     track_call,
 )
 from files import read_jsonl, write_jsonl
 from model import generate_completions, load_with_tokenizer
 from report import write_report
-from reward import REWARD_KEYS, CompositeReward, fit_similarity_embedder
+from reward import REWARD_KEYS, CompositeReward, fit_similarity_embedder, heard_target
 from runs import recorded_config
-from sales import STAGES, check_claims, classify_sales_intent, is_good_turn, load_world, slot_values
+from sales import STAGES, check_claims, classify_sales_intent, is_good_turn, load_world
 from simulate import DEFAULT_NOISE, Call, Salesperson, make_persona, run_call
-from tokenizer import format_assistant, split_thought
 from training import resolve_device
 
 
-PROMPTINGS = ("static", "doga", "doga_noisy", "doga_copied")
-# Promptings that diagnose a model rather than make a system one could deploy: their report entries are
-# marked "kind": "diagnostic" (systems: "system", the no-model rows of reference_rows: "reference"), and
-# report.py never gives a verdict on them.
-DIAGNOSES = ("doga_copied",)
+PROMPTINGS = ("static", "doga", "doga_noisy")
 # Which customers a measurement is made on: recipe choices and research arms on validation customers
 # (ablations.py), the headline on test customers that no choice was made on (`make eval`).
 CUSTOMERS = ("validation", "test")
@@ -188,7 +182,7 @@ def make_agent(model, tokenizer, library, prompting, config, settings):
                   "max_new_tokens": config.grpo.max_completion_length, "temperature": 0.0}
     if prompting == "static":
         return StaticAgent(model, tokenizer, library, **generation)
-    if prompting in ("doga", "doga_copied"):
+    if prompting == "doga":
         return DogaAgent(model, tokenizer, library, **generation)
     if prompting == "doga_noisy":
         noisy = IntentClassifier(library, label_noise=settings.label_noise, seed=settings.seed)
@@ -211,34 +205,11 @@ def generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size, temper
     return results
 
 
-def agent_answers(agent, views, batch_size, copied=False):
-    """The agent's raw answers [(text, truncated)] for many calls so far, generated in batches; with `copied`,
-    each passed through copy_numbers (the doga_copied diagnosis)."""
+def agent_answers(agent, views, batch_size):
+    """The agent's answers [(text, truncated)] for many calls so far, generated in batches: text as the model
+    wrote it (Agent.hear says it as the customer hears it)."""
     prompts = [agent.prompt(view)[0] for view in views]
-    answers = generate_batch(agent.model, agent.tokenizer, prompts, agent.max_new_tokens, batch_size)
-    if not copied:
-        return answers
-    templates = [m["text"] for m in agent.library.templates.metadata]
-    return [(copy_numbers(text, view, templates), truncated) for (text, truncated), view in zip(answers, views)]
-
-
-SPOKEN_NUMBER = re.compile(r"\d[\d,.]*\d|\d")
-
-
-def copy_numbers(text, view, templates):
-    """The copy oracle: when the reply of answer `text` is one of `templates` (the script library's) filled
-    with other numbers than this call's, the answer with that template filled with this call's values;
-    otherwise `text` unchanged. Only numbers differ, so the move, the wording and every name stay the model's."""
-    answer = split_thought(text)
-    if not answer.well_formed:
-        return text
-    values = slot_values(view["product"], view["customer"]["visible"])
-    shape = SPOKEN_NUMBER.sub("#", answer.reply)
-    for template in templates:
-        filled = fill_slots(template, values)
-        if filled and filled != answer.reply and SPOKEN_NUMBER.sub("#", filled) == shape:
-            return format_assistant(answer.thought, filled)
-    return text
+    return generate_batch(agent.model, agent.tokenizer, prompts, agent.max_new_tokens, batch_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,12 +221,13 @@ def call_so_far(call, turn_index):
             "customer": {"visible": call["customer"]["visible"]}, "turns": call["turns"][:turn_index]}
 
 
-def select_turns(calls, per_stage, seed, fits=lambda sample: True):
+def select_turns(calls, per_stage, seed, fits=lambda sample: True, slots=False):
     """Up to `per_stage` good salesperson turns (on-stage and faithful) per capability, drawn with `seed`
-    from `calls`, for which fits(sample) holds -> [(call, corpus.Sample)], capabilities in order."""
+    from `calls`, for which fits(sample) holds -> [(call, corpus.Sample)], capabilities in order. The samples
+    write values as the reward's reference model does (`slots`): its Bayesian terms read them."""
     by_stage = {stage: [] for stage in STAGES}
     for call in calls:
-        for sample in training_samples(call):
+        for sample in training_samples(call, slots=slots):
             if is_good_turn(sample.labels) and fits(sample):
                 by_stage[sample.stage].append((call, sample))
     rng = random.Random(seed)
@@ -281,15 +253,16 @@ def score_turns(selected, answers, reward_fn, batch_size=16):
             terms[key] += scored[key].tolist()
     records = []
     for row, ((call, sample), (text, truncated)) in enumerate(zip(selected, answers)):
-        answer = split_thought(text)
+        thought, reply = Agent.hear(text, sample)                             # as the customer would hear it
+        target = heard_target(sample)
         stage_before, _ = track_call(call["turns"][:sample.turn_index])
-        reply_intent = classify_sales_intent(answer.reply, stage_before)
+        reply_intent = classify_sales_intent(reply, stage_before)
         records.append({"call_id": sample.call_id, "turn_index": sample.turn_index, "stage": sample.stage,
                         "target_intent": sample.intent, "reply_intent": reply_intent,
                         "intent_appropriate": reply_intent == sample.intent,
-                        "thought": answer.thought, "reply": answer.reply, "target_reply": sample.target_reply,
-                        "truncated": truncated, "reply_words": len(answer.reply.split()),
-                        "target_words": len(sample.target_reply.split()),
+                        "thought": thought, "reply": reply, "target_reply": target,
+                        "truncated": truncated, "reply_words": len(reply.split()),
+                        "target_words": len(target.split()),
                         **{key: terms[key][row] for key in REWARD_KEYS}})
     return records
 
@@ -468,7 +441,7 @@ def make_eval_setup(config, settings, train_calls, test_calls, base_dir, domain=
     reward_fn = CompositeReward(config.reward, base, tokenizer, fit_similarity_embedder(good))
     calls = [c for c in held_out_half(test_calls, settings.customers) if domain in (None, c["domain"])]
     turns = select_turns(calls, settings.turns_per_stage, settings.seed,
-                         lambda s: len(tokenizer.encode(s.prompt)) <= config.grpo.max_prompt_length)
+                         lambda s: len(tokenizer.encode(s.prompt)) <= config.grpo.max_prompt_length, tokenizer.slots)
     if not turns:
         raise ValueError(f"no good held-out turn fits max_prompt_length={config.grpo.max_prompt_length} in the "
                          f"{settings.customers} half of the test calls"
@@ -480,28 +453,28 @@ def make_eval_setup(config, settings, train_calls, test_calls, base_dir, domain=
 
 def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
     """Turn level, judge and closed loop of one system; writes out_dir/systems/<name>/{turns,calls}.jsonl.
-    Returns its report.json entry, whose "kind" says whether it is a system or a diagnosis (DIAGNOSES)."""
+    Returns its report.json entry (kind "system")."""
     started = time.time()
     device = resolve_device(setup.config.grpo.device)
     model, tokenizer = load_with_tokenizer(model_dir, device=device)
     agent = make_agent(model.eval(), tokenizer, library, prompting, setup.config, setup.settings)
-    batch_size, copied = setup.settings.batch_size, prompting == "doga_copied"
+    batch_size = setup.settings.batch_size
     print(f"\n== {name}: {len(setup.turns)} turns, {len(setup.products)} products x "
           f"{setup.settings.calls_per_product} calls")
 
     views = [call_so_far(call, sample.turn_index) for call, sample in setup.turns]
     answers = []
     for start in tqdm(range(0, len(views), batch_size), desc=f"{name} turns", unit="batch"):
-        answers += agent_answers(agent, views[start:start + batch_size], batch_size, copied)
+        answers += agent_answers(agent, views[start:start + batch_size], batch_size)
     records = score_turns(setup.turns, answers, setup.reward_fn)
     if setup.judge:
         scores, attempts = setup.judge.score([s for _, s in setup.turns], [r["reply"] for r in records])
         for record, score, tries in zip(records, scores, attempts):
             record["judge"], record["judge_attempts"] = score, tries
 
-    def speak(call_views):
-        return [(a.thought, a.reply) for a in
-                (split_thought(text) for text, _ in agent_answers(agent, call_views, batch_size, copied))]
+    def speak(call_views):                               # (thought, reply) as heard, for each live call
+        return [agent.hear(text, view) for (text, _), view in zip(agent_answers(agent, call_views, batch_size),
+                                                                  call_views)]
 
     calls = play_calls(speak, setup.jobs(), desc=f"{name} calls")
     if isinstance(agent, DogaAgent):                     # the outline before each turn, for calls.html
@@ -511,7 +484,7 @@ def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
     write_jsonl(os.path.join(folder, "turns.jsonl"), records)
     write_jsonl(os.path.join(folder, "calls.jsonl"), calls)
     result = {**aggregate_turns(records), "closed_loop": closed_loop_metrics(calls), "model": model_dir,
-              "prompting": prompting, "kind": "diagnostic" if prompting in DIAGNOSES else "system",
+              "prompting": prompting, "kind": "system",
               "seconds": round(time.time() - started, 1)}
     overall, loop = result["overall"], result["closed_loop"]
     print(f"{name}: intent appropriateness {overall['intent_appropriateness']['value']:.3f}, total reward "
@@ -556,7 +529,7 @@ def reference_rows(setup, library, out_dir, noise=DEFAULT_NOISE):
 # `make eval`: one trained run, base vs GRPO, each static and DOGA.
 
 def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=None, judge_dir=None,
-                 promptings=("static", "doga", "doga_copied")):
+                 promptings=("static", "doga")):
     started = time.time()
     # The run's own reward weights and lengths, as it recorded them; a config file only for a run without one.
     config = recorded_config(os.path.join(run_dir, "final")) or load_config(config_path)
@@ -588,8 +561,8 @@ def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=Non
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Evaluate one trained run: base vs GRPO, each static, "
-                                                 "DOGA and DOGA with the copy oracle.")
+    parser = argparse.ArgumentParser(description="Evaluate one trained run: base vs GRPO, each with "
+                                                 "static and DOGA prompting.")
     parser.add_argument("--config", default=None, help="used only when the run recorded no config (<run>/final/"
                                                        "run.json); default: config.py's defaults")
     parser.add_argument("--run", default="runs/default", help="run folder with base/, final/ and scripts/")

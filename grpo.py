@@ -92,19 +92,21 @@ def load_prompt_pool(path, tokenizer, settings, library_dir=None):
     likelihood should reward thoughts that explain *good* replies, not the corpus's deliberate mistakes.
     With a DOGA script library, `outline_share` of the calls (each chosen by a hash of its id) are prompted as
     the DOGA agent prompts at inference, its outline before every salesperson turn: train as it infers.
-    Prompts longer than max_prompt_length are left out (cutting one would cut its system prompt).
+    Prompts longer than max_prompt_length are left out (cutting one would cut its system prompt). Prompts and
+    target replies write values as the model does (`tokenizer.slots`, see tokenizer.py).
     """
     calls = load_corpus(path)
     outlines = [None] * len(calls)
     if library_dir and settings.outline_share > 0:
         chosen = [n for n, call in enumerate(calls)
                   if random.Random(f"{settings.seed}:{call['id']}").random() < settings.outline_share]
-        planned = DogaPlanner(ScriptLibrary.load(library_dir)).outline_messages(
+        planned = DogaPlanner(ScriptLibrary.load(library_dir), slots=tokenizer.slots).outline_messages(
             [(calls[n]["product"], calls[n]["customer"]["visible"], calls[n]["turns"]) for n in chosen],
             next_turn=False)
         for n, call_outlines in zip(chosen, planned):
             outlines[n] = call_outlines
-    samples = [s for call, call_outlines in zip(calls, outlines) for s in training_samples(call, call_outlines)]
+    samples = [s for call, call_outlines in zip(calls, outlines)
+               for s in training_samples(call, call_outlines, tokenizer.slots)]
     if settings.turn_filter == "good":
         samples = [s for s in samples if is_good_turn(s.labels)]
     if not calls:

@@ -64,18 +64,19 @@ def text_pipeline(tokenizer):
     return {key: spec.get(key) for key in ("normalizer", "pre_tokenizer", "decoder", "added_tokens")}
 
 
-def get_tokenizer(out_dir, corpus_file, calls, vocab_size):
+def get_tokenizer(out_dir, corpus_file, calls, vocab_size, slots):
     """`<out>/tokenizer.json` when this module made it from the same inputs, else a new one trained on the calls.
 
     Beside the tokenizer, `tokenizer_record.json` says what made it: the corpus (fingerprint), the
-    vocabulary size asked for, the text pipeline of ChatTokenizer.train (read off a tokenizer trained on
-    no text: the pipeline does not depend on the text), and the tokenizer file's own fingerprint. A
+    vocabulary size asked for, whether the texts write values as slots, the text pipeline of
+    ChatTokenizer.train (read off a tokenizer trained on no text: the pipeline does not depend on the text),
+    and the tokenizer file's own fingerprint. A
     tokenizer.json the record does not describe came from elsewhere and is refused: training on it would
     silently use another tokenizer's ids. One the record describes, made from other inputs (another
     corpus, vocabulary size or pipeline), is this module's own stale artifact and is trained again.
     """
     path, record_path = os.path.join(out_dir, "tokenizer.json"), os.path.join(out_dir, TOKENIZER_RECORD)
-    wanted = {"corpus": fingerprint(corpus_file), "vocab_size": vocab_size,
+    wanted = {"corpus": fingerprint(corpus_file), "vocab_size": vocab_size, "slots": slots,
               "pipeline": text_pipeline(ChatTokenizer.train([], vocab_size))}
     if os.path.exists(path):
         try:
@@ -94,20 +95,20 @@ def get_tokenizer(out_dir, corpus_file, calls, vocab_size):
             return ChatTokenizer.load(path)
         print(f"{path}: made for another {', '.join(stale).replace('_', ' ')}, trained again")
     print(f"training a {vocab_size}-token byte-level BPE tokenizer on {len(calls)} calls")
-    tokenizer = ChatTokenizer.train((render_call_text(call) for call in calls), vocab_size)
+    tokenizer = ChatTokenizer.train((render_call_text(call, slots=slots) for call in calls), vocab_size, slots=slots)
     tokenizer.save(out_dir)
     write_json(record_path, {**wanted, "corpus_file": os.path.abspath(corpus_file), "tokenizer": fingerprint(path)},
                indent=1)
     return tokenizer
 
 
-def planned_outlines(calls, library_dir, share, seed):
+def planned_outlines(calls, library_dir, share, seed, slots):
     """{call id: outlines} for `share` of the calls (each chosen by a hash of its id and `seed`): DOGA's outline
     before each of their salesperson turns, planned as the agent plans at inference (doga.DogaPlanner)."""
     chosen = [call for call in calls if random.Random(f"{seed}:{call['id']}").random() < share]
     if not chosen:
         return {}
-    planner = DogaPlanner(ScriptLibrary.load(library_dir))
+    planner = DogaPlanner(ScriptLibrary.load(library_dir), slots=slots)
     outlines = planner.outline_messages([(c["product"], c["customer"]["visible"], c["turns"]) for c in chosen],
                                 next_turn=False)
     return {call["id"]: messages for call, messages in zip(chosen, outlines)}
@@ -121,7 +122,7 @@ def call_rows(calls, tokenizer, seq_len, outlines=None):
     inputs, targets = [], []
     for call in calls:
         ids, labels = [], []
-        for index, message in enumerate(call_messages(call, (outlines or {}).get(call["id"]))):
+        for index, message in enumerate(call_messages(call, (outlines or {}).get(call["id"]), tokenizer.slots)):
             encoded = tokenizer.encode(render_chat([message], add_generation_prompt=False))
             ids += encoded
             labels += [-100] * len(encoded) if index > 0 and message["role"] == "system" else encoded
@@ -136,7 +137,7 @@ def sft_examples(calls, tokenizer, seq_len):
     """One example per salesperson turn: prompt + `<think>..</think>\\nreply<|im_end|>`, loss on the answer."""
     inputs, targets = [], []
     for call in calls:
-        for sample in training_samples(call):
+        for sample in training_samples(call, slots=tokenizer.slots):
             prompt = tokenizer.encode(sample.prompt)
             answer = tokenizer.encode(format_assistant(sample.thought, sample.target_reply)) + [tokenizer.eos_id]
             ids = (prompt + answer)[-(seq_len + 1):]             # keep the answer if the prompt is long
@@ -196,7 +197,7 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
     if init:  # SFT from an existing model (ours or a real checkpoint): keep its tokenizer
         model, tokenizer = load_with_tokenizer(init)
     else:
-        tokenizer = get_tokenizer(out_dir, corpus_file, calls, config.tokenizer.vocab_size)
+        tokenizer = get_tokenizer(out_dir, corpus_file, calls, config.tokenizer.vocab_size, settings.slots)
         model_config = Qwen2Config.from_hf_dict({**config.model, "vocab_size": tokenizer.vocab_size,
                                                  "eos_token_id": tokenizer.eos_id,
                                                  "bos_token_id": tokenizer.endoftext_id},
@@ -205,7 +206,7 @@ def _train(config, data_dir, out_dir, sft, init, library_dir):
     if sft:
         inputs, targets = sft_examples(calls, tokenizer, settings.seq_len)
     else:
-        outlines = (planned_outlines(calls, library_dir, settings.outline_share, settings.seed)
+        outlines = (planned_outlines(calls, library_dir, settings.outline_share, settings.seed, tokenizer.slots)
                     if library_dir and settings.outline_share > 0 else {})
         inputs, targets = call_rows(calls, tokenizer, settings.seq_len, outlines)
         print(f"{len(outlines)} of {len(calls)} calls with DOGA's outlines; "

@@ -13,11 +13,9 @@ they measured to <out>/:
 * calls.html: every call the systems played (<out>/systems/*/calls.jsonl), each turn annotated, to audit by
   eye (calls_page.py).
 
-Every entry has a `kind` (KINDS): a *system* (a model with a prompting, what one could deploy), a
-*diagnostic* (a measurement of a model that no deployment could reproduce, such as the copy oracle
-`*/doga_copied`) or a *reference* (a salesperson without a trained model). Diagnoses and references are
-labelled as such in every table, drawn hatched and grey in the plot, and never get a verdict, so a reader
-never takes one for a system.
+Every entry has a `kind` (KINDS): a *system* (a model with a prompting, what one could deploy) or a *reference*
+(a salesperson without a trained model, evaluate.reference_rows). References are labelled as such in the closed-loop
+table, the only one they appear in, and never get a verdict, so a reader never takes one for a system.
 
 The claims (`paper_claims`): each comparison the paper reports, stated qualitatively (no number is
 copied), with its direction, between systems only; the verdict is the sign of the difference in closed-loop
@@ -39,7 +37,7 @@ from files import write_bytes, write_json, write_text
 from sales import STAGES
 
 
-KINDS = ("system", "diagnostic", "reference")
+KINDS = ("system", "reference")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,7 +84,7 @@ def claim_verdict(first, second, direction):
 
 
 def claims_table(systems):
-    """The paper's claims with what we measured; a claim about a diagnosis or a reference is not measured."""
+    """The paper's claims with what we measured; a claim about a reference is not measured."""
     systems = {name: result for name, result in systems.items() if result["kind"] == "system"}
     rows = []
     for claim, first, second, direction in paper_claims(systems):
@@ -126,27 +124,24 @@ def plot(path, curves, systems):
 
 
 def capability_bars(axes, systems):
-    """Capability score per capability, one bar per system; a diagnosis is drawn hatched and grey, labelled as
-    one in the legend, after the systems."""
+    """Capability score per capability, one bar per system."""
     columns = list(STAGES) + ["overall"]
     width = 0.8 / max(1, len(systems))
-    greys = iter(["0.85", "0.65", "0.45"] * len(systems))        # one shade per diagnosis, so each reads apart
     for k, (name, result) in enumerate(in_report_order(systems)):
         values = [result["capabilities"][s].get("intent_appropriateness", {}).get("value") or 0.0 for s in STAGES]
         values.append(result["overall"]["intent_appropriateness"]["value"])
-        style = {} if result["kind"] == "system" else {"color": next(greys), "edgecolor": "black", "hatch": "//"}
-        axes.bar(np.arange(len(columns)) + k * width, values, width, label=row_name(name, result), **style)
+        axes.bar(np.arange(len(columns)) + k * width, values, width, label=row_name(name, result))
     axes.set_xticks(np.arange(len(columns)) + 0.4 - width / 2, [c.replace("_", "\n") for c in columns], fontsize=7)
-    axes.set(title="Capability score (intent appropriateness; hatched: not a system)", ylim=(0, 1))
+    axes.set(title="Capability score (intent appropriateness)", ylim=(0, 1))
 
 
 def in_report_order(entries):
-    """(name, entry) of systems first, then diagnoses, then references, each in the order they came."""
+    """(name, entry) of systems first, then references, each in the order they came."""
     return sorted(entries.items(), key=lambda item: KINDS.index(item[1]["kind"]))
 
 
 def row_name(name, entry):
-    """A row's name in the tables and the legend: a diagnosis or a reference says what it is."""
+    """A row's name in the tables and the legend: a reference says what it is."""
     return name if entry["kind"] == "system" else f"{entry['kind']}: {name}"
 
 
@@ -176,7 +171,7 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
     """reports/<run>/report.md, report.json and training_and_capabilities.png. `references`: closed-loop rows
     of salespeople without a trained model (evaluate.reference_rows), listed under the systems."""
     references = references or {}
-    for entries, kinds in ((systems, ("system", "diagnostic")), (references, ("reference",))):
+    for entries, kinds in ((systems, ("system",)), (references, ("reference",))):
         for name, entry in entries.items():
             if entry.get("kind") not in kinds:
                 raise ValueError(f"report entry {name!r}: kind {entry.get('kind')!r}, expected one of {kinds}")
@@ -199,12 +194,9 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
              "research arms are chosen on validation customers; test customers, on which no choice was made, give "
              "the headline). No evaluation customer shares a name, a business name or a profile with a training "
              "call.", "",
-             "**Not every row is a system.** A row labelled *diagnostic:* measures a model in a way no deployment "
-             "could: `doga_copied` is the model with DOGA, each reply that is a library template said with other "
-             "numbers than the call's replaced by that template with the call's numbers (evaluate.copy_numbers), "
-             "what the model would sell if it could copy a number from its context. A row labelled *reference:* "
-             "is a salesperson without a trained model. Neither gets a verdict; the plot draws diagnoses hatched "
-             "and grey; report.json marks every entry with its `kind` (system, diagnostic, reference).", "",
+             "**Not every row is a system.** A row labelled *reference:* (closed loop only) is a salesperson "
+             "without a trained model; it gets no verdict, and report.json marks every entry with its `kind` "
+             "(system, reference).", "",
              "## Capability score: intent appropriateness",
              "Share of held-out turns where the reply does what the reference salesperson did "
              "(sales.classify_sales_intent of the reply = the reference intent). Conversion: closed loop.", ""]
@@ -228,8 +220,8 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
                      f"{o['reply_words']:.1f} ({o['target_words']:.1f}) | {o['truncated']:.0%} |")
     lines += ["", "## Closed loop against simulated customers",
               "Rates with Wilson 95% intervals; per-call means with Student-t 95% intervals. The rows labelled "
-              "*reference:* play the same customers without a trained model; they and the *diagnostic:* rows are "
-              "not systems (see the top of this report).", "",
+              "*reference:* play the same customers without a trained model; they are not systems (see the top of "
+              "this report).", "",
               "| system | calls | conversion | hang-up | turns per call | unfaithful turns per call | "
               "unsupported facts per call | off-stage turns per call |", "|" + "---|" * 8]
     for name, result in in_report_order({**systems, **references}):
@@ -242,7 +234,7 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
     lines += ["", "## The paper's claims beside what we measured",
               "The paper's findings are stated qualitatively (no numbers copied). Verdict: the sign of the "
               "difference in closed-loop conversion (the headline) against the paper's direction; 'within "
-              "noise' when the two 95% intervals overlap. Systems only: diagnoses and references get none.", "",
+              "noise' when the two 95% intervals overlap. Systems only: references get none.", "",
               "| claim (paper) | systems | measured | verdict |", "|---|---|---|---|"]
     lines += [f"| {c['claim']} | {c['systems']} | {c['measured']} | {c['verdict']} |" for c in claims]
     lines += ["", "## Training curves and capability scores", "", "![training curves and capability scores]"

@@ -1,7 +1,10 @@
 """The composite reward of AI-Salesman's training engine (docs/design.md, "Rewards").
 
 For a prompt (the call so far) with target reply A* (what the corpus's salesperson said), a completion
-`<think>Th</think> reply` earns
+`<think>Th</think> reply` earns the terms below. A model that writes values as slots (`{price}`, see
+tokenizer.py) is judged on what the customer would hear: the similarity, faithfulness and manager terms read the
+reply and A* with their slots said (sales.heard; a slot this call has no value for is an unsupported claim); the
+Bayesian terms score the text as the model writes it.
 
     total = w_format * format + w_similarity * similarity + w_faithfulness * faithfulness
             + w_manager * manager + w_bayes * bayes
@@ -51,6 +54,7 @@ from retrieval import HashedTfidfEmbedder
 from sales import (
     check_claims,
     classify_sales_intent,
+    heard,
     mask_values,
     stage_move,
     without_lists,
@@ -127,9 +131,14 @@ def faithfulness_score(reply, target):
     return precision * coverage(reply, target) - WRONG_FACT_COST * (1.0 - precision)
 
 
+def heard_target(sample):
+    """A sample's target reply as the customer hears it (sales.heard)."""
+    return heard(sample.target_reply, sample.product, sample.visible)
+
+
 def fit_similarity_embedder(samples):
     """The similarity term's embedder, fitted on the masked target replies of training samples."""
-    return HashedTfidfEmbedder().fit([mask_values(s.target_reply, s.product, s.visible) for s in samples])
+    return HashedTfidfEmbedder().fit([mask_values(heard_target(s), s.product, s.visible) for s in samples])
 
 
 class CompositeReward:
@@ -152,17 +161,18 @@ class CompositeReward:
         """
         n = len(completions)
         parsed = [split_thought(text) for text in completions]
+        replies = [heard(p.reply, s.product, s.visible) for p, s in zip(parsed, samples)]   # what would be heard
         ok = torch.tensor([p.well_formed and not cut for p, cut in zip(parsed, truncated)])
         floor = self.config.bayes_floor
         judged = ("similarity", "faithfulness", "manager")                      # 0 unless well formed
         terms = {"format": ok.float(), **{key: torch.zeros(n) for key in judged + BEHAVIOUR_KEYS},
                  "bayes_prior": torch.full((n,), floor), "bayes_likelihood": torch.full((n,), floor)}
-        for i, (answer, sample) in enumerate(zip(parsed, samples)):
+        for i, (text, sample) in enumerate(zip(replies, samples)):
             # What the reply does, on every completion (a malformed one still says something).
-            intent = classify_sales_intent(answer.reply, sample.stage_before)
+            intent = classify_sales_intent(text, sample.stage_before)
             on_stage, _ = stage_move(intent, sample.stage_before)
-            reply = check_claims(answer.reply, sample.product, sample.visible)
-            target = check_claims(sample.target_reply, sample.product, sample.visible)
+            reply = check_claims(text, sample.product, sample.visible)
+            target = check_claims(heard_target(sample), sample.product, sample.visible)
             terms["on_stage"][i] = float(on_stage)
             terms["intent_match"][i] = float(intent == sample.intent)
             terms["claim_free"][i] = float(bool(target.facts) and not reply.facts and not reply.wrong)
@@ -171,10 +181,9 @@ class CompositeReward:
                 terms["faithfulness"][i] = faithfulness_score(reply, target)
         rows = ok.nonzero().flatten().tolist()
         if rows:
-            replies = [mask_values(without_lists(parsed[i].reply), samples[i].product, samples[i].visible)
-                       for i in rows]
-            targets = [mask_values(samples[i].target_reply, samples[i].product, samples[i].visible) for i in rows]
-            cosine = (self.embedder.encode(replies) * self.embedder.encode(targets)).sum(axis=1).clip(0.0, 1.0)
+            masked = [mask_values(without_lists(replies[i]), samples[i].product, samples[i].visible) for i in rows]
+            targets = [mask_values(heard_target(samples[i]), samples[i].product, samples[i].visible) for i in rows]
+            cosine = (self.embedder.encode(masked) * self.embedder.encode(targets)).sum(axis=1).clip(0.0, 1.0)
             terms["similarity"][rows] = torch.as_tensor(cosine, dtype=torch.float32)
             if self.config.bayes != 0:  # an unweighted term is not worth a ref_model forward pass
                 prior, likelihood = bayes_terms(self.ref_model, self.tokenizer,

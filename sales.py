@@ -264,6 +264,79 @@ def fill(template, slots):
     return SLOT.sub(lambda match: slots[match.group(1)], template)
 
 
+# A written value: the model may write `{slot}` where a call's value goes (its training text does: corpus.py), and
+# the call's record says it. Values -> slots (Slotter) is how that text is made from spoken calls; slots -> values
+# (`heard`) is what the customer hears of it.
+
+
+class Slotter:
+    """Replaces the spoken values of one product sheet and visible profile by their slot names.
+
+    Values are spoken by sales.slot_values ("$49", "per month", lists as "a, b and c"). Longer values
+    are replaced first, so a feature list wins over a number inside it. A value two slots share (a
+    3-month term and 3 activation days) cannot be attributed and makes the text unusable (None).
+    """
+
+    def __init__(self, product, visible):
+        by_value = {}
+        for slot, value in slot_values(product, visible).items():
+            if slot in ("id", "domain", "currency") or not value.strip():
+                continue
+            by_value.setdefault(value, []).append(slot)
+        self.by_value = by_value
+        values = sorted(by_value, key=len, reverse=True)
+        # A value is matched only as a whole: not inside a longer number or word.
+        self.pattern = re.compile(r"(?<![\w.$])(" + "|".join(re.escape(v) for v in values) + r")(?![\w]|[.,]\d)") \
+            if values else None
+
+    def __call__(self, text):
+        """Text with values replaced by `{slot}`, or None if a value in it belongs to several slots."""
+        if self.pattern is None:
+            return text
+        ambiguous = False
+
+        def replace(match):
+            nonlocal ambiguous
+            slots = self.by_value[match.group(1)]
+            ambiguous |= len(slots) > 1
+            return "{" + slots[0] + "}"
+
+        slotted = self.pattern.sub(replace, text)
+        return None if ambiguous else slotted
+
+
+_SLOTTERS = {}
+
+
+def slotter_for(product, visible):
+    """A cached Slotter: a call asks for the same one every turn, and compiling its pattern is the slow part."""
+    key = json.dumps([product, visible], sort_keys=True)
+    if key not in _SLOTTERS:
+        if len(_SLOTTERS) >= 256:
+            _SLOTTERS.clear()
+        _SLOTTERS[key] = Slotter(product, visible)
+    return _SLOTTERS[key]
+
+
+def fill_slots(template, values):
+    """Fill every `{slot}` from `values`; None when any slot has no value (the template is then not used)."""
+    names = SLOT.findall(template)
+    if any(name not in values for name in names):
+        return None
+    filled = SLOT.sub(lambda match: values[match.group(1)], template)
+    return None if SLOT.search(filled) else filled
+
+
+def heard(text, product, visible):
+    """What the customer hears of a written `text`: every `{slot}` this call has a value for is said as that value
+    (sales.slot_values); a slot it has none for (another product's field, a misspelt name) stays as written, and
+    check_claims counts it as an unsupported claim. Text with no slot is heard as written."""
+    if "{" not in text:
+        return text
+    values = slot_values(product, visible)
+    return SLOT.sub(lambda match: values.get(match.group(1), match.group(0)), text)
+
+
 def _name_pools():
     """The name vocabularies of personas.json: the training customers', then the evaluation customers'."""
     spec = load_world().personas
@@ -487,6 +560,7 @@ def check_claims(text, product, visible):
       unsupported;
     * product names: this product's supports itself, any other catalogue product is unsupported;
     * the customer's name and business name: another person's or business's name is unsupported;
+    * a slot left unfilled (`{coverage_limit}` heard in a call that has no coverage limit) is unsupported;
     * forbidden promises (`find_promises`): any business rule of this product that the text breaks, in the
       rule's own words or in others.
 
@@ -511,8 +585,11 @@ def check_claims(text, product, visible):
         (facts if right else wrong).add((kind, written))
         if not right:
             unsupported.append(written)
+    for match in SLOT.finditer(text):          # a slot heard unfilled: this call has no such value (sales.heard)
+        unsupported.append(match.group(0))
+        wrong.add(("slot", match.group(1)))
     subjects = _call_subjects(json.dumps(product, sort_keys=True), json.dumps(visible, sort_keys=True))
-    spoken = _people_patterns()[1].sub(" ", _catalogue_names()[2].sub(" qproduct ", text))
+    spoken = _people_patterns()[1].sub(" ", _catalogue_names()[2].sub(" qproduct ", SLOT.sub(" ", text)))
     for written, value, fact in _number_claims(spoken, subjects):
         if fact is not None:
             supported += 1

@@ -6,13 +6,18 @@ AI-Salesman trains a Qwen2-family model, so we speak Qwen's format:
   model, or loaded from a real Qwen2.5 checkpoint's `tokenizer.json`);
 * the ChatML chat template, rendered in exactly one place (`render_chat`);
 * the policy's answer format: a private `<think>...</think>` block followed by the spoken reply
-  (`format_assistant` writes it, `split_thought` reads it back; the reward and the agent share both).
+  (`format_assistant` writes it, `split_thought` reads it back; the reward and the agent share both);
+* how the model writes a call's values (`ChatTokenizer.slots`): as slots (`{price}`, `{monthly_orders}`), which
+  the call's record fills before anyone hears the reply (sales.heard), or as the values themselves. It is a
+  property of the text the model was trained on, so it travels with the tokenizer, in `slots.json` beside
+  `tokenizer.json`; a checkpoint without that file (a real Qwen2.5) writes values as they are.
 
 Left out on purpose: Jinja chat templates and `tokenizer_config.json`. A second copy of the template in
 Jinja would be a second source of truth; our code never needs it, and real Qwen checkpoints already
 ship their own.
 """
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -104,11 +109,16 @@ QWEN2_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\
                        r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
-class ChatTokenizer:
-    """A byte-level BPE tokenizer that knows the three ChatML special tokens."""
+SLOTS_FILE = "slots.json"
 
-    def __init__(self, tokenizer, source="<memory>"):
+
+class ChatTokenizer:
+    """A byte-level BPE tokenizer that knows the three ChatML special tokens, and whether its model writes values
+    as slots (`slots`, see the module docstring)."""
+
+    def __init__(self, tokenizer, source="<memory>", slots=False):
         self.tokenizer = tokenizer
+        self.slots = slots
         missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
         if missing:
             raise ValueError(f"{source}: tokenizer lacks the ChatML special tokens {missing}")
@@ -118,9 +128,9 @@ class ChatTokenizer:
         self.pad_id = self.endoftext_id
 
     @classmethod
-    def train(cls, texts, vocab_size, show_progress=False):
+    def train(cls, texts, vocab_size, show_progress=False, slots=False):
         """Train a byte-level BPE on an iterable of strings (Qwen2-style: byte fallback never needed,
-        since all 256 bytes are in the initial alphabet)."""
+        since all 256 bytes are in the initial alphabet). slots: the texts write values as slots."""
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated"),
@@ -134,7 +144,7 @@ class ChatTokenizer:
             show_progress=show_progress,
         )
         tokenizer.train_from_iterator(texts, trainer=trainer)
-        return cls(tokenizer)
+        return cls(tokenizer, slots=slots)
 
     @classmethod
     def load(cls, path):
@@ -147,11 +157,22 @@ class ChatTokenizer:
             tokenizer = Tokenizer.from_file(file)
         except Exception as error:  # the tokenizers library raises a bare Exception on bad JSON
             raise ValueError(f"{file}: not a readable tokenizer.json ({error})") from None
-        return cls(tokenizer, source=file)
+        slots_file = os.path.join(os.path.dirname(file), SLOTS_FILE)
+        slots = False
+        if os.path.isfile(slots_file):
+            try:
+                with open(slots_file, encoding="utf-8") as handle:
+                    slots = json.load(handle)["slots"]
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(f"{slots_file}: unreadable ({error!r})") from None
+            if not isinstance(slots, bool):
+                raise ValueError(f"{slots_file}: 'slots' must be true or false, got {slots!r}")
+        return cls(tokenizer, source=file, slots=slots)
 
     def save(self, folder):
-        """Write `folder/tokenizer.json` atomically (files.write_text)."""
+        """Write `folder/tokenizer.json` and `folder/slots.json` atomically (files.write_text)."""
         write_text(os.path.join(folder, "tokenizer.json"), self.tokenizer.to_str(pretty=True))
+        write_text(os.path.join(folder, SLOTS_FILE), json.dumps({"slots": self.slots}) + "\n")
 
     @property
     def vocab_size(self):

@@ -8,7 +8,6 @@ checks that both engines agree."""
 import json
 import math
 import random
-import re
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from files import read_jsonl
 from model import save_pretrained
 from retrieval import HashedTfidfEmbedder
 from reward import CompositeReward
-from sales import STAGES, fill, load_world, slot_values
+from sales import STAGES, load_world
 from simulate import Salesperson, run_call, simulate_call
 from tiny import tiny_chat_model
 from tokenizer import format_assistant
@@ -250,7 +249,7 @@ def test_report_from_a_smoke_run(tmp_path):
 
     report = json.load(open(out / "report.json"))
     assert set(report["systems"]) == {f"{model}/{prompting}" for model in ("base", "grpo")
-                                      for prompting in ("static", "doga", "doga_copied")}
+                                      for prompting in ("static", "doga")}
     for name, system in report["systems"].items():
         assert set(system["capabilities"]) == set(STAGES)
         for summary in list(system["capabilities"].values()) + [system["overall"]]:
@@ -275,46 +274,28 @@ def test_report_from_a_smoke_run(tmp_path):
                 [p for _, ps in sorted(load_world().products.items()) for p in ps], 1, 0, "test")]
     assert report["meta"]["customers"] == "test"
     assert {c["verdict"] for c in report["claims"] if c["systems"].startswith("grpo/doga vs sft")} == {"not measured"}
-    # Diagnoses and references are marked as such, in the JSON, the tables and the verdicts.
-    assert {name: system["kind"] for name, system in report["systems"].items()} == \
-        {name: "diagnostic" if name.endswith("/doga_copied") else "system" for name in report["systems"]}
+    # References are marked as such, in the JSON, the tables and the verdicts.
+    assert {system["kind"] for system in report["systems"].values()} == {"system"}
     assert len(report["references"]) == 3 and {r["kind"] for r in report["references"].values()} == {"reference"}
-    assert not [c for c in report["claims"] if "copied" in c["systems"] or "scripted" in c["systems"]]
+    assert not [c for c in report["claims"] if "scripted" in c["systems"]]
 
     markdown = (out / "report.md").read_text()
     assert "| system | opening | business_analysis |" in markdown and "| grpo/doga |" in markdown
     assert "Customers: **test**" in markdown
     rows = [line.split(" | ")[0][2:] for line in markdown.splitlines() if line.startswith("| ")]
-    assert "grpo/doga_copied" not in rows and rows.count("diagnostic: grpo/doga_copied") == 4   # every table
+    assert rows.count("grpo/doga") == 4                                          # every table
     for name in report["references"]:
         assert name not in rows and rows.count(f"reference: {name}") == 1      # the closed loop's table
     assert "DOGA beats static prompting" in markdown and "training_and_capabilities.png" in markdown
     assert (out / "training_and_capabilities.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # calls.html: every played call; a DOGA system's turns keep the outline they were prompted with
     assert (out / "calls.html").read_text().count('<details class="call') == 12 * (len(report["systems"]) + 3)
-    for name, prompted in (("grpo__doga", True), ("grpo__doga_copied", True), ("grpo__static", False)):
+    for name, prompted in (("grpo__doga", True), ("grpo__static", False)):
         turns = [t for c in read_jsonl(str(out / "systems" / name / "calls.jsonl")) for t in c["turns"]]
         assert all(("outline" in t) == prompted for t in turns if t["role"] == "sales")
 
 
-def test_copy_oracle_fixes_the_numbers_of_a_template_and_nothing_else():
-    call = simulate_call(3, seed=5, noise=0.0)
-    view = evaluate.call_so_far(call, 0)
-    values = slot_values(call["product"], call["customer"]["visible"])
-    numbered = load_world().sales_templates["diagnose_with_numbers"]["texts"][call["domain"]][0]
-    right = fill(numbered, values)
-    assert re.search(r"\d", right)
-    wrong = re.sub(r"\d+", lambda m: str(int(m.group(0)) + 7), right)           # the same sentence, other numbers
-    other = "Thanks for your time today."
-    templates = [numbered, other]
-    assert evaluate.copy_numbers(format_assistant("Use them.", wrong), view, templates) == \
-        format_assistant("Use them.", right)
-    for text in (format_assistant("Fine.", right), format_assistant("Other words.", wrong + " Really."),
-                 "no thought block " + wrong):
-        assert evaluate.copy_numbers(text, view, templates) == text         # right already, reworded, malformed
-
-
-def test_verdicts_and_the_plot_keep_diagnoses_apart_from_systems():
+def test_verdicts_are_for_systems_only():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -325,20 +306,18 @@ def test_verdicts_and_the_plot_keep_diagnoses_apart_from_systems():
                 "closed_loop": {"conversion": {"value": conversion, "low": conversion - 0.1,
                                                "high": conversion + 0.1}}}
     systems = {"grpo/doga": entry("system", 0.5), "grpo/static": entry("system", 0.2),
-               "base/doga": entry("diagnostic", 0.1)}
+               "base/doga": entry("reference", 0.1)}
     verdicts = {row["systems"]: row["verdict"] for row in report.claims_table(systems)}
     assert verdicts["grpo/doga vs grpo/static"] == "agrees"
-    # base/doga is measured but marked a diagnosis here: no claim about it gets a verdict.
+    # base/doga is measured but marked a reference here: no claim about it gets a verdict.
     assert verdicts["grpo/doga vs base/doga"] == "not measured"
     assert not [claim for claim in verdicts if claim.startswith("base/")]
 
     figure, axes = plt.subplots()
     report.capability_bars(axes, systems)
-    handles, labels = axes.get_legend_handles_labels()
+    _, labels = axes.get_legend_handles_labels()
     plt.close(figure)
-    assert labels == ["grpo/doga", "grpo/static", "diagnostic: base/doga"]           # systems first
-    hatches = [{bar.get_hatch() for bar in handle.patches} for handle in handles]
-    assert hatches == [{None}, {None}, {"//"}]
+    assert labels == ["grpo/doga", "grpo/static", "reference: base/doga"]           # systems first
     with pytest.raises(ValueError, match="kind"):
         report.write_report("unused", "t", {"grpo/doga": {k: v for k, v in systems["grpo/doga"].items()
                                                           if k != "kind"}}, {}, {})
