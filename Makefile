@@ -23,7 +23,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # makes such a product many times slower than one thread does.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install test bench data train eval ablations chat clean FORCE
+.PHONY: install test bench data train seeds eval ablations chat clean FORCE
 
 install: $(VENV)/.installed
 
@@ -74,15 +74,26 @@ else
 		$(if $(RESUME),--resume)
 endif
 
+# More GRPO seeds of the same recipe, on the same base and script library (make train's run is seed 0):
+# $(RUN)-seed1, $(RUN)-seed2. make eval then reports every seed and their mean: a headline is the mean over
+# seeds, never the best run.
+SEEDS ?= 1 2
+seeds: install data
+	for seed in $(SEEDS); do \
+		$(PY) grpo.py $(CONFIG_FLAG) --seed $$seed --model $(RUN)/base --data $(DATA) --out $(RUN)-seed$$seed \
+			--library $(RUN)/scripts --no-summary $(if $(RESUME),--resume) || exit 1; \
+	done
+
 # The trained model answers with the prompt and answer lengths its run recorded (run.json beside it).
 chat: install
 	$(PY) doga.py chat --model $(RUN)/final --library $(RUN)/scripts
 
-# Base vs GRPO, each with a static prompt and with DOGA: reports/default/report.md (needs `make train`).
+# Base vs GRPO, each with a static prompt and with DOGA: reports/default/report.md (needs `make train`; with
+# `make seeds` first, every GRPO seed and their mean).
 # Measured on the test customers, on which no recipe choice was made (the headline).
 eval: install data
 	$(PY) evaluate.py $(CONFIG_FLAG) --run $(RUN) --data $(DATA) --out reports/$(notdir $(RUN)) \
-		--customers test $(if $(MODEL),--base $(MODEL))
+		--customers test $(if $(MODEL),--base $(MODEL)) $(if $(wildcard $(RUN)-seed*),--seed-runs $(wildcard $(RUN)-seed*))
 
 # Every arm of the paper's comparisons, trained and evaluated: reports/ablations/report.md. The arms are
 # research choices, so they are measured on the validation customers (ablations.py).

@@ -8,6 +8,8 @@ out and the evaluation settings. The arms:
   the Bayesian reward (reward.bayes = 0), GRPO trained on static prompts only (grpo.outline_share = 0,
   where direct GRPO trains as DOGA prompts), each measured with static and with DOGA prompting;
 * direct GRPO with DOGA whose predicted intents are flipped at 20% (`doga_noisy`);
+* not the paper's: a base that writes the call's values themselves instead of slots (pretrain.slots = false, its
+  own tokenizer and base), then direct GRPO on it (`grpo_raw`): what slots change;
 * a domain held out of training: base and GRPO trained on the other domains, and both it and the
   all-domain GRPO model measured on that domain's test calls and products.
 
@@ -44,6 +46,7 @@ from evaluate import EvalSettings, evaluate_system, make_eval_setup
 from files import read_jsonl, write_json
 from report import write_report
 from runs import RUN_RECORD, RunLock, identity_differences, run_identity
+from tokenizer import ChatTokenizer
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,14 +126,16 @@ def train_once(model_dir, recipe, train, folder=None):
 
 
 def default_base_matches(base_dir, config):
-    """runs/default/base is reused when it was pretrained as this config says: the same architecture and a
-    pretraining log of the same number of steps (its data is the same DATA folder, as the Makefile passes)."""
+    """runs/default/base is reused when it was pretrained as this config says: the same architecture, values
+    written the same way (slots or not) and a pretraining log of the same number of steps (its data is the same
+    DATA folder, as the Makefile passes)."""
     try:
         with open(os.path.join(base_dir, "config.json")) as handle:
             saved = json.load(handle)
-    except (OSError, json.JSONDecodeError):
+        slots = ChatTokenizer.load(base_dir).slots
+    except (OSError, ValueError, json.JSONDecodeError):
         return False
-    return (all(saved.get(key) == value for key, value in config.model.items())
+    return (all(saved.get(key) == value for key, value in config.model.items()) and slots == config.pretrain.slots
             and len(read_jsonl(os.path.join(base_dir, "metrics.jsonl"))) == config.pretrain.steps)
 
 
@@ -156,6 +161,7 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
     sft_config = arm_config(plan, work_dir, "sft", {"pretrain": plan.get("sft", {})})
     no_bayes_config = arm_config(plan, work_dir, "grpo_no_bayes", {"reward": {"bayes": 0.0}})
     static_config = arm_config(plan, work_dir, "grpo_static", {"grpo": {"outline_share": 0.0}})
+    raw_config = arm_config(plan, work_dir, "raw", {"pretrain": {"slots": False}})
     train_file = os.path.join(data_dir, "train.jsonl")
     train_calls = load_corpus(train_file)
     test_calls = load_corpus(os.path.join(data_dir, "test.jsonl"))
@@ -205,6 +211,14 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
         models[name] = train_once(os.path.join(out, "final"), recipe(cfg, init, "grpo", "reward", library=library_dir),
                                   lambda cfg=cfg, init=init, out=out: grpo.train(cfg, init, data_dir, out,
                                                                                  library_dir=library_dir), out)
+    raw_base = os.path.join(work_dir, "raw", "base")
+    train_once(raw_base, recipe(raw_config, None, *pretrain_sections, library=library_dir),
+               lambda: pretrain.train(raw_config, data_dir, raw_base, library_dir=library_dir))
+    raw_out = os.path.join(work_dir, "raw", "grpo")
+    models["grpo_raw"] = train_once(os.path.join(raw_out, "final"),
+                                    recipe(config, raw_base, "grpo", "reward", library=library_dir),
+                                    lambda: grpo.train(config, raw_base, data_dir, raw_out, library_dir=library_dir),
+                                    raw_out)
     holdout_base = os.path.join(work_dir, "holdout", "base")
     train_once(holdout_base, recipe(config, None, *pretrain_sections, data=holdout_id, library=holdout_library_dir),
                lambda: pretrain.train(config, holdout_data, holdout_base, library_dir=holdout_library_dir))
@@ -221,7 +235,7 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
     library, holdout_library = ScriptLibrary.load(library_dir), ScriptLibrary.load(holdout_library_dir)
     setup = make_eval_setup(config, settings, train_calls, test_calls, base, judge_dir=judge_dir)
     systems = {}
-    for model_name in ("base", "sft", "sft_grpo", "grpo", "grpo_no_bayes", "grpo_static"):
+    for model_name in ("base", "sft", "sft_grpo", "grpo", "grpo_no_bayes", "grpo_static", "grpo_raw"):
         for prompting in ("static", "doga"):
             name = f"{model_name}/{prompting}"
             systems[name] = evaluate_system(name, models[model_name], library, prompting, setup, out_dir)
@@ -235,10 +249,11 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
             systems[name]["eval_domain"] = domain
 
     grpo_runs = {name: os.path.dirname(models[name])
-                 for name in ("grpo", "sft_grpo", "grpo_no_bayes", "grpo_static", "holdout_grpo")}
+                 for name in ("grpo", "sft_grpo", "grpo_no_bayes", "grpo_static", "grpo_raw", "holdout_grpo")}
     curves = {"grpo": {name: read_jsonl(os.path.join(run, "metrics.jsonl")) for name, run in grpo_runs.items()},
               "pretrain": {"base": read_jsonl(os.path.join(base, "metrics.jsonl")),
                            "sft": read_jsonl(os.path.join(models["sft"], "metrics.jsonl")),
+                           "raw base": read_jsonl(os.path.join(raw_base, "metrics.jsonl")),
                            "holdout base": read_jsonl(os.path.join(holdout_base, "metrics.jsonl"))}}
     meta = {"plan": plan_path, "plan_contents": plan, "data": data_dir, "work": work_dir, "models": models,
             **asdict(settings), "turns": len(setup.turns), "holdout_turns": len(domain_setup.turns),

@@ -50,7 +50,7 @@ systems comparable turn by turn). See docs/design.md, "Evaluation".
 
 CLI:
     python evaluate.py --run runs/default --data data --out reports/default [--customers test|validation]
-                       [--customers test|validation] [--judge DIR]
+                       [--judge DIR] [--seed-runs runs/default-seed1 runs/default-seed2]
 """
 
 import argparse
@@ -529,7 +529,10 @@ def reference_rows(setup, library, out_dir, noise=DEFAULT_NOISE):
 # `make eval`: one trained run, base vs GRPO, each static and DOGA.
 
 def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=None, judge_dir=None,
-                 promptings=("static", "doga")):
+                 promptings=("static", "doga"), seed_runs=()):
+    """`make eval`: the base model and the GRPO policy of `run_dir`, each with every prompting, then the reference
+    rows. `seed_runs`: more GRPO runs of the same recipe with other seeds (`make seeds`), each measured as
+    `grpo-seed<N>/<prompting>`; the report adds their mean (report.seed_table)."""
     started = time.time()
     # The run's own reward weights and lengths, as it recorded them; a config file only for a run without one.
     config = recorded_config(os.path.join(run_dir, "final")) or load_config(config_path)
@@ -546,6 +549,13 @@ def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=Non
         for prompting in promptings:
             systems[f"{model_name}/{prompting}"] = evaluate_system(f"{model_name}/{prompting}", model_dir, library,
                                                                    prompting, setup, out_dir)
+    for seed_run in seed_runs:
+        recorded_seed = recorded_config(os.path.join(seed_run, "final"))
+        if recorded_seed is None:
+            raise FileNotFoundError(f"{seed_run}/final: no finished GRPO run here (run `make seeds` first)")
+        for prompting in promptings:
+            name = f"grpo-seed{recorded_seed.grpo.seed}/{prompting}"
+            systems[name] = evaluate_system(name, os.path.join(seed_run, "final"), library, prompting, setup, out_dir)
     references = reference_rows(setup, library, out_dir)
     curves = {"grpo": {"grpo": read_jsonl(os.path.join(run_dir, "metrics.jsonl"))},
               "pretrain": {"base": read_jsonl(os.path.join(base_dir, "metrics.jsonl"))}}
@@ -570,13 +580,16 @@ def main(argv=None):
     parser.add_argument("--data", default="data", help="folder with train.jsonl and test.jsonl")
     parser.add_argument("--out", default="reports/default")
     parser.add_argument("--judge", default=None, help="local instruct checkpoint folder grading replies 1-10")
+    parser.add_argument("--seed-runs", nargs="*", default=(), help="GRPO runs of the same recipe with other seeds "
+                                                                   "(make seeds): each measured, and their mean")
     for field in EvalSettings.__dataclass_fields__.values():
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default,
                             choices=CUSTOMERS if field.name == "customers" else None)
     args = parser.parse_args(argv)
     try:
         settings = EvalSettings(**{f: getattr(args, f) for f in EvalSettings.__dataclass_fields__})
-        evaluate_run(args.config, args.run, args.data, args.out, settings, args.base, args.judge)
+        evaluate_run(args.config, args.run, args.data, args.out, settings, args.base, args.judge,
+                     seed_runs=args.seed_runs)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}")
 

@@ -523,10 +523,16 @@ def main():
     parser.add_argument("--no-summary", action="store_true", help="skip the held-out before/after summary")
     parser.add_argument("--library", help="DOGA script library (doga.py build): grpo.outline_share of the "
                                           "training prompts carry its outlines, as the agent prompts at inference")
+    parser.add_argument("--seed", type=int, help="grpo.seed instead of the config's (another seed of the same "
+                                                 "recipe: make seeds); recorded in the run record like any knob")
     args = parser.parse_args()
     config, trained = None, False
     try:
         config = load_config(args.config)
+        if args.seed is not None:
+            if args.seed < 0:
+                raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+            config.grpo.seed = args.seed
         policy, ref_model, reward_fn, tokenizer = train(config, args.model, args.data, args.out,
                                                         resume=args.resume, audit=args.audit,
                                                         library_dir=args.library)

@@ -7,8 +7,8 @@ they measured to <out>/:
   the judge's scores when one ran, the turn-level terms, the closed loop with its 95% intervals, the
   paper's claims beside what we measured, the plot, and the provenance of the run;
 * report.json: {"systems": {"<model>/<prompting>": {"kind", "capabilities", "overall", "closed_loop", ...}},
-  "references": {"<name>": {"kind", "closed_loop"}}, "claims": [...], "meta": {...}}, the numbers behind
-  every table;
+  "references": {"<name>": {"kind", "closed_loop"}}, "claims": [...], "seeds": {...}, "meta": {...}}, the numbers
+  behind every table (`seeds`: GRPO over several training seeds, when make seeds ran);
 * training_and_capabilities.png: GRPO reward and pretraining loss per step, capability score per system;
 * calls.html: every call the systems played (<out>/systems/*/calls.jsonl), each turn annotated, to audit by
   eye (calls_page.py).
@@ -167,6 +167,29 @@ def capability_table(systems, cell):
     return lines
 
 
+def seed_table(systems):
+    """GRPO over seeds: {prompting: {"seeds": {name: conversion}, "mean", "low", "high", "unsupported", "ia"}} for
+    every prompting measured on more than one GRPO seed (`grpo/<p>` is make train's seed, `grpo-seed<N>/<p>` the
+    others: make seeds). The mean over seeds is the figure to quote; low and high are the worst and best seed."""
+    table = {}
+    for name, result in systems.items():
+        model, _, prompting = name.partition("/")
+        if model == "grpo" or model.startswith("grpo-seed"):
+            table.setdefault(prompting, {})[name] = result
+    rows = {}
+    for prompting, runs in table.items():
+        if len(runs) < 2:
+            continue
+        conversion = [r["closed_loop"]["conversion"]["value"] for r in runs.values()]
+        rows[prompting] = {"seeds": {name: r["closed_loop"]["conversion"]["value"] for name, r in runs.items()},
+                           "mean": float(np.mean(conversion)), "low": min(conversion), "high": max(conversion),
+                           "unsupported": float(np.mean([r["closed_loop"]["unsupported_facts_per_call"]["value"]
+                                                         for r in runs.values()])),
+                           "ia": float(np.mean([r["overall"]["intent_appropriateness"]["value"]
+                                                for r in runs.values()]))}
+    return rows
+
+
 def write_report(out_dir, title, systems, curves, meta, references=None):
     """reports/<run>/report.md, report.json and training_and_capabilities.png. `references`: closed-loop rows
     of salespeople without a trained model (evaluate.reference_rows), listed under the systems."""
@@ -176,8 +199,10 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
             if entry.get("kind") not in kinds:
                 raise ValueError(f"report entry {name!r}: kind {entry.get('kind')!r}, expected one of {kinds}")
     claims = claims_table(systems)
+    seeds = seed_table(systems)
     write_json(os.path.join(out_dir, "report.json"),
-               {"systems": systems, "references": references, "claims": claims, "meta": meta}, indent=1)
+               {"systems": systems, "references": references, "claims": claims, "seeds": seeds, "meta": meta},
+               indent=1)
     plot(os.path.join(out_dir, "training_and_capabilities.png"), curves, systems)
 
     def mean(key, fmt=".3f"):
@@ -231,6 +256,16 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
                      f"{_interval(c['violations_per_call'], '.2f')} | "
                      f"{_interval(c['unsupported_facts_per_call'], '.2f')} | "
                      f"{_interval(c['off_stage_per_call'], '.2f')} |")
+    if seeds:
+        lines += ["", "## GRPO over seeds",
+                  "The same recipe trained with several GRPO seeds on the same base (make seeds). Quote the mean: "
+                  "one run's interval is over customers, the spread between seeds is over training runs.", "",
+                  "| GRPO with | seeds | conversion per seed | mean conversion | spread (worst, best) | "
+                  "unsupported facts / call (mean) | intent appropriateness (mean) |", "|" + "---|" * 7]
+        for prompting, row in seeds.items():
+            per_seed = ", ".join(f"{value:.0%}" for value in row["seeds"].values())
+            lines.append(f"| {prompting} | {len(row['seeds'])} | {per_seed} | **{row['mean']:.1%}** | "
+                         f"{row['low']:.0%} to {row['high']:.0%} | {row['unsupported']:.2f} | {row['ia']:.2f} |")
     lines += ["", "## The paper's claims beside what we measured",
               "The paper's findings are stated qualitatively (no numbers copied). Verdict: the sign of the "
               "difference in closed-loop conversion (the headline) against the paper's direction; 'within "

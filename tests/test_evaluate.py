@@ -336,3 +336,19 @@ def test_claim_verdict_judges_conversion_by_its_intervals():
     assert report.claim_verdict(system(0.5, 0.4, 0.6), system(0.6, 0.5, 0.7), "close")[1] == "agrees"
     measured = report.claim_verdict(system(0.6, 0.5, 0.7), system(0.3, 0.2, 0.4), "higher")[0]
     assert measured.startswith("conversion 60% [50%, 70%] vs 30% [20%, 40%] (+30%)")
+
+
+def test_the_seed_table_is_the_mean_over_grpo_seeds():
+    def entry(conversion, unsupported, ia):
+        return {"kind": "system", "closed_loop": {"conversion": {"value": conversion},
+                                                  "unsupported_facts_per_call": {"value": unsupported}},
+                "overall": {"intent_appropriateness": {"value": ia}}}
+    systems = {"grpo/doga": entry(0.5, 0.0, 0.9), "grpo-seed1/doga": entry(0.75, 0.3, 0.8),
+               "grpo-seed2/doga": entry(0.625, 0.0, 0.7), "grpo/static": entry(0.1, 0.0, 0.5),
+               "base/doga": entry(0.9, 0.0, 0.9)}
+    table = report.seed_table(systems)
+    assert set(table) == {"doga"}                      # static has one seed; the base is no GRPO seed
+    row = table["doga"]
+    assert row["mean"] == pytest.approx((0.5 + 0.75 + 0.625) / 3) and (row["low"], row["high"]) == (0.5, 0.75)
+    assert row["unsupported"] == pytest.approx(0.1) and row["ia"] == pytest.approx(0.8)
+    assert list(row["seeds"]) == ["grpo/doga", "grpo-seed1/doga", "grpo-seed2/doga"]
