@@ -11,6 +11,7 @@ import os
 import re
 import sys
 
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sales  # noqa: E402
 
