@@ -16,7 +16,8 @@ apart:
   DOGA's slots share;
 * the claim checker (`check_claims`): the Manager's faithfulness label and the faithfulness reward read
   the same check; a number is a fact only about its subject (world/subjects.json), another customer's or
-  business's name is wrong, forbidden promises are found in the rule's words and in other words;
+  business's name is wrong, forbidden promises are found in the rule's words and in other words (a shared
+  frame of certainty plus the rule's topic words);
 * `mask_values`: a text with its names and numbers masked, what the reward compares to measure the move;
 * speech (`is_speech`): whether an utterance is said in the world's language or is a bag of its words;
 * the salesperson intent classifier (`classify_sales_intent`): what an utterance does, read from its words.
@@ -173,7 +174,7 @@ class World:
     products: dict          # domain -> [product sheet]
     money_fields: tuple     # fields spoken with a $ sign
     promises: dict          # forbidden promise -> compiled patterns (the rule's own phrasings)
-    promise_concepts: dict  # forbidden promise -> concepts one sentence must all hold; "hedges": no promise
+    promise_concepts: dict  # forbidden promise -> concept groups (frames + topic words); "hedges": no promise
     promise_sentences: dict  # forbidden promise -> sentences a careless salesperson says
     personas: dict          # personas.json
     sales_templates: dict   # intent -> {"texts": {domain|"any": [str]}, "thoughts": [str]}
