@@ -16,7 +16,8 @@ apart:
   DOGA's slots share;
 * the claim checker (`check_claims`): the Manager's faithfulness label and the faithfulness reward read
   the same check; a number is a fact only about its subject (world/subjects.json), another customer's or
-  business's name is wrong, forbidden promises are found in the rule's words and in other words;
+  business's name is wrong, forbidden promises are found in the rule's words and in other words (a shared
+  frame of certainty plus the rule's topic words);
 * `mask_values`: a text with its names and numbers masked, what the reward compares to measure the move;
 * speech (`is_speech`): whether an utterance is said in the world's language or is a bag of its words;
 * the salesperson intent classifier (`classify_sales_intent`): what an utterance does, read from its words.
@@ -173,7 +174,7 @@ class World:
     products: dict          # domain -> [product sheet]
     money_fields: tuple     # fields spoken with a $ sign
     promises: dict          # forbidden promise -> compiled patterns (the rule's own phrasings)
-    promise_concepts: dict  # forbidden promise -> concepts one sentence must all hold; "hedges": no promise
+    promise_concepts: dict  # forbidden promise -> concept groups (frames + topic words); "hedges": no promise
     promise_sentences: dict  # forbidden promise -> sentences a careless salesperson says
     personas: dict          # personas.json
     sales_templates: dict   # intent -> {"texts": {domain|"any": [str]}, "thoughts": [str]}
@@ -191,6 +192,22 @@ def _read_json(folder, name):
             return json.load(handle)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+def _concept_pattern(words, frames, rule):
+    """One concept group of a rule as one regular expression whose named groups say what matched: a shared frame
+    ('@certain' in rules.json: group 'certain') or the rule's own words (group 'topic'). Frames come first, so a
+    word in both reads as the frame."""
+    parts = []
+    for word in words:
+        if word.startswith("@"):
+            if word[1:] not in frames:
+                raise ValueError(f"world/rules.json: rule {rule!r} names frame {word!r}, not in 'frames'")
+            parts.append(f"(?P<{word[1:]}>" + "|".join(frames[word[1:]]) + ")")
+    topic = [word for word in words if not word.startswith("@")]
+    if topic:
+        parts.append("(?P<topic>" + "|".join(topic) + ")")
+    return re.compile(r"\b(?:" + "|".join(parts) + r")(?!\w)")     # (?!\w), not \b: "100%" ends in no word
 
 
 @lru_cache(maxsize=4)
@@ -215,7 +232,8 @@ def load_world(folder=WORLD_DIR):
         if intent not in templates["customer"]:
             raise ValueError(f"{folder}/templates.json: no templates for customer intent {intent!r}")
     promises = {name: [re.compile(p) for p in rule["patterns"]] for name, rule in rules["forbidden_promises"].items()}
-    concepts = {name: [re.compile(r"\b(?:" + "|".join(words) + r")\b") for words in rule.get("concepts", ())]
+    frames = {name: words for name, words in rules.get("frames", {}).items() if name != "about"}
+    concepts = {name: [_concept_pattern(words, frames, name) for words in rule.get("concepts", ())]
                 for name, rule in rules["forbidden_promises"].items()}
     sentences = {name: rule["sentences"] for name, rule in rules["forbidden_promises"].items()}
     concepts["hedges"] = re.compile(r"\b(?:" + "|".join(rules.get("hedges", ())) + r")\b")
@@ -602,26 +620,52 @@ def check_claims(text, product, visible):
                       frozenset(wrong))
 
 
-def find_promises(text, product):
-    """The forbidden promises of `product` that `text` makes. A promise is made when one of its rule's patterns
-    matches (world/rules.json: the corpus's own phrasings), or when one sentence, or two in a row, hold every
-    concept of the rule (one alternative of each: a promise in other words, e.g. speed + around the clock +
-    full). A hedged sentence ("nobody can promise a number", "... isn't covered") makes no promise."""
+@dataclass(frozen=True)
+class Promise:
+    """A forbidden promise found in a text, and why: the words that made it."""
+    rule: str            # the business rule broken (world/rules.json)
+    window: str          # the sentence, or two in a row, that make it (lower case)
+    # reasons: ("pattern", regex) for the rule's own phrasing, else one (kind, words) per concept group, kind being
+    # the shared frame that matched ("certain", "future", "always") or "topic"
+    reasons: tuple
+
+    def explain(self):
+        return f"{self.rule}: " + " + ".join(f"{kind} {words!r}" for kind, words in self.reasons)
+
+
+def explain_promises(text, product):
+    """The forbidden promises of `product` that `text` makes, each with its reasons (`Promise`). A promise is made
+    when one of its rule's patterns matches (world/rules.json: the corpus's own phrasings), or when one sentence, or
+    two in a row, hold every concept group of the rule: a shared certainty frame where the rule needs one ("I
+    guarantee", "you'll", "always") and the words of its topic (orders + growth; speed + full; ...), or for rules
+    that are certainty statements by nature (free cancellation any time, no price increase ever) the topic with its
+    quantifier. A hedged sentence ("nobody can promise a number", "... isn't covered") makes no promise."""
     world = load_world()
-    lowered = text.lower()
+    lowered = text.lower().replace("\u2019", "'").replace("\u2018", "'")   # curly apostrophes read as straight
     hedges = world.promise_concepts["hedges"]
     sentences = [s for s in re.findall(r"(?:[^.?!]|\.(?=\d))+", lowered) if not hedges.search(s)]
     windows = sentences + [a + " " + b for a, b in zip(sentences, sentences[1:])]   # one sentence, or two in a row
-    forbidden = []
+    found = []
     for promise in product["forbidden_promises"]:
         if promise not in world.promises:
             raise ValueError(f"product {product.get('id')!r}: forbidden promise {promise!r} is not defined in "
                              "world/rules.json")
         patterns, concepts = world.promises[promise], world.promise_concepts[promise]
-        if any(any(p.search(window) for p in patterns) or (concepts and all(c.search(window) for c in concepts))
-               for window in windows):
-            forbidden.append(promise)
-    return forbidden
+        for window in windows:
+            said = next((p for p in patterns if p.search(window)), None)
+            if said is not None:
+                found.append(Promise(promise, window.strip(), (("pattern", said.pattern),)))
+                break
+            matches = [c.search(window) for c in concepts]
+            if concepts and all(matches):
+                found.append(Promise(promise, window.strip(), tuple((m.lastgroup, m.group(0)) for m in matches)))
+                break
+    return found
+
+
+def find_promises(text, product):
+    """The forbidden promises of `product` that `text` makes (their rule names; `explain_promises` says why)."""
+    return [promise.rule for promise in explain_promises(text, product)]
 
 
 # ----------------------------------------------------------------------------------------------

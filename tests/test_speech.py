@@ -10,7 +10,7 @@ import re
 import pytest
 
 import sales
-from sales import INCOHERENT, classify_sales_intent, find_promises, is_speech, load_world
+from sales import INCOHERENT, classify_sales_intent, explain_promises, find_promises, is_speech, load_world
 from simulate import Salesperson, generate_corpus, make_persona, run_call
 
 
@@ -92,8 +92,8 @@ def _hand_written():
 
 
 def test_forbidden_promises_in_other_words_are_caught():
-    """On the hand-written set the promise concepts were tuned on: nearly every promise caught, no truthful
-    lookalike flagged. (The separate test set, paraphrases_test.json, is measured in the research log.)"""
+    """On the hand-written sets the promise concepts were tuned on: nearly every promise caught, no truthful
+    lookalike flagged. (Held-out sets are measured in the research log: bench/promises.py.)"""
     world = load_world()
     caught = total = 0
     for promise, lines in _hand_written()["forbidden_promises"].items():
@@ -104,6 +104,30 @@ def test_forbidden_promises_in_other_words_are_caught():
     for line in _hand_written()["good_lookalikes"]:
         text = re.sub(r"\{\w+\}", "12", line)
         assert not any(find_promises(text, p) for ps in world.products.values() for p in ps), line
+
+
+def test_a_promise_is_a_certainty_frame_and_its_topic_and_says_why():
+    """Growth of orders is a promise only with a frame of certainty ('trust me'): the same words without one, or
+    with the certainty negated ('nobody can promise'), make none. Full speed is a promise at all times or when
+    guaranteed. The reasons name the frame and the topic words, in the order of the rule's concept groups."""
+    world = load_world()
+    products = {p["id"]: p for ps in world.products.values() for p in ps}
+    starter, basic = products["rm-starter"], products["hb-basic"]
+    [promise] = explain_promises("Trust me, your takings are about to soar.", starter)
+    assert promise.rule == "guaranteed order growth"
+    assert promise.reasons == (("certain", "trust me"), ("topic", "soar"), ("topic", "takings"))
+    assert promise.explain() == "guaranteed order growth: certain 'trust me' + topic 'soar' + topic 'takings'"
+    assert find_promises("Your takings are about to soar.", starter) == []
+    assert find_promises("Nobody can promise your takings will soar.", starter) == []
+    assert [p.reasons for p in explain_promises("Full speed, around the clock.", basic)] == \
+        [(("topic", "speed"), ("always", "around the clock"), ("topic", "full"))]
+    assert find_promises("Full speed, guaranteed.", basic) == ["full speed guaranteed at all times"]
+    assert find_promises("Full speed on a good day.", basic) == []
+    # the rule's own phrasing is its reason; a curly apostrophe reads as a straight one
+    assert explain_promises("Your sales will double.", starter)[0].reasons == \
+        (("pattern", "(orders?|sales) will (double|triple)"),)
+    assert find_promises("You\u2019ll get more orders, I promise.", starter) == ["guaranteed order growth"]
+    assert find_promises("I can\u2019t promise you\u2019ll get more orders.", starter) == []
 
 
 def test_promises_in_the_corpus_are_caught_and_good_turns_are_not_flagged():
