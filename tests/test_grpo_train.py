@@ -112,7 +112,7 @@ def test_metrics_audit_and_checkpoints(setup, tmp_path, monkeypatch):
     assert all(escape(a["prompt"]) in page for a in audit[::4]) and all(escape(a["completion"]) in page for a in audit)
     assert sorted(os.listdir(out / "checkpoints")) == ["step-000002", "step-000004"]
     assert sorted(os.listdir(out / "checkpoints" / "step-000002")) == [
-        "config.json", "model.safetensors", "optimizer.safetensors", "run.json", "tokenizer.json",
+        "config.json", "model.safetensors", "optimizer.safetensors", "run.json", "slots.json", "tokenizer.json",
         "trainer_state.json"]                                       # no pickle anywhere
     assert (out / "final" / "model.safetensors").exists()
     record = json.loads((out / "checkpoints" / "step-000004" / "run.json").read_text())

@@ -84,17 +84,22 @@ def test_the_tokenizer_is_reused_only_when_it_fits(corpora, tmp_path, capsys):
     root, calls = corpora
     corpus = str(root / "a" / "train.jsonl")
     out = str(tmp_path)
-    first = pretrain.get_tokenizer(out, corpus, calls, 300)
+    first = pretrain.get_tokenizer(out, corpus, calls, 300, False)
     assert first.vocab_size == 300
     assert json.loads((tmp_path / "tokenizer_record.json").read_text())["tokenizer"] == fingerprint(
         tmp_path / "tokenizer.json")
-    pretrain.get_tokenizer(out, corpus, calls, 300)
+    pretrain.get_tokenizer(out, corpus, calls, 300, False)
     assert "reused" in capsys.readouterr().out
 
-    assert pretrain.get_tokenizer(out, corpus, calls, 320).vocab_size == 320      # another vocabulary size
+    assert pretrain.get_tokenizer(out, corpus, calls, 320, False).vocab_size == 320      # another vocabulary size
     assert "made for another vocab size, trained again" in capsys.readouterr().out
-    pretrain.get_tokenizer(out, str(root / "b" / "train.jsonl"), calls, 320)      # another corpus
+    pretrain.get_tokenizer(out, str(root / "b" / "train.jsonl"), calls, 320, False)      # another corpus
     assert "made for another corpus, trained again" in capsys.readouterr().out
+    slotted = pretrain.get_tokenizer(out, str(root / "b" / "train.jsonl"), calls, 320, True)   # values as slots
+    assert "made for another slots, trained again" in capsys.readouterr().out and slotted.slots
+    assert ChatTokenizer.load(out).slots and "{price}" in slotted.decode(slotted.encode("a {price} b"))
+    pretrain.get_tokenizer(out, str(root / "b" / "train.jsonl"), calls, 320, False)
+    assert "made for another slots, trained again" in capsys.readouterr().out and not ChatTokenizer.load(out).slots
 
     # One made by an older pretrain.py whose pre-tokenizer split on whitespace: the pipeline differs.
     old = Tokenizer(models.BPE())
@@ -103,10 +108,10 @@ def test_the_tokenizer_is_reused_only_when_it_fits(corpora, tmp_path, capsys):
                             trainers.BpeTrainer(vocab_size=320, special_tokens=list(SPECIAL_TOKENS)))
     ChatTokenizer(old).save(out)
     write_json(tmp_path / "tokenizer_record.json",
-               {"corpus": fingerprint(corpus), "vocab_size": 320,
+               {"corpus": fingerprint(corpus), "vocab_size": 320, "slots": False,
                 "pipeline": pretrain.text_pipeline(ChatTokenizer(old)),
                 "tokenizer": fingerprint(tmp_path / "tokenizer.json")})
-    rebuilt = pretrain.get_tokenizer(out, corpus, calls, 320)
+    rebuilt = pretrain.get_tokenizer(out, corpus, calls, 320, False)
     assert "made for another pipeline, trained again" in capsys.readouterr().out
     assert pretrain.text_pipeline(rebuilt) != pretrain.text_pipeline(ChatTokenizer(old))
 
@@ -117,12 +122,12 @@ def test_a_tokenizer_from_elsewhere_is_refused(corpora, tmp_path):
     ChatTokenizer.train([render_call_text(c) for c in calls[:3]], 300).save(str(tmp_path))   # same size, other ids
     with pytest.raises(ValueError, match=r"tokenizer.json: not made by pretrain.py for this folder \(there is no "
                                          r"readable tokenizer_record.json beside it\)"):
-        pretrain.get_tokenizer(str(tmp_path), corpus, calls, 300)
+        pretrain.get_tokenizer(str(tmp_path), corpus, calls, 300, False)
     (tmp_path / "tokenizer.json").unlink()
-    pretrain.get_tokenizer(str(tmp_path), corpus, calls, 300)
+    pretrain.get_tokenizer(str(tmp_path), corpus, calls, 300, False)
     ChatTokenizer.train([render_call_text(c) for c in calls[:3]], 300).save(str(tmp_path))   # swapped afterwards
     with pytest.raises(ValueError, match=r"not made by pretrain.py for this folder \(it has changed since\)"):
-        pretrain.get_tokenizer(str(tmp_path), corpus, calls, 300)
+        pretrain.get_tokenizer(str(tmp_path), corpus, calls, 300, False)
 
 
 def tiny_config(steps=3):
