@@ -18,12 +18,12 @@ import pytest
 import torch
 
 import calls_grpo
-from config import CallsConfig, Config
+from config import CallsConfig, Config, RewardConfig
 from corpus import write_corpus
 from doga import DogaAgent, ScriptLibrary
 from model import load_pretrained, save_pretrained, sequence_logprobs
 from sales import load_world
-from simulate import run_call, simulate_call
+from simulate import Call, Salesperson, make_persona, run_call, simulate_call
 from tiny import tiny_chat_model
 
 
@@ -124,6 +124,28 @@ def test_advantages_match_a_hand_computed_case():
     expected = [0.5 * expected_session[c] + 2.0 * t for c, t in zip([0, 0, 1, 2, 2, 2, 3], expected_turn)]
     torch.testing.assert_close(advantage, torch.tensor(expected, dtype=torch.float64))
     assert advantage[3:].abs().max() == 0                  # the group whose calls and turns are all alike
+
+
+def test_turn_and_session_rewards_of_a_hand_played_call():
+    """A call played by hand: the scripted greeting (on-stage, its names true, well formed), then a wrong price
+    in the opening (an off-stage move, a number nothing supports), cut off at max_completion_length. The
+    turn terms by hand, weighted by config.reward; the session reward ranks a sale above a no above a hang-up."""
+    product = load_world().products["home_broadband"][0]
+    persona = make_persona(product["domain"], product, random.Random(3))
+    call = Call(product, persona, random.Random(4), "by-hand")
+    call.step(*Salesperson(product, persona["visible"], random.Random(0), 0.0)(call.view()))
+    call.step("Tell the price.", f"The {product['name']} costs $1 a month, the best price you will find.")
+    answers = [calls_grpo.Answer(0, 0, [], [], "", truncated=False, well_formed=True),
+               calls_grpo.Answer(0, 2, [], [], "", truncated=True, well_formed=True)]
+    terms = calls_grpo.turn_rewards([call.record()], answers, RewardConfig(format=2.0, faithfulness=0.5, manager=1.0))
+    assert terms["format"].tolist() == [1.0, 0.0]
+    assert terms["faithfulness"].tolist() == [1.0, -1.0]     # precision 0 of 1 number: 0 x coverage - (1 - 0)
+    assert terms["manager"].tolist() == [1.0, 0.0]           # pricing in the opening skips two stages
+    assert terms["total"].tolist() == [2.0 + 0.5 + 1.0, -0.5]
+    reward = calls_grpo.OUTCOME_REWARD
+    assert reward["converted"] > reward["declined"] > reward["hung_up"] > -reward["converted"]
+    outcomes = ["converted", "declined", "hung_up"]
+    assert calls_grpo.session_rewards([{"outcome": o} for o in outcomes]).tolist() == [reward[o] for o in outcomes]
 
 
 def test_calls_that_all_end_alike_teach_nothing(setup, monkeypatch):
