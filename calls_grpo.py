@@ -74,9 +74,9 @@ from training import learning_rate_at, load_trainer_state, make_optimizer, resol
 
 # The session reward: how the customer decided. A sale is the goal (1) and a polite no earns nothing (0). A
 # hang-up is worse than a no: the customer was annoyed enough to end the call (the salesperson pushed, said
-# something false or made no sense). It costs half of what a sale earns, not all of it, so that the stage still
-# learns first of all to sell: at -1 avoiding a hang-up would be worth as much as winning a customer, and a
-# policy could learn to end every call with a safe no.
+# something false or made no sense). It costs half of what a sale earns, not all of it, so that the stage learns
+# first of all to sell: at -1, a move that wins half its customers and loses the other half to a hang-up would be
+# worth no more than a safe no.
 OUTCOME_REWARD = {"converted": 1.0, "declined": 0.0, "hung_up": -0.5}
 # The turn reward's terms: those of reward.py that judge a reply on its own. `format` (one thought block, then a
 # reply, not truncated); `faithfulness` (reward.faithfulness_score against a reference that states nothing: a
@@ -315,9 +315,8 @@ def step_metrics(step, result, settings, bigrams, lr, started):
     corpus's salesperson turns (replies of fewer than two words have no pair and are left out): a fall shows
     the policy drifting away from the world's language."""
     loop = closed_loop_metrics(result.records)
-    shares = [sum(pair in bigrams for pair in pairs) / len(pairs) for pairs in
-              (word_pairs(record["turns"][a.turn_index]["text"]) for a in result.answers
-               for record in (result.records[a.call],)) if pairs]
+    replies = [result.records[a.call]["turns"][a.turn_index]["text"] for a in result.answers]
+    shares = [sum(pair in bigrams for pair in pairs) / len(pairs) for pairs in map(word_pairs, replies) if pairs]
     mask = result.stats["mask"].bool()
     G = settings.calls_per_group
     record = {

@@ -22,7 +22,7 @@ from config import CallsConfig, Config, RewardConfig
 from corpus import write_corpus
 from doga import DogaAgent, ScriptLibrary
 from model import load_pretrained, save_pretrained, sequence_logprobs
-from sales import load_world
+from sales import INCOHERENT, load_world
 from simulate import Call, Salesperson, make_persona, run_call, simulate_call
 from tiny import tiny_chat_model
 
@@ -236,3 +236,16 @@ def test_resume_continues_exactly(setup, tmp_path, monkeypatch):
     for key in ("conversion", "hang_up", "turns_per_call", "repeated_moves", "corpus_bigram_share",
                 "unsupported_facts_per_call", "kl", "reward_format", "reward_faithfulness", "reward_manager"):
         assert key in straight[0]
+
+
+def test_repeated_moves_and_corpus_word_pairs():
+    """The step's measures of what replies do, on hand-made calls: a move the call already made repeats (words
+    that are no move repeat nothing), and word pairs are adjacent words, lower-cased, numbers skipped."""
+    def sales(*intents):
+        return {"turns": [{"role": "sales", "intent": i} for i in intents]}
+    records = [sales("greet_and_introduce", "ask_business_situation", "greet_and_introduce", INCOHERENT, INCOHERENT),
+               sales("greet_and_introduce")]
+    assert calls_grpo.repeated_moves(records) == pytest.approx(1 / 6)
+    corpus = [{"turns": [{"role": "sales", "text": "Good morning, Ben!"}, {"role": "customer", "text": "Bad day."}]}]
+    assert calls_grpo.corpus_bigrams(corpus) == {("good", "morning"), ("morning", "ben")}
+    assert calls_grpo.word_pairs("It costs $49 a month.") == [("it", "costs"), ("costs", "a"), ("a", "month")]
