@@ -44,6 +44,7 @@ bench: install
 	$(PY) bench/retrieval.py
 	$(PY) bench/customer.py
 	$(PY) bench/grpo_step.py
+	$(PY) bench/calls_step.py
 
 # The simulated corpus: three agents write calls, then a split by call into train and test. Its size, seed
 # and noise are the config's data section, read by config.py (missing keys take their defaults).

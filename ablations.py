@@ -11,7 +11,10 @@ out and the evaluation settings. The arms:
 * not the paper's: a base that writes the call's values themselves instead of slots (pretrain.slots = false, its
   own tokenizer and base), then direct GRPO on it (`grpo_raw`): what slots change;
 * a domain held out of training: base and GRPO trained on the other domains, and both it and the
-  all-domain GRPO model measured on that domain's test calls and products.
+  all-domain GRPO model measured on that domain's test calls and products;
+* ours, not the paper's: GRPO over whole calls (calls_grpo.py) from the direct-GRPO model, one arm per variant
+  of the plan's `calls` (each a `calls` config section: turn reward only, session reward only, both), measured
+  with DOGA prompting, the prompting it trains with.
 
 Every system is measured by evaluate.evaluate_system on the same turns and customers, under the same
 reward (the common config's weights, the frozen base as the Bayesian reference), and report.py writes
@@ -37,6 +40,7 @@ import shutil
 import time
 from dataclasses import asdict
 
+import calls_grpo
 import grpo
 import pretrain
 from config import ConfigError, load_config
@@ -55,19 +59,22 @@ from tokenizer import ChatTokenizer
 def load_plan(path):
     """configs/ablations.json: base_config (optional: a config file; none, config.py's defaults), overrides
     (config sections for every trained arm), sft (pretrain overrides of the SFT stage), holdout_domain, eval
-    (EvalSettings fields)."""
+    (EvalSettings fields), calls (optional: arm name -> `calls` section overrides, one whole-call arm each)."""
     try:
         with open(path) as handle:
             plan = json.load(handle)
     except (OSError, json.JSONDecodeError) as error:
         raise ConfigError(f"{path}: unreadable ablation plan ({error})") from None
-    known = {"comment", "base_config", "overrides", "sft", "holdout_domain", "eval"}
+    known = {"comment", "base_config", "overrides", "sft", "holdout_domain", "eval", "calls"}
     if set(plan) - known:
         raise ConfigError(f"{path}: unknown key(s) {sorted(set(plan) - known)} (known: {sorted(known)})")
     if not isinstance(plan.get("holdout_domain"), str):
         raise ConfigError(f"{path}: 'holdout_domain' must be a string")
     if not isinstance(plan.get("base_config", ""), str):
         raise ConfigError(f"{path}: 'base_config' must be a string")
+    calls = plan.get("calls", {})
+    if not isinstance(calls, dict) or not all(isinstance(v, dict) for v in calls.values()):
+        raise ConfigError(f"{path}: 'calls' must map each arm's name to its calls-section overrides")
     fields = set(EvalSettings.__dataclass_fields__)
     if set(plan.get("eval", {})) - fields:
         raise ConfigError(f"{path}: eval.{sorted(set(plan['eval']) - fields)[0]} is not a known key "
@@ -219,6 +226,14 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
                                     recipe(config, raw_base, "grpo", "reward", library=library_dir),
                                     lambda: grpo.train(config, raw_base, data_dir, raw_out, library_dir=library_dir),
                                     raw_out)
+    calls_configs = {name: arm_config(plan, work_dir, name, {"calls": overrides})
+                     for name, overrides in plan.get("calls", {}).items()}
+    for name, cfg in calls_configs.items():       # whole-call GRPO from the direct-GRPO policy
+        out = os.path.join(work_dir, name)
+        models[name] = train_once(os.path.join(out, "final"),
+                                  recipe(cfg, models["grpo"], "calls", "reward", library=library_dir),
+                                  lambda cfg=cfg, out=out: calls_grpo.train(cfg, models["grpo"], data_dir, out,
+                                                                            library_dir), out)
     holdout_base = os.path.join(work_dir, "holdout", "base")
     train_once(holdout_base, recipe(config, None, *pretrain_sections, data=holdout_id, library=holdout_library_dir),
                lambda: pretrain.train(config, holdout_data, holdout_base, library_dir=holdout_library_dir))
@@ -239,6 +254,8 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
         for prompting in ("static", "doga"):
             name = f"{model_name}/{prompting}"
             systems[name] = evaluate_system(name, models[model_name], library, prompting, setup, out_dir)
+    for name in calls_configs:
+        systems[f"{name}/doga"] = evaluate_system(f"{name}/doga", models[name], library, "doga", setup, out_dir)
     systems["grpo/doga_noisy"] = evaluate_system("grpo/doga_noisy", models["grpo"], library, "doga_noisy",
                                                  setup, out_dir)
     domain_setup = make_eval_setup(config, settings, train_calls, test_calls, base, domain=domain, judge_dir=judge_dir)

@@ -8,6 +8,8 @@ A config file (configs/*.json) has one section per stage:
     pretrain  causal-LM training of the base model (and the SFT baseline)
     reward    the weights of the composite reward
     grpo      the GRPO loop; knob names and meanings follow TRL's GRPOConfig
+    calls     GRPO over whole calls, rewarded by how the customer decides (calls_grpo.py): an arm, not in
+              `make train`
 
 The defaults below are the default recipe, the one `make train` runs with no config file: a tiny Qwen2
 pretrained from scratch on the CPU, then GRPO directly on it. A file overrides some of them for another
@@ -137,8 +139,41 @@ class GRPOConfig:
     dtype: str = "float32"         # float32 | bfloat16
 
 
+@dataclass
+class CallsConfig:
+    """GRPO over whole calls (calls_grpo.py): the policy plays calls against simulated customers and learns
+    from how each call ends and from what each reply does. An arm on top of a GRPO model: `make ablations`
+    trains it (turn reward only, session reward only, both), `make train` does not. The clip, KL and loss
+    knobs mean what they mean in GRPOConfig (grpo.grpo_loss reads them)."""
+    steps: int = 10                # a short stage on top of a trained policy; each step plays whole calls
+    groups_per_step: int = 4       # groups of calls per step, each its own product, persona and customer seed
+    calls_per_group: int = 8       # calls per group: the same customer met by G samples of the policy
+    session_weight: float = 1.0    # weight of the session advantage (how the call ended, normalised per group)
+    turn_weight: float = 1.0       # weight of the turn advantage (what each reply does, normalised per group)
+    max_turns: int = 20            # the Manager ends a call this long (simulate.MAX_TURNS)
+    temperature: float = 1.0       # sampling: the G calls of a group differ only by what the policy samples
+    top_p: float = 1.0
+    max_prompt_length: int = 1280  # as GRPOConfig: the DOGA prompt of a late turn must fit
+    max_completion_length: int = 64
+    beta: float = 0.04             # k3 KL to the frozen ref_model (the model the stage starts from)
+    epsilon: float = 0.2
+    epsilon_high: float = 0.28
+    loss_type: str = "dapo"        # grpo | dr_grpo | dapo, as GRPOConfig; a sequence is one answer
+    # GRPOConfig's rate: the stage starts from a GRPO policy of the same tiny model.
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 1
+    answers_per_pass: int = 32     # answers per forward + backward of the update (bounds its memory)
+    save_steps: int = 5            # checkpoint every N steps (0: only the final model)
+    seed: int = 0
+    device: str = "auto"           # auto | cpu | cuda
+
+
 CHOICES = {
     ("grpo", "loss_type"): ("grpo", "dr_grpo", "dapo"),
+    ("calls", "loss_type"): ("grpo", "dr_grpo", "dapo"),
+    ("calls", "device"): ("auto", "cpu", "cuda"),
     ("grpo", "scale_rewards"): ("group", "batch", "none"),
     ("grpo", "turn_filter"): ("good", "all"),
     ("grpo", "device"): ("auto", "cpu", "cuda"),
@@ -147,7 +182,8 @@ CHOICES = {
 # Keys that must be > 0, and keys that must lie in [0, 1].
 POSITIVE = {"dialogues", "vocab_size", "steps", "batch_size", "seq_len", "learning_rate", "max_grad_norm",
             "num_generations", "num_iterations", "temperature", "max_prompt_length", "max_completion_length",
-            "prompts_per_step", "eval_prompts"}
+            "prompts_per_step", "eval_prompts", "groups_per_step", "calls_per_group", "max_turns",
+            "answers_per_pass"}
 UNIT_INTERVAL = {"min_lr_ratio", "epsilon", "epsilon_high", "top_p", "outline_share", "noise"}
 # Every other number must be >= 0, except these, which must be < 0 (a floor on log-probabilities).
 NEGATIVE = {"bayes_floor"}
@@ -169,6 +205,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    calls: CallsConfig = field(default_factory=CallsConfig)
     source: str = "<defaults>"
 
 
@@ -225,7 +262,7 @@ def parse_config(raw, path):
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a JSON object of sections")
     sections = {"data": DataConfig, "tokenizer": TokenizerConfig, "pretrain": PretrainConfig,
-                "reward": RewardConfig, "grpo": GRPOConfig}
+                "reward": RewardConfig, "grpo": GRPOConfig, "calls": CallsConfig}
     unknown = set(raw) - set(sections) - {"model", "comment"}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)} (known: model, {', '.join(sections)})")
@@ -250,4 +287,12 @@ def parse_config(raw, path):
                           f"({config.grpo.epsilon})")
     if config.grpo.num_generations < 2:
         raise ConfigError(f"{path}: grpo.num_generations must be >= 2: a group of one has no spread to learn from")
+    if config.calls.epsilon_high < config.calls.epsilon:
+        raise ConfigError(f"{path}: calls.epsilon_high ({config.calls.epsilon_high}) must be >= calls.epsilon "
+                          f"({config.calls.epsilon})")
+    if config.calls.calls_per_group < 2:
+        raise ConfigError(f"{path}: calls.calls_per_group must be >= 2: a group of one call has no spread to "
+                          "learn from")
+    if config.calls.session_weight == 0 and config.calls.turn_weight == 0:
+        raise ConfigError(f"{path}: calls.session_weight and calls.turn_weight are both 0: nothing to learn from")
     return config

@@ -43,6 +43,11 @@ def test_defaults_and_overrides(tmp_path):
     ({"model": {"num_attention_heads": 0}}, r"model\.num_attention_heads must be a number > 0"),
     ({"model": {"hidden_size": 64.5}}, r"model\.hidden_size must be a whole number, got 64\.5"),
     ({"model": {"num_hidden_layers": 2.0}}, r"model\.num_hidden_layers must be a whole number, got 2\.0"),
+    ({"calls": {"calls_per_group": 1}}, r"calls\.calls_per_group must be >= 2"),
+    ({"calls": {"session_weight": 0, "turn_weight": 0}}, r"calls\.session_weight and calls\.turn_weight are both 0"),
+    ({"calls": {"loss_type": "ppo"}}, r"calls\.loss_type must be one of"),
+    ({"calls": {"epsilon": 0.3, "epsilon_high": 0.2}}, r"calls\.epsilon_high \(0\.2\) must be >= calls\.epsilon"),
+    ({"calls": {"max_turns": 0}}, r"calls\.max_turns must be > 0"),
     ("{oops", r"not valid JSON"),
 ])
 def test_bad_values_name_file_and_key(tmp_path, content, message):

@@ -312,6 +312,12 @@ def test_verdicts_are_for_systems_only():
     # base/doga is measured but marked a reference here: no claim about it gets a verdict.
     assert verdicts["grpo/doga vs base/doga"] == "not measured"
     assert not [claim for claim in verdicts if claim.startswith("base/")]
+    # A whole-call arm is measured with DOGA only: compared with the GRPO model it starts from, never with a
+    # static prompting nobody ran.
+    verdicts = {row["systems"]: row["verdict"] for row in
+                report.claims_table({**systems, "calls_both/doga": entry("system", 0.8)})}
+    assert verdicts["calls_both/doga vs grpo/doga"] == "agrees"
+    assert "calls_both/doga vs calls_both/static" not in verdicts
 
     figure, axes = plt.subplots()
     report.capability_bars(axes, systems)
