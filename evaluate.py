@@ -51,6 +51,8 @@ systems comparable turn by turn). See docs/design.md, "Evaluation".
 CLI:
     python evaluate.py --run runs/default --data data --out reports/default [--customers test|validation]
                        [--judge DIR] [--seed-runs runs/default-seed1 runs/default-seed2]
+    python evaluate.py --search-plans [--calls-per-product 32] [--seed 0]   (plans.py: choose the best scripted
+                       plans on validation customers; their conversion on validation and test customers)
 """
 
 import argparse
@@ -80,6 +82,7 @@ from doga import (
 )
 from files import read_jsonl, write_jsonl
 from model import generate_completions, load_with_tokenizer
+from plans import BEST_PLAN, salesperson, search_plans
 from report import write_report
 from reward import REWARD_KEYS, CompositeReward, fit_similarity_embedder, heard_target
 from runs import recorded_config
@@ -496,11 +499,13 @@ def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
 # Reference rows: salespeople without a trained model, on the same customers.
 
 def reference_rows(setup, library, out_dir, noise=DEFAULT_NOISE):
-    """Closed-loop results of three salespeople that need no trained model, against setup.jobs():
+    """Closed-loop results of four salespeople that need no trained model, against setup.jobs():
 
     * `scripted, noise N`: the corpus's scripted Salesperson with its share N of mistakes (what the
       training data demonstrates);
-    * `scripted, noise 0`: the same without mistakes (the simulator's rule-based ceiling);
+    * `scripted, noise 0`: the same without mistakes (the corpus's plan, said without a mistake);
+    * `best scripted plan`: plans.BEST_PLAN, the plan chosen on validation customers (`search_plan_rows`):
+      what a salesperson who reads only the customer's words can reach on this customer;
     * `DOGA top line`: DOGA's best retrieved line said verbatim, no model (what retrieval alone achieves;
       a trained model with DOGA should add to it)."""
     planner = DogaPlanner(library)
@@ -513,6 +518,8 @@ def reference_rows(setup, library, out_dir, noise=DEFAULT_NOISE):
                    product, visible, random.Random(f"eval-sales:{call_id}"), noise),
                "scripted, noise 0": lambda call_id, product, visible: Salesperson(
                    product, visible, random.Random(f"eval-sales:{call_id}"), 0.0),
+               "best scripted plan": lambda call_id, product, visible: salesperson(BEST_PLAN, call_id, product,
+                                                                                   visible),
                "DOGA top line": lambda call_id, product, visible: top_line}
     rows = {}
     for name, player in players.items():
@@ -521,8 +528,32 @@ def reference_rows(setup, library, out_dir, noise=DEFAULT_NOISE):
         write_jsonl(os.path.join(out_dir, "systems", "reference__" + re.sub(r"\W+", "_", name), "calls.jsonl"),
                     calls)
         rows[name] = {"kind": "reference", "closed_loop": closed_loop_metrics(calls)}
+        if name == "best scripted plan":
+            rows[name]["plan"] = BEST_PLAN.describe()
         print(f"{name}: conversion {rows[name]['closed_loop']['conversion']['value']:.3f}")
     return rows
+
+
+def search_plan_rows(settings, width=4):
+    """Choose the best fixed and the best adaptive plan (plans.search_plans) on the validation customers of
+    `settings`, then play them and the corpus's plan (the scripted Salesperson at noise 0) on validation and
+    test customers -> {(salesperson, customers): closed-loop metrics}, and the chosen plans."""
+    products = [p for _, ps in sorted(load_world().products.items()) for p in ps]
+
+    def jobs(customers):
+        return lambda: closed_loop_jobs(products, settings.calls_per_product, settings.seed, customers)
+
+    chosen = search_plans(jobs("validation"), width)
+    players = {"corpus plan (scripted, noise 0)": lambda call_id, product, visible: Salesperson(
+                   product, visible, random.Random(f"eval-sales:{call_id}"), 0.0)}
+    for family, (_, plan) in chosen.items():
+        players[f"best {family} plan"] = lambda call_id, product, visible, plan=plan: salesperson(
+            plan, call_id, product, visible)
+    rows = {(name, customers): closed_loop_metrics([
+                run_call(product, persona, player(call_id, product, persona["visible"]), rng, call_id=call_id)
+                for call_id, product, persona, rng in jobs(customers)()])
+            for name, player in players.items() for customers in CUSTOMERS}
+    return rows, {family: plan for family, (_, plan) in chosen.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -585,9 +616,20 @@ def main(argv=None):
     for field in EvalSettings.__dataclass_fields__.values():
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default,
                             choices=CUSTOMERS if field.name == "customers" else None)
+    parser.add_argument("--search-plans", action="store_true", help="choose the best scripted plans on validation "
+                        "customers, print them and their conversion on validation and test customers, and exit")
     args = parser.parse_args(argv)
     try:
         settings = EvalSettings(**{f: getattr(args, f) for f in EvalSettings.__dataclass_fields__})
+        if args.search_plans:
+            rows, chosen = search_plan_rows(settings)
+            for family, plan in chosen.items():
+                print(f"best {family} plan: {plan!r}\n  {plan.describe()}")
+            for (name, customers), loop in rows.items():
+                c = loop["conversion"]
+                print(f"{name:32s} {customers:10s} conversion {c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}] "
+                      f"of {c['n']}, hang-up {loop['hang_up']['value']:.3f}, turns {loop['turns']['value']:.1f}")
+            return
         evaluate_run(args.config, args.run, args.data, args.out, settings, args.base, args.judge,
                      seed_runs=args.seed_runs)
     except (ConfigError, FileNotFoundError, ValueError) as error:

@@ -7,8 +7,9 @@ they measured to <out>/:
   the judge's scores when one ran, the turn-level terms, the closed loop with its 95% intervals, the
   paper's claims beside what we measured, the plot, and the provenance of the run;
 * report.json: {"systems": {"<model>/<prompting>": {"kind", "capabilities", "overall", "closed_loop", ...}},
-  "references": {"<name>": {"kind", "closed_loop"}}, "claims": [...], "seeds": {...}, "meta": {...}}, the numbers
-  behind every table (`seeds`: GRPO over several training seeds, when make seeds ran);
+  "references": {"<name>": {"kind", "closed_loop", "plan" (a scripted plan's, in words)}}, "claims": [...],
+  "seeds": {...}, "meta": {...}}, the numbers behind every table (`seeds`: GRPO over several training seeds,
+  when make seeds ran);
 * training_and_capabilities.png: GRPO reward and pretraining loss per step, capability score per system;
 * calls.html: every call the systems played (<out>/systems/*/calls.jsonl), each turn annotated, to audit by
   eye (calls_page.py).
@@ -260,6 +261,10 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
                      f"{_interval(c['violations_per_call'], '.2f')} | "
                      f"{_interval(c['unsupported_facts_per_call'], '.2f')} | "
                      f"{_interval(c['off_stage_per_call'], '.2f')} |")
+    planned = [(name, entry["plan"]) for name, entry in references.items() if entry.get("plan")]
+    if planned:
+        lines += ["", "The plan each scripted-plan reference follows (plans.py; chosen on validation customers):", ""]
+        lines += [f"* reference: {name}: {plan}" for name, plan in planned]
     if seeds:
         lines += ["", "## GRPO over seeds",
                   "The same recipe trained with several GRPO seeds on the same base (make seeds). Quote the mean: "

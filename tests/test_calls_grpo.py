@@ -80,7 +80,8 @@ def test_the_loss_reaches_exactly_the_tokens_of_each_answer(setup):
         assert all(turn["text"] in prompt for turn in before if turn["role"] == "customer")
         assert prompt.endswith("<|im_start|>assistant\n") and "Outline:" in prompt.rsplit("<|im_start|>user", 1)[-1]
         assert tokenizer.decode(answer.completion_ids, skip_special_tokens=True) == answer.text
-        assert records[answer.call]["turns"][answer.turn_index]["text"] == calls_grpo.heard(answer.text, records[answer.call])[1]
+        record = records[answer.call]
+        assert record["turns"][answer.turn_index]["text"] == calls_grpo.heard(answer.text, record)[1]
     advantages = torch.linspace(-1.0, 1.5, len(answers), dtype=torch.float64)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
     calls_grpo.update(policy, policy, optimizer, answers, advantages, settings, 0.0, tokenizer.pad_id)

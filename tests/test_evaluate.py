@@ -23,6 +23,7 @@ from corpus import write_corpus
 from doga import ScriptLibrary
 from files import read_jsonl
 from model import save_pretrained
+from plans import BEST_PLAN
 from retrieval import HashedTfidfEmbedder
 from reward import CompositeReward
 from sales import STAGES, load_world
@@ -276,7 +277,7 @@ def test_report_from_a_smoke_run(tmp_path):
     assert {c["verdict"] for c in report["claims"] if c["systems"].startswith("grpo/doga vs sft")} == {"not measured"}
     # References are marked as such, in the JSON, the tables and the verdicts.
     assert {system["kind"] for system in report["systems"].values()} == {"system"}
-    assert len(report["references"]) == 3 and {r["kind"] for r in report["references"].values()} == {"reference"}
+    assert len(report["references"]) == 4 and {r["kind"] for r in report["references"].values()} == {"reference"}
     assert not [c for c in report["claims"] if "scripted" in c["systems"]]
 
     markdown = (out / "report.md").read_text()
@@ -286,10 +287,13 @@ def test_report_from_a_smoke_run(tmp_path):
     assert rows.count("grpo/doga") == 4                                          # every table
     for name in report["references"]:
         assert name not in rows and rows.count(f"reference: {name}") == 1      # the closed loop's table
+    # The best scripted plan's row prints the plan it follows.
+    plan = report["references"]["best scripted plan"]["plan"]
+    assert plan == BEST_PLAN.describe() and f"* reference: best scripted plan: {plan}" in markdown
     assert "DOGA beats static prompting" in markdown and "training_and_capabilities.png" in markdown
     assert (out / "training_and_capabilities.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # calls.html: every played call; a DOGA system's turns keep the outline they were prompted with
-    assert (out / "calls.html").read_text().count('<details class="call') == 12 * (len(report["systems"]) + 3)
+    assert (out / "calls.html").read_text().count('<details class="call') == 12 * (len(report["systems"]) + 4)
     for name, prompted in (("grpo__doga", True), ("grpo__static", False)):
         turns = [t for c in read_jsonl(str(out / "systems" / name / "calls.jsonl")) for t in c["turns"]]
         assert all(("outline" in t) == prompted for t in turns if t["role"] == "sales")
