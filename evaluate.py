@@ -36,7 +36,8 @@ evaluation customer shares a name, a business name or a profile with a training 
 `make eval` (`evaluate_run`) measures one trained run: the base model and the GRPO policy, each with
 static and DOGA prompting, and the GRPO policy of every other seed of the run (`make seeds`). Per system it
 writes every scored turn and played call under <out>/systems/; report.py writes the report (tables, the paper's
-claims beside what we measured, the mean over seeds, a plot); ablations.py trains and measures every arm of the paper's comparisons the same way.
+claims beside what we measured, the mean over seeds, a plot); ablations.py trains and measures every arm of the
+paper's comparisons the same way.
 
 For speed, replies are generated in batches (model.generate_completions, left-padded): the agent's own
 prompt assembly (`Agent.prompt`, what Agent.respond prompts with), then one batched generation, many times
