@@ -7,11 +7,11 @@ the policy is prompted with), so that it knows the language of sales calls and t
 has never been optimised for any reward. With `--sft` it instead trains on the salesperson turns alone
 (prompt tokens masked out of the loss): the "SFT then GRPO" baseline of the paper's ablation.
 
-Each call is one row that starts at its system prompt (never mid-call, so every number the model learns to
-say stands in its context, the product sheet and profile above it). What the tiny default base learns from
-that (docs/log.md, the research arms): it says each product's own facts right once trained long enough, by tying
-them to the product rather than by copying them from its context, so the customer's own numbers, which
-change every call, are the facts it still gets wrong.
+Each call is one row that starts at its system prompt (never mid-call, so every value the model learns to
+say stands in its context, the product sheet and profile above it). With `pretrain.slots` (the default) the
+rows write the call's values as slots (corpus.written) and the tokenizer is trained on them and records it
+(tokenizer.ChatTokenizer.slots): a model this small learns each product's facts by heart rather than copying
+them from its context, and gets the customer's own numbers, which change every call, wrong (docs/log.md).
 
 Train as it infers: with a DOGA script library, `outline_share` of the calls carry DOGA's outline before each
 salesperson turn, exactly as the DOGA agent prompts at inference, so the base learns to read outlines;
