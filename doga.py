@@ -623,10 +623,11 @@ class StaticAgent(Agent):
         for stage in STAGES:
             candidates = sorted((m for m in self.library.templates.metadata if m["stage"] == stage),
                                 key=lambda m: (product.get("domain") not in m["domains"], -m["support"], m["id"]))
-            fillable = next((m for m in candidates if fill_slots(m["text"], values)), None)
-            if fillable:
-                line = fillable["text"] if self.slots else fill_slots(fillable["text"], values)
-                guidance.append(f"{stage.replace('_', ' ')}: {line}")
+            for template in candidates:
+                filled = fill_slots(template["text"], values)
+                if filled:
+                    guidance.append(f"{stage.replace('_', ' ')}: {template['text'] if self.slots else filled}")
+                    break
         history = chat_messages(product, visible, turns, slots=self.slots)[1:]
         messages, _ = assemble_messages(self.tokenizer, system_prompt(product, visible, self.slots), self.title,
                                         guidance, history, self.max_prompt_length)

@@ -499,6 +499,13 @@ def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
 # ----------------------------------------------------------------------------------------------
 # Reference rows: salespeople without a trained model, on the same customers.
 
+def scripted(noise):
+    """The corpus's scripted Salesperson with its share `noise` of mistakes, as a player of run_call: the same
+    random stream for the same call in every reference row (keyed by the call id)."""
+    return lambda call_id, product, visible: Salesperson(product, visible, random.Random(f"eval-sales:{call_id}"),
+                                                         noise)
+
+
 def reference_rows(setup, library, out_dir, noise=DEFAULT_NOISE):
     """Closed-loop results of four salespeople that need no trained model, against setup.jobs():
 
@@ -515,10 +522,8 @@ def reference_rows(setup, library, out_dir, noise=DEFAULT_NOISE):
         outline = planner.plan(view["product"], view["customer"]["visible"], view["turns"])
         return "", outline.lines[0] if outline.lines else outline.goal
 
-    players = {f"scripted, noise {noise:g}": lambda call_id, product, visible: Salesperson(
-                   product, visible, random.Random(f"eval-sales:{call_id}"), noise),
-               "scripted, noise 0": lambda call_id, product, visible: Salesperson(
-                   product, visible, random.Random(f"eval-sales:{call_id}"), 0.0),
+    players = {f"scripted, noise {noise:g}": scripted(noise),
+               "scripted, noise 0": scripted(0.0),
                "best scripted plan": lambda call_id, product, visible: salesperson(BEST_PLAN, call_id, product,
                                                                                    visible),
                "DOGA top line": lambda call_id, product, visible: top_line}
@@ -545,8 +550,7 @@ def search_plan_rows(settings, width=4):
         return lambda: closed_loop_jobs(products, settings.calls_per_product, settings.seed, customers)
 
     chosen = search_plans(jobs("validation"), width)
-    players = {"corpus plan (scripted, noise 0)": lambda call_id, product, visible: Salesperson(
-                   product, visible, random.Random(f"eval-sales:{call_id}"), 0.0)}
+    players = {"corpus plan (scripted, noise 0)": scripted(0.0)}
     for family, (_, plan) in chosen.items():
         players[f"best {family} plan"] = lambda call_id, product, visible, plan=plan: salesperson(
             plan, call_id, product, visible)

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from sales import is_legal_move, stage_move
+from sales import is_legal_move, load_world, stage_move
 from simulate import MAX_TURNS, Salesperson, run_call
 
 
-OBJECTIONS = ("price", "trust", "timing", "need")          # world/personas.json's objection_types
+OBJECTIONS = tuple(load_world().personas["objection_types"])
 COMMIT = "ask_for_commitment"
 
 # An answer rule: its name -> the reply move to each customer intent it answers. "objections" answers a raised

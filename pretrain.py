@@ -9,9 +9,9 @@ has never been optimised for any reward. With `--sft` it instead trains on the s
 
 Each call is one row that starts at its system prompt (never mid-call, so every value the model learns to
 say stands in its context, the product sheet and profile above it). With `pretrain.slots` (the default) the
-rows write the call's values as slots (corpus.written) and the tokenizer is trained on them and records it
-(tokenizer.ChatTokenizer.slots): a model this small learns each product's facts by heart rather than copying
-them from its context, and gets the customer's own numbers, which change every call, wrong (docs/log.md).
+rows write the call's values as slots (corpus.written), and the tokenizer, trained on them, records it
+(tokenizer.ChatTokenizer.slots). Why: a model this small learns each product's facts by heart instead of copying
+them from its context, and so gets the customer's own numbers, which change every call, wrong (docs/log.md).
 
 Train as it infers: with a DOGA script library, `outline_share` of the calls carry DOGA's outline before each
 salesperson turn, exactly as the DOGA agent prompts at inference, so the base learns to read outlines;
@@ -70,10 +70,10 @@ def get_tokenizer(out_dir, corpus_file, calls, vocab_size, slots):
     Beside the tokenizer, `tokenizer_record.json` says what made it: the corpus (fingerprint), the
     vocabulary size asked for, whether the texts write values as slots, the text pipeline of
     ChatTokenizer.train (read off a tokenizer trained on no text: the pipeline does not depend on the text),
-    and the tokenizer file's own fingerprint. A
-    tokenizer.json the record does not describe came from elsewhere and is refused: training on it would
-    silently use another tokenizer's ids. One the record describes, made from other inputs (another
-    corpus, vocabulary size or pipeline), is this module's own stale artifact and is trained again.
+    and the tokenizer file's own fingerprint. A tokenizer.json the record does not describe came from elsewhere
+    and is refused: training on it would silently use another tokenizer's ids. One the record describes, made
+    from other inputs (another corpus, vocabulary size, slots or pipeline), is this module's own stale artifact
+    and is trained again.
     """
     path, record_path = os.path.join(out_dir, "tokenizer.json"), os.path.join(out_dir, TOKENIZER_RECORD)
     wanted = {"corpus": fingerprint(corpus_file), "vocab_size": vocab_size, "slots": slots,
