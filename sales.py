@@ -174,7 +174,8 @@ class World:
     products: dict          # domain -> [product sheet]
     money_fields: tuple     # fields spoken with a $ sign
     promises: dict          # forbidden promise -> compiled patterns (the rule's own phrasings)
-    promise_concepts: dict  # forbidden promise -> concept groups (frames + topic words); "hedges": no promise
+    promise_concepts: dict  # forbidden promise -> concept groups (frames + topic words); "hedges": no promise;
+    #                         "yes" / "no": an answer that asserts a question or its negation
     promise_sentences: dict  # forbidden promise -> sentences a careless salesperson says
     personas: dict          # personas.json
     sales_templates: dict   # intent -> {"texts": {domain|"any": [str]}, "thoughts": [str]}
@@ -237,6 +238,9 @@ def load_world(folder=WORLD_DIR):
                 for name, rule in rules["forbidden_promises"].items()}
     sentences = {name: rule["sentences"] for name, rule in rules["forbidden_promises"].items()}
     concepts["hedges"] = re.compile(r"\b(?:" + "|".join(rules.get("hedges", ())) + r")\b")
+    # the answers that assert a question ("yes") or its negation ("no"): the first words of the next sentence
+    for answer in ("yes", "no"):
+        concepts[answer] = re.compile(r"(?:" + "|".join(rules["answers"][answer]) + r")(?=[\s,;:!-]*(?:$|[,;:!-]))")
     phrasings = _read_json(folder, "phrasings.json")["sales"]
     for intent in phrasings:
         if intent not in SALES_INTENTS:
@@ -639,12 +643,14 @@ def explain_promises(text, product):
     two in a row, hold every concept group of the rule: a shared certainty frame where the rule needs one ("I
     guarantee", "you'll", "always") and the words of its topic (orders + growth; speed + full; ...), or for rules
     that are certainty statements by nature (free cancellation any time, no price increase ever) the topic with its
-    quantifier. A hedged sentence ("nobody can promise a number", "... isn't covered") makes no promise."""
+    quantifier. A hedged sentence ("nobody can promise a number", "... isn't covered") makes no promise. A question
+    asserts nothing on its own (its words are topic, never frame) unless the next sentence answers it: "Yes" /
+    "Absolutely" asserts it, the answer being its certainty; "No" / "Never" asserts its negation, a promise when
+    the negated question makes one and the question itself makes none ("Will the price go up? Never." is a promise,
+    "Can you cancel whenever you like? No." is not)."""
     world = load_world()
     lowered = text.lower().replace("\u2019", "'").replace("\u2018", "'")   # curly apostrophes read as straight
-    hedges = world.promise_concepts["hedges"]
-    sentences = [s for s in re.findall(r"(?:[^.?!]|\.(?=\d))+", lowered) if not hedges.search(s)]
-    windows = sentences + [a + " " + b for a, b in zip(sentences, sentences[1:])]   # one sentence, or two in a row
+    windows = _promise_windows(lowered, world.promise_concepts)
     found = []
     for promise in product["forbidden_promises"]:
         if promise not in world.promises:
@@ -652,15 +658,77 @@ def explain_promises(text, product):
                              "world/rules.json")
         patterns, concepts = world.promises[promise], world.promise_concepts[promise]
         for window in windows:
-            said = next((p for p in patterns if p.search(window)), None)
-            if said is not None:
-                found.append(Promise(promise, window.strip(), (("pattern", said.pattern),)))
+            said = next((p for p in patterns if any(p.search(part) for part, _ in window.parts)), None)
+            if said is not None and window.denies is None:
+                found.append(Promise(promise, window.text, (("pattern", said.pattern),)))
                 break
-            matches = [c.search(window) for c in concepts]
-            if concepts and all(matches):
-                found.append(Promise(promise, window.strip(), tuple((m.lastgroup, m.group(0)) for m in matches)))
+            reasons = _concept_reasons(concepts, window) if concepts else None
+            if reasons and window.denies is not None and _concept_reasons(concepts, _Window(((window.denies, True),))):
+                reasons = None          # "No" to a question that is itself the promise: the truth, not a promise
+            if reasons:
+                found.append(Promise(promise, window.text, reasons))
                 break
     return found
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One sentence, or two in a row, read as one statement."""
+    parts: tuple                # (text, asserted): True, or "certain" (a question: topic words and the certainty
+    #                             frame count, not a prediction's "will"), or False (topic words only)
+    answer: str = None          # "yes", "absolutely", ...: the answer to a question, which commits to it
+    denies: str = None          # the question that a "No" answer denies (the window then says its negation)
+
+    @property
+    def text(self):
+        return " ".join(part for part, _ in self.parts).strip()
+
+
+def _promise_windows(lowered, concepts):
+    """The windows of a lower-case text that may make a promise: each asserted sentence that no hedge limits, and
+    each two in a row, a question followed by its answer read as the answered statement."""
+    hedges, yes, no = concepts["hedges"], concepts["yes"], concepts["no"]
+    # (sentence, is a question, is hedged)
+    said = [(body.strip(), end.startswith("?"), bool(hedges.search(body)))
+            for body, end in re.findall(r"((?:[^.?!]|\.(?=\d))+)([.?!]*)", lowered) if body.strip()]
+    windows = [_Window(((s, True),)) for s, question, hedged in said if not question and not hedged]
+    # a question alone commits only by its own certainty frame ("Why settle for less when we can lock in a perfect
+    # rating?"), and not when the next sentence hedges it or answers "No"
+    after = said[1:] + [("", False, False)]
+    windows += [_Window(((a, "certain"),)) for (a, question, hedged), (b, _, b_hedged) in zip(said, after)
+                if question and not hedged and not b_hedged and not no.match(b)]
+    for (a, a_question, a_hedged), (b, b_question, b_hedged) in zip(said, said[1:]):
+        if a_hedged or b_hedged:
+            continue
+        if not a_question:
+            windows.append(_Window(((a + " " + b, True),) if not b_question else ((a, True), (b, "certain"))))
+        elif b_question:
+            windows.append(_Window(((a, "certain"), (b, "certain"))))
+        elif (m := no.match(b)) is not None:
+            windows.append(_Window((("never " + a + " " + b, True),), denies=a))    # "no": the question negated
+        elif (m := yes.match(b)) is not None:
+            windows.append(_Window(((a, True), (b, True)), answer=m.group(0)))
+        else:
+            windows.append(_Window(((a, "certain"), (b, True))))
+    return windows
+
+
+def _concept_reasons(concepts, window):
+    """One reason per concept group of a rule when the window holds every group (else None): the first match in an
+    asserted part, or a topic word or certainty frame in a question; a group that takes a certainty frame is met by
+    an answer. A window of questions alone must commit by a certainty frame."""
+    reasons = []
+    for concept in concepts:
+        reason = next(((m.lastgroup, m.group(0)) for part, asserted in window.parts for m in concept.finditer(part)
+                       if asserted is True or m.lastgroup in ("topic", asserted)), None)
+        if reason is None and window.answer and "certain" in concept.groupindex:
+            reason = ("answer", window.answer)
+        if reason is None:
+            return None
+        reasons.append(reason)
+    if all(asserted == "certain" for _, asserted in window.parts) and ("certain", ) not in {r[:1] for r in reasons}:
+        return None
+    return tuple(reasons)
 
 
 def find_promises(text, product):

@@ -137,3 +137,22 @@ def test_promises_in_the_corpus_are_caught_and_good_turns_are_not_flagged():
     good = [(t, p) for t, p in turns if t["labels"]["rule_broken"] is None]
     assert len(careless) > 20 and all(find_promises(t["text"], p) for t, p in careless)
     assert sum(bool(find_promises(t["text"], p)) for t, p in good) <= 0.01 * len(good)
+
+
+def test_a_question_asserts_nothing_until_answered():
+    """A question is not a statement: 'Will your orders grow?' promises nothing. 'Yes' asserts it (the answer is its
+    certainty), 'No' asserts its negation: a promise when the question is the broken rule's opposite ('Will the
+    price go up? Never.'), the truth when the question is the promise itself ('Can I cancel whenever I like? No.')."""
+    world = load_world()
+    products = {p["id"]: p for ps in world.products.values() for p in ps}
+    starter, basic, gamer = products["rm-starter"], products["hb-basic"], products["hb-gamer"]
+    assert find_promises("Will your orders grow?", starter) == []
+    assert find_promises("Will your orders grow? That depends on your menu.", starter) == []
+    [promise] = explain_promises("Do your orders grow? Yes.", starter)
+    assert promise.reasons == (("answer", "yes"), ("topic", "grow"), ("topic", "orders"))
+    assert find_promises("Will the price go up? Never.", basic) == ["no price increase ever"]
+    assert find_promises("Will the price go up? Yes, after your term.", basic) == []
+    assert find_promises("Can I cancel whenever I like? No.", gamer) == []
+    assert find_promises("Can I cancel whenever I like? Of course.", gamer) == ["free cancellation at any time"]
+    assert find_promises("Does the speed drop at peak times? No.", basic) == ["full speed guaranteed at all times"]
+    assert find_promises("Does the speed drop at peak times? Sometimes, a little.", basic) == []
