@@ -131,6 +131,9 @@ class GRPOConfig:
     prompts_per_step: int = 4      # groups per step, over all processes together
     turn_filter: str = "good"  # good: train on turns the Manager labelled on-stage and faithful | all
     outline_share: float = 1.0     # training prompts with DOGA's outline (needs a library): train as it infers
+    # How often each move is trained on: 1 draws prompts as the corpus has them (a greeting is ten times as common
+    # as a need objection); 0 draws every move equally often; in between, a move's share goes as count^balance.
+    move_balance: float = 1.0
     save_steps: int = 50           # checkpoint every N steps (0: only the final model): a few per run
     log_completion_steps: int = 10  # print a sample completion every N steps
     eval_prompts: int = 24         # held-out prompts for the before/after summary, num_generations samples each
@@ -184,7 +187,8 @@ POSITIVE = {"dialogues", "vocab_size", "steps", "batch_size", "seq_len", "learni
             "num_generations", "num_iterations", "temperature", "max_prompt_length", "max_completion_length",
             "prompts_per_step", "eval_prompts", "groups_per_step", "calls_per_group", "max_turns",
             "answers_per_pass"}
-UNIT_INTERVAL = {"min_lr_ratio", "epsilon", "epsilon_high", "top_p", "outline_share", "noise"}
+UNIT_INTERVAL = {"min_lr_ratio", "epsilon", "epsilon_high", "top_p", "outline_share", "noise",
+                 "move_balance"}
 # Every other number must be >= 0, except these, which must be < 0 (a floor on log-probabilities).
 NEGATIVE = {"bayes_floor"}
 # The tiny model's architecture: Qwen2Config fields (model.py reads them as a Hugging Face config.json).

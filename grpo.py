@@ -47,6 +47,7 @@ import os
 import random
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -124,17 +125,31 @@ def load_prompt_pool(path, tokenizer, settings, library_dir=None):
     return [s for s, _ in kept], [p for _, p in kept]
 
 
-def prompts_for_step(step, pool_size, per_step, seed):
-    """Global prompt indices of a step: consecutive slices of a per-epoch shuffled order.
+def prompts_for_step(step, pool_size, per_step, seed, weights=None):
+    """Global prompt indices of a step: consecutive slices of a per-epoch shuffled order, or with `weights`
+    (a probability per prompt, `move_weights`) a draw without replacement from its own generator.
 
     A pure function of the step, so the data position needs no saving: resuming at step s picks up
     exactly the prompts an uninterrupted run would have used.
     """
+    if weights is not None:
+        return np.random.default_rng([seed, step]).choice(pool_size, size=per_step, replace=False,
+                                                           p=weights).tolist()
     indices = []
     for position in range(step * per_step, (step + 1) * per_step):
         epoch, offset = divmod(position, pool_size)
         indices.append(int(np.random.default_rng([seed, epoch]).permutation(pool_size)[offset]))
     return indices
+
+
+def move_weights(samples, balance):
+    """Probability of drawing each prompt so that a move with n prompts is drawn in proportion to n^balance:
+    each prompt weighs n^(balance - 1). None for balance 1 (every prompt alike: the corpus's own mix)."""
+    if balance == 1.0:
+        return None
+    counts = Counter(s.intent for s in samples)
+    weights = np.array([counts[s.intent] ** (balance - 1.0) for s in samples], dtype=np.float64)
+    return weights / weights.sum()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,6 +390,7 @@ def _train(config, model_dir, data_dir, out_dir, resume, audit, library_dir, ran
 
     samples, prompt_ids = load_prompt_pool(os.path.join(data_dir, "train.jsonl"), tokenizer, settings, library_dir)
     reward_fn = CompositeReward(config.reward, ref_model, tokenizer, fit_similarity_embedder(samples))
+    weights = move_weights(samples, settings.move_balance)
 
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume_step=start_step - 1 if checkpoint else None) \
         if main_process else None
@@ -387,7 +403,7 @@ def _train(config, model_dir, data_dir, out_dir, resume, audit, library_dir, ran
                     initial=start_step, total=settings.steps)
     for step in progress:
         started = time.time()
-        global_indices = prompts_for_step(step, len(samples), settings.prompts_per_step, settings.seed)
+        global_indices = prompts_for_step(step, len(samples), settings.prompts_per_step, settings.seed, weights)
         mine = range(rank * per_rank, (rank + 1) * per_rank)   # positions in the step's global batch
         lr = learning_rate_at(step, settings.steps, settings.learning_rate, settings.warmup_steps, 1.0)
         batch, stats, loss, grad_norm = grpo_step(

@@ -416,3 +416,27 @@ def dead_pid():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
+
+
+def test_move_balance_weighs_each_move_by_its_count_to_the_balance():
+    """Hand-computed: three prompts of move a, one of b. balance 0 gives each move half the draws; 0.5 gives
+    moves shares in proportion to sqrt(count); 1 draws prompts as they come (no weights)."""
+    samples = [dataclasses.make_dataclass("S", ["intent"])(i) for i in "aaab"]
+    assert grpo.move_weights(samples, 1.0) is None
+    assert grpo.move_weights(samples, 0.0).tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 6, 1 / 2], abs=1e-15)
+    share_a = math.sqrt(3) / (math.sqrt(3) + 1)
+    assert grpo.move_weights(samples, 0.5).tolist() == pytest.approx([share_a / 3] * 3 + [1 - share_a], abs=1e-15)
+
+
+def test_weighted_prompts_follow_their_weights_and_are_a_function_of_the_step():
+    """900 prompts of a common move, 100 of a rare one, balance 0: half the draws are of the rare move (within
+    six binomial standard deviations of 8,000 draws), no prompt twice in a step, and a step's prompts are the
+    same however often it is asked for (what exact resume needs)."""
+    samples = [dataclasses.make_dataclass("S", ["intent"])(i) for i in ["common"] * 900 + ["rare"] * 100]
+    weights = grpo.move_weights(samples, 0.0)
+    draws = [grpo.prompts_for_step(step, len(samples), 4, 7, weights) for step in range(2000)]
+    assert all(len(set(step)) == 4 for step in draws)
+    rare = sum(samples[i].intent == "rare" for step in draws for i in step) / 8000
+    assert abs(rare - 0.5) <= 6 * math.sqrt(0.25 / 8000)
+    assert draws[123] == grpo.prompts_for_step(123, len(samples), 4, 7, weights)
+    assert draws[123] != grpo.prompts_for_step(123, len(samples), 4, 8, weights)
