@@ -8,6 +8,8 @@ out and the evaluation settings. The arms:
   the Bayesian reward (reward.bayes = 0), GRPO trained on static prompts only (grpo.outline_share = 0,
   where direct GRPO trains as DOGA prompts), each measured with static and with DOGA prompting;
 * direct GRPO with DOGA whose predicted intents are flipped at 20% (`doga_noisy`);
+* not the paper's: GRPO drawing its prompts as the corpus has them (grpo.move_balance = 1, `grpo_corpus_mix`),
+  where direct GRPO draws every move equally often;
 * not the paper's: a base that writes the call's values themselves instead of slots (pretrain.slots = false, its
   own tokenizer and base), then direct GRPO on it (`grpo_raw`): what slots change;
 * a domain held out of training: base and GRPO trained on the other domains, and both it and the
@@ -168,6 +170,7 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
     sft_config = arm_config(plan, work_dir, "sft", {"pretrain": plan.get("sft", {})})
     no_bayes_config = arm_config(plan, work_dir, "grpo_no_bayes", {"reward": {"bayes": 0.0}})
     static_config = arm_config(plan, work_dir, "grpo_static", {"grpo": {"outline_share": 0.0}})
+    mix_config = arm_config(plan, work_dir, "grpo_corpus_mix", {"grpo": {"move_balance": 1.0}})
     raw_config = arm_config(plan, work_dir, "raw", {"pretrain": {"slots": False}})
     train_file = os.path.join(data_dir, "train.jsonl")
     train_calls = load_corpus(train_file)
@@ -209,7 +212,8 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
                                lambda: pretrain.train(sft_config, data_dir, os.path.join(work_dir, "sft"),
                                                       sft=True, init=base))
     for name, cfg, init in (("grpo", config, base), ("sft_grpo", config, models["sft"]),
-                            ("grpo_no_bayes", no_bayes_config, base), ("grpo_static", static_config, base)):
+                            ("grpo_no_bayes", no_bayes_config, base), ("grpo_static", static_config, base),
+                            ("grpo_corpus_mix", mix_config, base)):
         if name == "grpo" and default_grpo_matches(default_run, config, base, data_dir, library_dir):
             models[name] = os.path.join(default_run, "final")
             print(f"grpo: reusing {models[name]}")
@@ -250,7 +254,8 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
     library, holdout_library = ScriptLibrary.load(library_dir), ScriptLibrary.load(holdout_library_dir)
     setup = make_eval_setup(config, settings, train_calls, test_calls, base, judge_dir=judge_dir)
     systems = {}
-    for model_name in ("base", "sft", "sft_grpo", "grpo", "grpo_no_bayes", "grpo_static", "grpo_raw"):
+    for model_name in ("base", "sft", "sft_grpo", "grpo", "grpo_no_bayes", "grpo_static", "grpo_corpus_mix",
+                       "grpo_raw"):
         for prompting in ("static", "doga"):
             name = f"{model_name}/{prompting}"
             systems[name] = evaluate_system(name, models[model_name], library, prompting, setup, out_dir)
@@ -266,7 +271,8 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
             systems[name]["eval_domain"] = domain
 
     grpo_runs = {name: os.path.dirname(models[name])
-                 for name in ("grpo", "sft_grpo", "grpo_no_bayes", "grpo_static", "grpo_raw", "holdout_grpo")}
+                 for name in ("grpo", "sft_grpo", "grpo_no_bayes", "grpo_static", "grpo_corpus_mix", "grpo_raw",
+                              "holdout_grpo")}
     curves = {"grpo": {name: read_jsonl(os.path.join(run, "metrics.jsonl")) for name, run in grpo_runs.items()},
               "pretrain": {"base": read_jsonl(os.path.join(base, "metrics.jsonl")),
                            "sft": read_jsonl(os.path.join(models["sft"], "metrics.jsonl")),

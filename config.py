@@ -131,9 +131,10 @@ class GRPOConfig:
     prompts_per_step: int = 4      # groups per step, over all processes together
     turn_filter: str = "good"  # good: train on turns the Manager labelled on-stage and faithful | all
     outline_share: float = 1.0     # training prompts with DOGA's outline (needs a library): train as it infers
-    # How often each move is trained on: 1 draws prompts as the corpus has them (a greeting is ten times as common
-    # as a need objection); 0 draws every move equally often; in between, a move's share goes as count^balance.
-    move_balance: float = 1.0
+    # How often each move is trained on: 0 draws every move equally often; 1 draws prompts as the corpus has them
+    # (a greeting ten times as often as a need objection, which the model then said as a common move); in between,
+    # a move's share goes as count^balance. Every move equally often sold more (docs/log.md, the research arms).
+    move_balance: float = 0.0
     save_steps: int = 50           # checkpoint every N steps (0: only the final model): a few per run
     log_completion_steps: int = 10  # print a sample completion every N steps
     eval_prompts: int = 24         # held-out prompts for the before/after summary, num_generations samples each

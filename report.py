@@ -58,7 +58,9 @@ def paper_claims(systems):
                ("Removing the Bayesian reward hurts", "grpo/doga", "grpo_no_bayes/doga", "higher"),
                ("Intent-label noise degrades DOGA", "grpo/doga", "grpo/doga_noisy", "higher"),
                ("Not the paper's: GRPO on DOGA's prompts beats GRPO on static prompts, with DOGA", "grpo/doga",
-                "grpo_static/doga", "higher")]
+                "grpo_static/doga", "higher"),
+               ("Not the paper's: GRPO on every move equally often beats GRPO on the corpus's mix of moves, with DOGA",
+                "grpo/doga", "grpo_corpus_mix/doga", "higher")]
     claims += [(f"Not the paper's: GRPO over whole calls ({m}) improves on the GRPO model it starts from, with DOGA",
                 f"{m}/doga", "grpo/doga", "higher") for m in calls_arms]
     claims += [("Transfers to a domain held out of training", name, name.replace("holdout_grpo", "grpo"), "close")
