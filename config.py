@@ -133,7 +133,8 @@ class GRPOConfig:
     outline_share: float = 1.0     # training prompts with DOGA's outline (needs a library): train as it infers
     # How often each move is trained on: 0 draws every move equally often; 1 draws prompts as the corpus has them
     # (a greeting ten times as often as a need objection, which the model then said as a common move); in between,
-    # a move's share goes as count^balance. Every move equally often sold more (docs/log.md, the research arms).
+    # a move's share goes as count^balance. Chosen on validation customers, where every move equally often sold
+    # more; on test customers, measured after the choice, it sold no more (docs/log.md).
     move_balance: float = 0.0
     save_steps: int = 50           # checkpoint every N steps (0: only the final model): a few per run
     log_completion_steps: int = 10  # print a sample completion every N steps
