@@ -674,8 +674,8 @@ def explain_promises(text, product):
 @dataclass(frozen=True)
 class _Window:
     """One sentence, or two in a row, read as one statement."""
-    parts: tuple                # (text, asserted): True, or "certain" (a question: topic words and the certainty
-    #                             frame count, not a prediction's "will"), or False (topic words only)
+    parts: tuple                # (text, asserted): True (a statement), or "certain" (a question: its topic words
+    #                             and certainty frame count, not a prediction's "will")
     answer: str = None          # "yes", "absolutely", ...: the answer to a question, which commits to it
     denies: str = None          # the question that a "No" answer denies (the window then says its negation)
 
@@ -704,7 +704,7 @@ def _promise_windows(lowered, concepts):
             windows.append(_Window(((a + " " + b, True),) if not b_question else ((a, True), (b, "certain"))))
         elif b_question:
             windows.append(_Window(((a, "certain"), (b, "certain"))))
-        elif (m := no.match(b)) is not None:
+        elif no.match(b):
             windows.append(_Window((("never " + a + " " + b, True),), denies=a))    # "no": the question negated
         elif (m := yes.match(b)) is not None:
             windows.append(_Window(((a, True), (b, True)), answer=m.group(0)))
@@ -726,7 +726,7 @@ def _concept_reasons(concepts, window):
         if reason is None:
             return None
         reasons.append(reason)
-    if all(asserted == "certain" for _, asserted in window.parts) and ("certain", ) not in {r[:1] for r in reasons}:
+    if all(asserted == "certain" for _, asserted in window.parts) and all(group != "certain" for group, _ in reasons):
         return None
     return tuple(reasons)
 
