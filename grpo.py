@@ -1,6 +1,7 @@
 """GRPO applied directly to a base model: AI-Salesman's training engine (docs/design.md, "GRPO").
 
-One step, for each of `prompts_per_step` training prompts (a salesperson turn of a simulated call):
+One step, for each of `prompts_per_step` training prompts (a salesperson turn of a simulated call, drawn so
+that every move is trained on equally often: `move_balance`, `move_weights`):
 
   1. sample a *group* of `num_generations` completions `<think>Th</think> reply` with the policy
      (model.generate_groups: KV-cached, temperature/top-p, every group of the step in one batch);
