@@ -172,10 +172,15 @@ def pad_batch(rows, value):
 
 
 def causal_lm_loss(model, inputs, targets):
-    """Mean next-token negative log-likelihood over targets != -100, via the fused log-prob kernel."""
+    """Mean next-token negative log-likelihood over targets != -100, via the fused log-prob kernel.
+
+    Only the scored positions go through the output layer: outline and padding positions are context only, and
+    scoring them (to a log-prob of 0) would spend the output layer's matmuls on nothing."""
     hidden = model.hidden_states(inputs)                          # [B, T, H]
-    logprobs = fused_linear_logprobs(hidden.flatten(0, 1), model.lm_head_weight, targets.flatten())
-    return -logprobs.sum() / (targets != -100).sum().clamp(min=1)
+    targets = targets.flatten()                                   # [B*T]
+    scored = targets != -100
+    logprobs = fused_linear_logprobs(hidden.flatten(0, 1)[scored], model.lm_head_weight, targets[scored])
+    return -logprobs.sum() / scored.sum().clamp(min=1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,16 +1,18 @@
 """pretrain.py: its data (one row per call from its system prompt, outlines with no loss, batches of
 similar length), the tokenizer it reuses only when it still fits, the folder it refuses, and Ctrl-C."""
+import copy
 import json
 import sys
 
 import pytest
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 import pretrain
 from config import Config, PretrainConfig, TokenizerConfig
 from corpus import render_call_text, write_corpus
 from files import fingerprint, write_json
-from model import load_with_tokenizer
+from model import Qwen2, Qwen2Config, load_with_tokenizer
 from pretrain import batches_of_similar_length, call_rows
 from runs import RunLock
 from simulate import simulate_call
@@ -47,6 +49,28 @@ def test_a_row_is_the_whole_call_and_its_outlines_get_no_loss(calls, tokenizer):
                                  for i in outlines[call["id"]])
     short, _ = call_rows(calls[:1], tokenizer, seq_len=50)
     assert len(short[0]) == 50 and short[0][0] == tokenizer.im_start_id        # cut at the end, never the start
+
+
+def test_the_loss_is_the_mean_nll_of_the_scored_tokens_only():
+    """causal_lm_loss against float64 cross-entropy of the full logits: the same value and the same gradient,
+    though only the scored positions go through the output layer (outline and padding targets are -100)."""
+    torch.manual_seed(0)
+    model = Qwen2(Qwen2Config(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1))
+    inputs = torch.randint(0, 50, (3, 12))
+    targets = torch.randint(0, 50, (3, 12))
+    targets[0, 3:7] = -100                                   # an outline
+    targets[2, 8:] = -100                                    # padding
+    loss = pretrain.causal_lm_loss(model, inputs, targets)
+    ours = torch.autograd.grad(loss, list(model.parameters()))
+    reference = copy.deepcopy(model).double()
+    expected = torch.nn.functional.cross_entropy(reference(inputs).flatten(0, 1), targets.flatten(), ignore_index=-100)
+    grads = torch.autograd.grad(expected, list(reference.parameters()))
+    # float32 against float64: the loss is a mean of log-softmaxes of O(1) logits, each within a few float32
+    # ulps (~1e-7 relative) per summed term; 1e-5 leaves room for the layer's accumulations.
+    assert abs(loss.item() - expected.item()) <= 1e-5 * expected.item()
+    for g, r in zip(ours, grads):
+        assert torch.allclose(g.double(), r, rtol=1e-4, atol=1e-6)
 
 
 def test_batches_of_similar_length_see_every_row_once_a_pass():
