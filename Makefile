@@ -23,13 +23,20 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # makes such a product many times slower than one thread does.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install test bench data train seeds eval ablations chat clean FORCE
+.PHONY: runtime install test bench data train seeds eval ablations chat clean FORCE
 
+# Two stamp files: reinstall only when a requirements file changes. `runtime` is what training and chat
+# import (requirements.txt); `install` adds the tests' reference, the report's plot and the linter
+# (requirements-test.txt), which `make train` does not wait for.
+runtime: $(VENV)/.runtime
 install: $(VENV)/.installed
 
-# A stamp file: reinstall only when a requirements file changes.
-$(VENV)/.installed: requirements.txt requirements-test.txt
+$(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed: requirements-test.txt $(VENV)/.runtime
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	touch $@
 
@@ -52,7 +59,7 @@ bench: install
 # when the config asks for another corpus than the one in $(DATA).
 data: $(DATA)/train.jsonl
 
-$(DATA)/recipe.json: FORCE | install
+$(DATA)/recipe.json: FORCE | runtime
 	$(PY) simulate.py $(CONFIG_FLAG) --recipe $@
 
 $(DATA)/train.jsonl: $(DATA)/recipe.json
@@ -63,7 +70,7 @@ $(DATA)/train.jsonl: $(DATA)/recipe.json
 # With MODEL=/path/to/Qwen2.5 (a local HF folder) the base is that checkpoint and pretraining is skipped.
 # DOGA's script library is built first from the same training calls: pretraining and GRPO prompt with its
 # outlines as the agent does at inference (train as it infers), and `make chat` and `make eval` use it.
-train: install data
+train: runtime data
 	$(PY) doga.py build --corpus $(DATA)/train.jsonl --out $(RUN)/scripts
 ifeq ($(MODEL),)
 	$(if $(RESUME),test -f $(RUN)/base/model.safetensors || )$(PY) pretrain.py $(CONFIG_FLAG) --data $(DATA) \
@@ -79,14 +86,14 @@ endif
 # $(RUN)-seed1, $(RUN)-seed2. make eval then reports every seed and their mean: a headline is the mean over
 # seeds, never the best run.
 SEEDS ?= 1 2
-seeds: install data
+seeds: runtime data
 	for seed in $(SEEDS); do \
 		$(PY) grpo.py $(CONFIG_FLAG) --seed $$seed --model $(RUN)/base --data $(DATA) --out $(RUN)-seed$$seed \
 			--library $(RUN)/scripts --no-summary $(if $(RESUME),--resume) || exit 1; \
 	done
 
 # The trained model answers with the prompt and answer lengths its run recorded (run.json beside it).
-chat: install
+chat: runtime
 	$(PY) doga.py chat --model $(RUN)/final --library $(RUN)/scripts
 
 # Base vs GRPO, each with a static prompt and with DOGA: reports/default/report.md (needs `make train`; with
