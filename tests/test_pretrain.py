@@ -66,9 +66,12 @@ def test_the_loss_is_the_mean_nll_of_the_scored_tokens_only():
     reference = copy.deepcopy(model).double()
     expected = torch.nn.functional.cross_entropy(reference(inputs).flatten(0, 1), targets.flatten(), ignore_index=-100)
     grads = torch.autograd.grad(expected, list(reference.parameters()))
-    # float32 against float64: the loss is a mean of log-softmaxes of O(1) logits, each within a few float32
-    # ulps (~1e-7 relative) per summed term; 1e-5 leaves room for the layer's accumulations.
-    assert abs(loss.item() - expected.item()) <= 1e-5 * expected.item()
+    # float32 against float64, a first-order bound: each float32 rounding adds at most u = 2**-24 relative error,
+    # and the loss passes through about 150 in sequence (dot products of 16 to 32 terms, a log-sum-exp over 50
+    # logits, a mean of 29 terms): |error| <= ~150 u = 9e-6 of the loss. The backward pass doubles the chain,
+    # and a gradient entry that sums terms of both signs loses its relative accuracy, hence the absolute floor
+    # far below the entries' size (O(1e-2) to O(1)).
+    assert abs(loss.item() - expected.item()) <= 2e-5 * expected.item()
     for g, r in zip(ours, grads):
         assert torch.allclose(g.double(), r, rtol=1e-4, atol=1e-6)
 
