@@ -20,7 +20,8 @@ One step:
      normalised over all the group's answers;
   5. grpo.grpo_loss on the answers' tokens only (each answer a completion of its own prompt: the system
      prompt, the outlines and the customer's words carry no loss), clipped, with the k3 KL to the frozen
-     ref_model, accumulated over passes of `answers_per_pass` answers, then one optimizer step (`update`).
+     ref_model, accumulated over passes of whole calls (each call's prompts run as one sequence: an answer's
+     prompt is the beginning of the next one's), then one optimizer step (`update`).
 
 Runs, like grpo.py's: run.json (the `calls` and `reward` sections, the base model, the corpus, the script
 library), the lock, checkpoints and exact resume (runs.py), metrics.jsonl, `--audit` (one line per call: the
@@ -59,6 +60,7 @@ from grpo import compute_advantages, grpo_loss, timed
 from model import (
     CheckpointError,
     Continuations,
+    PrefillCache,
     continuation_logprobs,
     generate_completions,
     load_pretrained,
@@ -134,19 +136,21 @@ class Answer:
 def play(policy, agent, tokenizer, jobs, settings, generator, timings=None):
     """Play every job's call to its end -> (simulate.Call per job, Answer per salesperson turn, in the order
     spoken). Each round prompts every live call (DOGA), generates all their answers in one batch
-    (model.generate_completions, sampled at settings.temperature from `generator`) and steps each call with
-    the reply its customer hears. timings: phase -> seconds, added to (bench/calls_step.py reads them)."""
+    (model.generate_completions, sampled at settings.temperature from `generator`; a call's prompt is prefilled
+    after its last one, model.PrefillCache) and steps each call with the reply its customer hears. timings:
+    phase -> seconds, added to (bench/calls_step.py reads them)."""
     policy.eval()
     calls = [Call(product, persona, random.Random(seed), call_id, settings.max_turns)
              for call_id, product, persona, seed in jobs]
-    answers = []
+    answers, cache = [], PrefillCache()           # each call's next prompt is prefilled after its last one
     while live := [n for n, call in enumerate(calls) if not call.over]:
         views = [calls[n].view() for n in live]
         with timed(timings, "DOGA"):
             prompts = [agent.prompt(view)[0] for view in views]
         with timed(timings, "generate"):
             generated = generate_completions(policy, prompts, settings.max_completion_length, tokenizer.eos_id,
-                                             tokenizer.pad_id, settings.temperature, settings.top_p, generator)
+                                             tokenizer.pad_id, settings.temperature, settings.top_p, generator,
+                                             cache, live)
         with timed(timings, "customer"):
             for n, view, prompt, (ids, truncated) in zip(live, views, prompts, generated):
                 text = tokenizer.decode(ids, skip_special_tokens=True)
@@ -204,22 +208,30 @@ def combine_advantages(session, turn, answer_calls, calls_per_group, session_wei
 # The update: the clipped objective with k3 KL on the answers' tokens, grpo.py's loss.
 
 def answer_batch(answers, pad_id, device=None):
-    """The answers as model.Continuations: each prompt once [P, Lp], the completions [A, Lc] right-padded. Its
-    mask is the loss mask: 1 exactly on the tokens the policy generated for each answer (its EOS included);
-    everything the answer was prompted with is prompt, which no loss reaches."""
+    """The answers as model.Continuations: the completions [A, Lc] right-padded after their prompts, each prompt
+    stored once and a call's earlier prompts only as the beginning of its latest (a DOGA prompt is the one
+    before it, then the reply heard, the customer's words and the next outline: a call's answers cost about
+    one pass over the call, not one per answer). Its mask is the loss mask: 1 exactly on the tokens the policy
+    generated for each answer (its EOS included); everything the answer was prompted with is prompt, which no
+    loss reaches."""
     return Continuations.from_lists([a.prompt_ids for a in answers], [a.completion_ids for a in answers],
                                     pad_id, device)
 
 
 def update(policy, ref_model, optimizer, answers, advantages, settings, lr, pad_id, timings=None):
-    """One optimizer step on all answers of a step. The answers go through the policy `answers_per_pass` at a
-    time (the shortest prompts together, so little padding); each pass's loss is its share of the step's loss
-    (grpo.grpo_loss with the step's answer and token counts), so the summed gradients are those of one pass
-    over everything. Returns (loss, grad_norm, stats: kl, clipped, entropy [answers, Lc] and mask)."""
+    """One optimizer step on all answers of a step. The answers go through the policy in passes of whole calls
+    (so that a call's prompts share one pass: answer_batch), of about `answers_per_pass` answers each; each
+    pass's loss is its share of the step's loss (grpo.grpo_loss with the step's answer and token counts), so the
+    summed gradients are those of one pass over everything. Returns (loss, grad_norm, stats: kl, clipped,
+    entropy [answers, Lc] and mask)."""
     device = policy.lm_head_weight.device
-    order = sorted(range(len(answers)), key=lambda i: len(answers[i].prompt_ids))
-    passes = [order[start:start + settings.answers_per_pass] for start in range(0, len(order),
-                                                                                settings.answers_per_pass)]
+    passes = []
+    for call in sorted({a.call for a in answers}):
+        rows = [i for i, a in enumerate(answers) if a.call == call]
+        if passes and len(passes[-1]) + len(rows) <= settings.answers_per_pass:
+            passes[-1] += rows
+        else:
+            passes.append(rows)
     batches = [answer_batch([answers[i] for i in rows], pad_id, device) for rows in passes]
     num_tokens = sum(len(a.completion_ids) for a in answers)
     with timed(timings, "ref_model"), torch.no_grad():

@@ -171,7 +171,7 @@ class CallsConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     warmup_steps: int = 1
-    answers_per_pass: int = 32     # answers per forward + backward of the update (bounds its memory)
+    answers_per_pass: int = 32     # answers per forward + backward of the update, whole calls (bounds its memory)
     save_steps: int = 5            # checkpoint every N steps (0: only the final model)
     seed: int = 0
     device: str = "auto"           # auto | cpu | cuda

@@ -12,7 +12,8 @@ module is that model, written out in plain PyTorch:
     (`pad_right`), through that kernel: what the GRPO loss and the Bayesian reward are made of;
   * `Qwen2.continuation_hidden_states` / `continuation_logprobs`: the same for many continuations of a
     few prompts, each prompt run once and its keys/values shared by its continuations (GRPO's groups:
-    8 completions of one prompt), gradients included;
+    8 completions of one prompt; a played call's answers: each prompt the beginning of the next),
+    gradients included;
   * `generate`: KV-cached batched sampling of completions (greedy or temperature + top-p), and
     `generate_completions`, the same for token-id prompts cut at their EOS: it draws the GRPO groups and
     lets DOGA and the evaluation speak; `generate_groups`: many groups of
@@ -374,17 +375,22 @@ class Qwen2(nn.Module):
         return self.model(input_ids, positions_from_mask(attention_mask),
                           mask=padded_causal_mask(attention_mask.bool(), input_ids.shape[1]))
 
-    def continuation_hidden_states(self, prompt_ids, prompt_mask, rows, continuation_ids, continuation_mask):
+    def continuation_hidden_states(self, prompt_ids, prompt_mask, rows, continuation_ids, continuation_mask,
+                                   lengths=None):
         """The hidden states that predict each continuation token, with each prompt run once.
 
         prompt_ids, prompt_mask [P, Lp]: P prompts, left-padded. rows [B]: the prompt each continuation
-        extends. continuation_ids, continuation_mask [B, Lc]: the continuations, right-padded.
-        Returns [B, Lc, H]: entry [b, t] is the final hidden state after prompt rows[b] followed by
-        continuation_ids[b, :t], the one whose logits give p(continuation_ids[b, t]); for t = 0 that is the
-        prompt's last state. Same positions, keys and values as one pass over each prompt + continuation,
-        so the same numbers up to rounding, and the same gradients: a prompt's keys/values are indexed once
-        per continuation, and the backward of that indexing sums the continuations' gradients into the
-        prompt pass, as the repeated copies' gradients add up in the parameters.
+        extends; lengths [B] (default: the whole prompt): how many of that prompt's first tokens it extends,
+        so that a prompt which begins a longer one (a call's earlier turns) needs no row of its own.
+        continuation_ids, continuation_mask [B, Lc]: the continuations, right-padded.
+        Returns [B, Lc, H]: entry [b, t] is the final hidden state after the first lengths[b] tokens of prompt
+        rows[b] followed by continuation_ids[b, :t], the one whose logits give p(continuation_ids[b, t]); for
+        t = 0 that is the state of the prompt's lengths[b]-th token. Same positions, keys and values as one
+        pass over each prompt + continuation (causal attention: a prompt's first tokens have the same keys
+        and values whatever follows them), so the same numbers up to rounding, and the same gradients: a
+        prompt's keys/values are indexed once per continuation, and the backward of that indexing sums the
+        continuations' gradients into the prompt pass, as the repeated copies' gradients add up in the
+        parameters.
 
         Work: each prompt's tokens once, the continuations' B x Lc attending to Lp + Lc keys, instead of
         B x (Lp + Lc) tokens. Left out: fusing the per-row copy of the prompt's keys/values into the
@@ -392,18 +398,24 @@ class Qwen2(nn.Module):
         """
         backbone = self.model
         prompt_lengths = prompt_mask.sum(1)                                                 # [P]
-        prompts, last_states = _prompts_alone(backbone, prompt_ids, prompt_lengths)
+        lengths = prompt_lengths[rows] if lengths is None else lengths                      # [B]
+        prompts, prompt_states = _prompts_alone(backbone, prompt_ids, prompt_lengths)      # states [P, Lp, H]
 
         continuation_length = continuation_ids.shape[1]
         offsets = torch.arange(continuation_length, device=continuation_ids.device)
-        positions = prompt_lengths[rows][:, None] + offsets                                 # [B, Lc]
-        # Keys: the prompt's (pads masked), then the continuation's own, causally; a right-padded
-        # continuation's pads come after its tokens, so causality alone hides them from real queries.
-        key_is_token = torch.cat((prompt_mask.bool()[rows], continuation_mask.bool()), dim=1)  # [B, Lp + Lc]
+        positions = lengths[:, None] + offsets                                              # [B, Lc]
+        # Keys: the first lengths[b] tokens of the prompt row (its pads and any later tokens masked), then the
+        # continuation's own, causally; a right-padded continuation's pads come after its tokens, so
+        # causality alone hides them from real queries.
+        start = prompt_ids.shape[1] - prompt_lengths[rows]                                  # [B]: first real column
+        columns = torch.arange(prompt_ids.shape[1], device=prompt_ids.device)
+        in_prefix = (columns >= start[:, None]) & (columns < (start + lengths)[:, None])    # [B, Lp]
+        key_is_token = torch.cat((in_prefix, continuation_mask.bool()), dim=1)              # [B, Lp + Lc]
         mask = padded_causal_mask(key_is_token, continuation_length)                      # [B, 1, Lc, Lp + Lc]
         hidden = backbone(continuation_ids, positions, mask, _AfterPrompt(prompts, rows))   # [B, Lc, H]
-        # Token t is predicted by the state before it: the prompt's last one for t = 0.
-        return torch.cat((last_states[rows][:, None], hidden[:, :-1]), dim=1)               # [B, Lc, H]
+        # Token t is predicted by the state before it: the prefix's last one for t = 0.
+        last_states = prompt_states[rows, start + lengths - 1]                              # [B, H]
+        return torch.cat((last_states[:, None], hidden[:, :-1]), dim=1)                     # [B, Lc, H]
 
     def forward(self, input_ids, attention_mask=None):
         """input_ids [B, T], attention_mask [B, T] -> logits [B, T, V]."""
@@ -435,18 +447,68 @@ class _RecordKeysValues:
         return stacked
 
 
-def _prompts_alone(backbone, prompt_ids, prompt_lengths):
+def _prompts_alone(backbone, prompt_ids, prompt_lengths, reuse=None):
     """Run each of the left-padded prompts prompt_ids [P, Lp] alone, without its pads (padded to the longest,
     the spread of prompt lengths in the training pool would spend about a third of the pass on pads).
-    Returns their keys/values left-padded back to [P, kv, Lp, D] per layer (a _RecordKeysValues) and the
-    final hidden state of each prompt's last token [P, H]."""
+    Returns their keys/values left-padded back to [P, kv, Lp, D] per layer (a _RecordKeysValues) and their
+    final hidden states, left-padded alike [P, Lp, H] (zeros on pads, and on a beginning taken from `reuse`).
+
+    reuse: (PrefillCache, one key per prompt), at inference only: a prompt that begins with its key's last
+    prompt runs only the tokens after that beginning, attending to its stored keys/values; every prompt is
+    then stored under its key."""
     width = prompt_ids.shape[1]
-    alone, last_states = [], []
-    for ids, length in zip(prompt_ids, prompt_lengths.tolist()):
-        alone.append(_RecordKeysValues())
-        positions = torch.arange(length, device=ids.device)[None]                             # [1, L]
-        last_states.append(backbone(ids[None, width - length:], positions, None, alone[-1])[:, -1])  # [1, H]
-    return _RecordKeysValues.left_padded(alone, width), torch.cat(last_states)
+    alone, states = [], []
+    for index, (ids, length) in enumerate(zip(prompt_ids, prompt_lengths.tolist())):
+        ids = ids[width - length:]                                                            # [L]
+        known = reuse[0].beginning(reuse[1][index], ids.tolist()) if reuse else None
+        start = 0 if known is None else known.keys[0].shape[2]
+        alone.append(_RecordKeysValues() if known is None else _AfterBeginning(known))
+        positions = torch.arange(start, length, device=ids.device)[None]                      # [1, L - start]
+        # After a known beginning the new queries are the last of the keys: causal by position, not from the
+        # top-left corner as scaled_dot_product_attention's is_causal aligns a non-square mask.
+        mask = None if known is None else padded_causal_mask(torch.ones(1, length, dtype=torch.bool,
+                                                                        device=ids.device), length - start)
+        hidden = backbone(ids[None, start:], positions, mask, alone[-1])                      # [1, L - start, H]
+        states.append(F.pad(hidden, (0, 0, width - length + start, 0)))                       # [1, Lp, H]
+        if reuse:
+            reuse[0].store(reuse[1][index], ids.tolist(), alone[-1])
+    return _RecordKeysValues.left_padded(alone, width), torch.cat(states)
+
+
+class _AfterBeginning(_RecordKeysValues):
+    """The record of a prompt prefilled after a known beginning: each layer's keys/values are the beginning's,
+    then the new tokens' ([1, kv, L, D]), as a pass over the whole prompt would have recorded them."""
+
+    def __init__(self, beginning: _RecordKeysValues):
+        super().__init__()
+        self.beginning = beginning
+
+    def write(self, layer: int, keys, values):
+        return super().write(layer, torch.cat((self.beginning.keys[layer], keys), dim=2),
+                             torch.cat((self.beginning.values[layer], values), dim=2))
+
+
+class PrefillCache:
+    """The keys and values of each key's last prompt (a key per conversation), so that its next prompt, when it
+    begins with the last one, is prefilled from where that one ended. A played call's DOGA prompts grow so: each
+    is the one before, then the reply as written, the customer's words and the next outline; prefilling only
+    what is new turns a call's prefill work from one pass per turn into about one pass over the call.
+
+    Inference only (generate_completions); the memory is one prompt's keys and values per key, released with
+    the cache. Left out: keeping the generated answer's keys (the next prompt has the reply as written, not the
+    answer with its thought)."""
+
+    def __init__(self):
+        self.prompts = {}                        # key -> (token ids, _RecordKeysValues: [1, kv, L, D] per layer)
+
+    def beginning(self, key, ids):
+        """The record of key's last prompt if it is a beginning of `ids` shorter than it, else None (a prompt
+        needs at least one new token: its last state predicts the first generated one)."""
+        known, record = self.prompts.get(key, ((), None))
+        return record if record is not None and len(known) < len(ids) and ids[:len(known)] == known else None
+
+    def store(self, key, ids, record):
+        self.prompts[key] = (ids, record)
 
 
 class _AfterPrompt:
@@ -521,29 +583,43 @@ def sequence_logprobs(model, input_ids, attention_mask, target_mask, temperature
 
 @dataclass
 class Continuations:
-    """B token sequences continuing P prompts, laid out for the shared-prompt pass: each prompt stored once.
+    """B token sequences continuing prompts, laid out for the shared-prompt pass: each prompt stored once, and a
+    prompt that begins a longer stored one stored only as that one's beginning.
 
-    prompt_ids, prompt_mask [P, Lp]: the prompts, left-padded; rows [B]: the prompt each continuation
-    extends; ids, mask [B, Lc]: the continuations, right-padded (1 on tokens, 0 on pads).
+    prompt_ids, prompt_mask [P, Lp]: the stored prompts, left-padded; rows [B]: the stored prompt each
+    continuation extends; ids, mask [B, Lc]: the continuations, right-padded (1 on tokens, 0 on pads);
+    lengths [B]: how many of its stored prompt's first tokens each continuation extends (default: all).
     """
     prompt_ids: torch.Tensor
     prompt_mask: torch.Tensor
     rows: torch.Tensor
     ids: torch.Tensor
     mask: torch.Tensor
+    lengths: torch.Tensor = None
+
+    def __post_init__(self):
+        if self.lengths is None:
+            self.lengths = self.prompt_mask.sum(1)[self.rows]
 
     @classmethod
     def from_lists(cls, prompts, continuations, pad_id: int, device=None) -> "Continuations":
-        """prompts[b] and continuations[b]: token lists of sequence b. Equal prompts are stored once."""
-        distinct = {}
-        rows = [distinct.setdefault(tuple(prompt), len(distinct)) for prompt in prompts]
-        prompt_ids, prompt_mask = pad_left([list(prompt) for prompt in distinct], pad_id, device)
+        """prompts[b] and continuations[b]: token lists of sequence b. A prompt equal to, or the beginning of,
+        another one is not stored again (GRPO's group shares one prompt; the answers of a played call each
+        continue a prompt that begins the next one's)."""
+        stored, rows = [], [0] * len(prompts)
+        for b in sorted(range(len(prompts)), key=lambda b: -len(prompts[b])):        # the longest first
+            prompt = list(prompts[b])
+            rows[b] = next((row for row, longer in enumerate(stored) if longer[:len(prompt)] == prompt), len(stored))
+            if rows[b] == len(stored):
+                stored.append(prompt)
+        prompt_ids, prompt_mask = pad_left(stored, pad_id, device)
         ids, mask = pad_right(continuations, pad_id, device)
-        return cls(prompt_ids, prompt_mask, torch.tensor(rows, device=device), ids, mask)
+        return cls(prompt_ids, prompt_mask, torch.tensor(rows, device=device), ids, mask,
+                   torch.tensor([len(prompt) for prompt in prompts], device=device))
 
     def token_count(self) -> int:
         """Tokens of all B prompt + continuation sequences, each prompt counted once per continuation."""
-        return int(self.prompt_mask.sum(1)[self.rows].sum() + self.mask.sum())
+        return int(self.lengths.sum() + self.mask.sum())
 
 
 def continuation_logprobs(model: Qwen2, sequences: Continuations, target_mask, temperature: float = 1.0,
@@ -558,7 +634,7 @@ def continuation_logprobs(model: Qwen2, sequences: Continuations, target_mask, t
     against), at several times less cost.
     """
     hidden = model.continuation_hidden_states(sequences.prompt_ids, sequences.prompt_mask, sequences.rows,
-                                              sequences.ids, sequences.mask)          # [B, Lc, H]
+                                              sequences.ids, sequences.mask, sequences.lengths)  # [B, Lc, H]
     chosen = target_mask.bool()
 
     def at_marked_positions(values):                                   # [N] -> [B, Lc]
@@ -599,20 +675,21 @@ def check_sampling(name: str, temperature: float, top_p: float):
 
 
 def generate(model: Qwen2, input_ids, attention_mask=None, max_new_tokens: int = 64, temperature: float = 0.0,
-             top_p: float = 1.0, eos_token_id=None, generator=None, pad_token_id=None):
+             top_p: float = 1.0, eos_token_id=None, generator=None, pad_token_id=None, reuse=None):
     """Continue left-padded prompts input_ids [B, T] -> LongTensor [B, T + n], n <= max_new_tokens.
 
     Each row stops at its own EOS (eos_token_id: an id or a list of ids); the rest of a finished row is
     pad_token_id (default: the first EOS id); generation ends early once every row has finished.
     temperature 0 is greedy decoding; otherwise tokens are sampled at that temperature from the top-p
-    nucleus, drawing from `generator` (a torch.Generator) for reproducible runs.
+    nucleus, drawing from `generator` (a torch.Generator) for reproducible runs. reuse: (PrefillCache, a key
+    per row): prefill each prompt after its key's last prompt when it begins with it (PrefillCache).
     """
     check_sampling("generate", temperature, top_p)
     if attention_mask is not None and not bool(attention_mask[:, -1].all()):
         raise ValueError("generate: prompts must be left-padded (attention_mask[:, -1] must be 1 for every row)")
     with torch.inference_mode():
         completion = _generate_completion(model, input_ids, attention_mask, max_new_tokens, temperature, top_p,
-                                          eos_token_id, [generator], pad_token_id)
+                                          eos_token_id, [generator], pad_token_id, reuse=reuse)
     # Cloned outside inference mode so the ids can feed a training forward pass (e.g. GRPO's log-probs).
     return torch.cat((input_ids, completion), dim=1).clone()
 
@@ -647,7 +724,7 @@ def generate_groups(model: Qwen2, prompts, group_size: int, generators, max_new_
 
 
 def _generate_completion(model, input_ids, attention_mask, max_new_tokens, temperature, top_p, eos_token_id,
-                         generators, pad_token_id, group_size=1):
+                         generators, pad_token_id, group_size=1, reuse=None):
     """The decoding loop: a prefill pass over each of the P prompts input_ids [P, T], then one cached pass
     per new token for all P x G rows (G = group_size; prompt p's samples are rows p*G ... p*G + G - 1)
     -> [P * G, n]. The rows form len(generators) equal blocks; block i draws from generators[i].
@@ -671,7 +748,8 @@ def _generate_completion(model, input_ids, attention_mask, max_new_tokens, tempe
                        else attention_mask.bool())                                     # [P, T]
     # Prefill: each prompt alone, without its pads; its keys/values fill its (left-padded) cache row.
     prompt_lengths = prompt_is_token.sum(1)                                            # [P]
-    prefilled, hidden = _prompts_alone(model.model, input_ids, prompt_lengths)         # hidden [P, H]
+    prefilled, states = _prompts_alone(model.model, input_ids, prompt_lengths, reuse)  # states [P, T, H]
+    hidden = states[:, -1]                                                             # [P, H]: last tokens
     for layer, (keys, values) in enumerate(zip(prefilled.keys, prefilled.values)):
         cache.write(layer, keys, values)
     cache.length = prompt_length
@@ -720,19 +798,20 @@ def choose_in_blocks(logits, finished, temperature: float, top_p: float, generat
 
 
 def generate_completions(model: Qwen2, prompts, max_new_tokens: int, eos_token_id: int, pad_token_id: int,
-                         temperature: float = 0.0, top_p: float = 1.0, generator=None):
+                         temperature: float = 0.0, top_p: float = 1.0, generator=None, cache=None, keys=None):
     """Continue prompts given as token-id lists, together in one left-padded batch, each up to its EOS.
 
     Returns one (completion ids, truncated) per prompt, as cut_at_eos gives them: the generated ids up to
     and including the first EOS, or all max_new_tokens of them with truncated = True when no EOS came.
     DOGA's agents and the evaluation's batches generate through it
     (decoding with skip_special_tokens drops the EOS again); GRPO's groups go through generate_groups
-    and the same cut_at_eos.
+    and the same cut_at_eos. cache, keys: a PrefillCache and a key per prompt (the played calls of
+    calls_grpo.py: a call's prompt is prefilled from where its last one ended).
     """
     input_ids, attention_mask = pad_left(prompts, pad_token_id, model.lm_head_weight.device)    # [B, T]
     output = generate(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                       temperature=temperature, top_p=top_p, eos_token_id=eos_token_id, generator=generator,
-                      pad_token_id=pad_token_id)                                              # [B, T + n]
+                      pad_token_id=pad_token_id, reuse=None if cache is None else (cache, keys))  # [B, T + n]
     return cut_at_eos(output[:, input_ids.shape[1]:], eos_token_id)
 
 

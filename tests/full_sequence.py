@@ -30,22 +30,21 @@ def sample_groups_one_by_one(policy, prompt_ids, seeds, settings, eos_id, pad_id
 
 
 def full_sequence_logprobs(model, sequences: Continuations, target_mask, temperature=1.0, return_entropy=False):
-    """model.continuation_logprobs through sequence_logprobs: each prompt + continuation as one right-padded
-    row, each prompt repeated in its rows."""
-    prompt_width = sequences.prompt_ids.shape[1]
-    prompt_lengths = sequences.prompt_mask.sum(1)[sequences.rows]                       # [B]
-    # Row b of the concatenation is [prompt pads, prompt, continuation, continuation pads]; rolling it
-    # left by its prompt's pad count right-pads it: [prompt, continuation, pads].
-    ids = torch.cat((sequences.prompt_ids[sequences.rows], sequences.ids), dim=1)      # [B, Lp + Lc]
-    mask = torch.cat((sequences.prompt_mask[sequences.rows], sequences.mask), dim=1)
-    targets = torch.cat((torch.zeros_like(mask[:, :prompt_width]), target_mask.long()), dim=1)
-    width = ids.shape[1]
-    columns = (torch.arange(width, device=ids.device) + (prompt_width - prompt_lengths)[:, None]) % width
-    length = int(mask.sum(1).max())                                                    # T: the longest row
-    ids, mask, targets = (tensor.gather(1, columns)[:, :length] for tensor in (ids, mask, targets))  # [B, T]
+    """model.continuation_logprobs through sequence_logprobs: each prompt (the first lengths[b] tokens of its
+    stored row) + continuation as one right-padded row, each prompt repeated in its rows."""
+    starts = sequences.prompt_ids.shape[1] - sequences.prompt_mask.sum(1)[sequences.rows]   # [B]: first real column
+    ids, mask, targets = [], [], []
+    for b, (row, start, length) in enumerate(zip(sequences.rows.tolist(), starts.tolist(), sequences.lengths.tolist())):
+        prompt = sequences.prompt_ids[row, start:start + length]
+        ids.append(torch.cat((prompt, sequences.ids[b])))
+        mask.append(torch.cat((torch.ones_like(prompt), sequences.mask[b])))
+        targets.append(torch.cat((torch.zeros_like(prompt), target_mask[b].long())))
+    # Row b: [prompt, continuation, pads], right-padded to the longest.
+    ids, mask, targets = (torch.nn.utils.rnn.pad_sequence(rows, batch_first=True) for rows in (ids, mask, targets))
     full = sequence_logprobs(model, ids, mask, targets, temperature, return_entropy)  # [B, T] (each)
-    # Continuation token t of row b sits at column prompt_lengths[b] + t (pads clamped, then zeroed).
-    at = (prompt_lengths[:, None] + torch.arange(sequences.ids.shape[1], device=ids.device)).clamp(max=length - 1)
+    # Continuation token t of row b sits at column lengths[b] + t (pads clamped, then zeroed).
+    at = (sequences.lengths[:, None] + torch.arange(sequences.ids.shape[1], device=ids.device)).clamp(
+        max=ids.shape[1] - 1)
     if not return_entropy:
         return full.gather(1, at) * target_mask                                        # [B, Lc]
     return tuple(values.gather(1, at) * target_mask for values in full)

@@ -17,10 +17,13 @@ import torch
 from full_sequence import full_sequence_logprobs
 from model import (
     Continuations,
+    PrefillCache,
     Qwen2,
     Qwen2Config,
+    _RecordKeysValues,
     continuation_logprobs,
     generate,
+    generate_completions,
     generate_groups,
     pad_left,
     pad_right,
@@ -54,9 +57,8 @@ def random_batch(prompt_lengths, continuation_lengths, seed=1):
 
 
 def as_continuations(prompts, rows, continuations):
-    prompt_ids, prompt_mask = pad_left(prompts, 0)
-    ids, mask = pad_right(continuations, 0)
-    return Continuations(prompt_ids, prompt_mask, torch.tensor(rows), ids, mask)
+    """What the training loops build: Continuations.from_lists on each continuation's own prompt."""
+    return Continuations.from_lists([prompts[row] for row in rows], continuations, 0)
 
 
 def full_sequences(prompts, rows, continuations):
@@ -85,7 +87,7 @@ def with_gradient(model, logprobs_of, weights):
 
 def shared_hidden(model, prompts, rows, continuations):
     s = as_continuations(prompts, rows, continuations)
-    return model.continuation_hidden_states(s.prompt_ids, s.prompt_mask, s.rows, s.ids, s.mask)
+    return model.continuation_hidden_states(s.prompt_ids, s.prompt_mask, s.rows, s.ids, s.mask, s.lengths)
 
 
 def full_hidden(model, prompts, rows, continuations):
@@ -117,16 +119,20 @@ def full_logprobs(model, prompts, rows, continuations):
 
 # (prompt lengths, prompt of each continuation, continuation lengths): three prompts of different lengths
 # (left padding), used by uneven numbers of continuations in any order, of different lengths (right padding);
-# and one unpadded prompt shared by all.
+# one unpadded prompt shared by all; and a played call: prompts 1 and 2 are the first 5 and 9 tokens of prompt 0
+# (stored only as prompt 0's beginning), prompt 3 stands alone.
 CASES = {
     "padded": ([7, 12, 3], [0, 0, 1, 2, 2, 2, 1, 0], [5, 1, 6, 2, 4, 6, 3, 6]),
     "one-prompt": ([9], [0, 0, 0, 0], [4, 4, 2, 5]),
+    "call": ([12, 5, 9, 4], [1, 0, 2, 2, 3, 1], [3, 6, 2, 5, 4, 1]),
 }
 
 
 def case(name, dtype=torch.float64):
     prompt_lengths, rows, continuation_lengths = CASES[name]
     prompts, continuations = random_batch(prompt_lengths, continuation_lengths)
+    if name == "call":
+        prompts[1], prompts[2] = prompts[0][:5], prompts[0][:9]
     weights = torch.randn(len(rows), max(continuation_lengths), generator=torch.Generator().manual_seed(2),
                           dtype=dtype)
     return prompts, rows, continuations, weights
@@ -175,10 +181,22 @@ def test_shared_prefix_float32_within_float32_error(heads, kv_heads, tied, layou
         check(name, error(shared_grads[name], truth_grads[name]), full_level)
 
 
-def test_the_full_sequence_path_is_sequence_logprobs_on_each_prompt_plus_continuation():
+@pytest.mark.parametrize("layout,stored", [("padded", 3), ("one-prompt", 1), ("call", 2)])
+def test_a_prompt_is_stored_once_and_a_beginning_of_another_not_at_all(layout, stored):
+    prompts, rows, continuations, _ = case(layout)
+    sequences = as_continuations(prompts, rows, continuations)
+    assert sequences.prompt_ids.shape[0] == stored
+    for b, row in enumerate(rows):        # each continuation's prompt: the first lengths[b] tokens of its row
+        length, real = int(sequences.lengths[b]), sequences.prompt_ids[sequences.rows[b]][sequences.prompt_mask[
+            sequences.rows[b]].bool()]
+        assert length == len(prompts[row]) and real[:length].tolist() == prompts[row]
+
+
+@pytest.mark.parametrize("layout", list(CASES))
+def test_the_full_sequence_path_is_sequence_logprobs_on_each_prompt_plus_continuation(layout):
     """tests/full_sequence.py's path, which bench/grpo_step.py times, is the plain full pass."""
     model = random_model(4, 2, False)
-    prompts, rows, continuations, _ = case("padded")
+    prompts, rows, continuations, _ = case(layout)
     sequences = as_continuations(prompts, rows, continuations)
     with torch.no_grad():
         assert torch.equal(full_sequence_logprobs(model, sequences, sequences.mask),
@@ -226,3 +244,32 @@ def test_generate_groups_is_greedy_decoding_of_each_prompt_at_temperature_0():
     input_ids, attention_mask = pad_left(prompts, 0)
     expected = generate(model, input_ids, attention_mask, max_new_tokens=8)[:, input_ids.shape[1]:]
     assert torch.equal(grouped, expected.repeat_interleave(2, dim=0))
+
+
+def test_a_prompt_prefilled_after_its_last_one_samples_as_one_prefilled_whole():
+    """PrefillCache: of the second round's prompts, keys 0 and 1 begin with their first-round prompts, key 2's
+    does not and key 3 is new. In float64 the samples are token for token those of a plain prefill (as in the
+    test above, a draw could only differ within ~1e-16 of a boundary), and the keys/values stored for the next
+    round are those of one pass over the whole prompt."""
+    model = random_model(4, 2, False, seed=7).double().eval()
+    first, _ = random_batch([6, 9, 4], [], seed=8)
+    extra, _ = random_batch([5, 3, 7, 2], [], seed=9)
+    second = [first[0] + extra[0], first[1] + extra[1], extra[2] + first[2], extra[3]]
+    cache = PrefillCache()
+
+    def sample(prompts, keys=None):
+        return generate_completions(model, prompts, 10, 7, 0, 1.0, 0.9, torch.Generator().manual_seed(5),
+                                    cache if keys else None, keys)
+
+    assert sample(first, [0, 1, 2]) == sample(first)
+    assert [cache.beginning(key, prompt) is not None for key, prompt in enumerate(second)] == [True, True, False, False]
+    assert sample(second, [0, 1, 2, 3]) == sample(second)
+    for key, prompt in enumerate(second):
+        whole = _RecordKeysValues()
+        with torch.no_grad():
+            model.model(torch.tensor([prompt]), torch.arange(len(prompt))[None], None, whole)
+        stored_ids, stored = cache.prompts[key]
+        assert stored_ids == prompt
+        for layer in range(len(whole.keys)):
+            torch.testing.assert_close(stored.keys[layer], whole.keys[layer], rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(stored.values[layer], whole.values[layer], rtol=1e-10, atol=1e-10)
