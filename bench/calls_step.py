@@ -8,8 +8,12 @@ calls per second and where the step's time goes:
   customer                   the reply parsed, the Manager's label and the customer's answer (simulate.Call.step)
   reward                     session and turn rewards, advantages
   ref_model                  the frozen reference's log-probs for the KL
-  policy forward + backward  the training pass over every answer (answers_per_pass at a time)
+  policy forward + backward  the training pass over every answer (whole calls, about answers_per_pass at a time)
   optimizer                  gradient clipping and the AdamW step
+
+Each step is timed twice from the same weights, played on the same customers: as built (a call's prompts share
+its prefill in generation, model.PrefillCache, and one pass in the update, model.Continuations), and the
+baseline, every answer's prompt prefilled and run on its own. The ratio of the two is the speed-up of sharing.
 
     .venv/bin/python bench/calls_step.py [--model runs/default/final] [--library runs/default/scripts] \
         [--data data] [--repeats 1]
@@ -22,10 +26,12 @@ DOGA's script library (built from --data's train.jsonl when the folder does not 
 run it under `nice`: its numbers are then upper bounds on the step's time.
 """
 import argparse
+import copy
 import os
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 
 
 # Idle OpenMP threads sleep instead of spinning (as the Makefile sets for every target).
@@ -43,11 +49,45 @@ import calls_grpo  # noqa: E402
 from config import load_config  # noqa: E402
 from corpus import load_corpus  # noqa: E402
 from doga import DogaAgent, ScriptLibrary  # noqa: E402
+from model import Continuations, PrefillCache, pad_left, pad_right  # noqa: E402
 from sales import classify_sales_intent  # noqa: E402
 from training import make_optimizer  # noqa: E402
 
 
 PHASES = ("DOGA", "generate", "customer", "reward", "ref_model", "policy forward + backward", "optimizer")
+
+
+class NothingKept(PrefillCache):
+    """A PrefillCache that knows no beginning: every prompt is prefilled whole."""
+
+    def beginning(self, key, ids):
+        return None
+
+
+def each_answer_alone(answers, pad_id, device=None):
+    """calls_grpo.answer_batch with every answer's prompt stored as its own row (none shared)."""
+    prompt_ids, prompt_mask = pad_left([a.prompt_ids for a in answers], pad_id, device)
+    ids, mask = pad_right([a.completion_ids for a in answers], pad_id, device)
+    return Continuations(prompt_ids, prompt_mask, torch.arange(len(answers), device=device), ids, mask)
+
+
+@contextmanager
+def baseline():
+    """Within the block calls_grpo's step shares nothing between a call's prompts."""
+    saved = calls_grpo.PrefillCache, calls_grpo.answer_batch
+    calls_grpo.PrefillCache, calls_grpo.answer_batch = NothingKept, each_answer_alone
+    try:
+        yield
+    finally:
+        calls_grpo.PrefillCache, calls_grpo.answer_batch = saved
+
+
+def timed_step(policy, reference, optimizer, agent, tokenizer, config, step):
+    timings = {}
+    started = time.perf_counter()
+    result = calls_grpo.calls_step(policy, reference, optimizer, agent, tokenizer, config, step,
+                                   config.calls.learning_rate, timings)
+    return time.perf_counter() - started, timings, result
 
 
 def main():
@@ -79,20 +119,27 @@ def main():
           f"max_completion_length {settings.max_completion_length}, answers_per_pass {settings.answers_per_pass}, "
           f"torch threads {torch.get_num_threads()}")
 
-    rows = []
+    start = copy.deepcopy(policy.state_dict()), copy.deepcopy(optimizer.state_dict())
+    rows, baseline_seconds = [], []
     for step in range(args.repeats):
-        timings = {}
-        started = time.perf_counter()
-        result = calls_grpo.calls_step(policy, reference, optimizer, agent, tokenizer, config, step,
-                                       settings.learning_rate, timings)
-        seconds = time.perf_counter() - started
-        turns = [len(record["turns"]) for record in result.records]
-        rows.append((seconds, timings))
-        print(f"step {step}: {len(result.records)} calls, {len(result.answers)} answers, "
-              f"{statistics.mean(turns):.1f} turns per call, {seconds:.1f} s: "
-              f"{len(result.records) / seconds:.2f} calls/s, {len(result.answers) / seconds:.1f} answers/s")
+        for shared in (True, False):
+            policy.load_state_dict(start[0])                 # both timings of a step from the same weights
+            optimizer.load_state_dict(start[1])
+            if shared:
+                seconds, timings, result = timed_step(policy, reference, optimizer, agent, tokenizer, config, step)
+                rows.append((seconds, timings))
+            else:
+                with baseline():
+                    seconds, _, result = timed_step(policy, reference, optimizer, agent, tokenizer, config, step)
+                baseline_seconds.append(seconds)
+            turns = [len(record["turns"]) for record in result.records]
+            print(f"step {step} {'shared' if shared else 'baseline'}: {len(result.records)} calls, "
+                  f"{len(result.answers)} answers, {statistics.mean(turns):.1f} turns per call, {seconds:.1f} s: "
+                  f"{len(result.records) / seconds:.2f} calls/s, {len(result.answers) / seconds:.1f} answers/s")
     seconds = statistics.median(s for s, _ in rows)
-    print(f"\nmedian step {seconds:.1f} s, {settings.groups_per_step * settings.calls_per_group / seconds:.2f} calls/s")
+    calls = settings.groups_per_step * settings.calls_per_group
+    print(f"\nmedian step {seconds:.1f} s, {calls / seconds:.2f} calls/s; baseline (every prompt on its own) "
+          f"{statistics.median(baseline_seconds):.1f} s: {statistics.median(baseline_seconds) / seconds:.2f}x")
     print(f"{'phase':<28}{'seconds':>10}{'share':>8}")
     for phase in PHASES:
         value = statistics.median(t.get(phase, 0.0) for _, t in rows)
