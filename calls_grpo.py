@@ -145,6 +145,7 @@ def play(policy, agent, tokenizer, jobs, settings, generator, timings=None):
     answers, cache = [], PrefillCache()           # each call's next prompt is prefilled after its last one
     while live := [n for n, call in enumerate(calls) if not call.over]:
         views = [calls[n].view() for n in live]
+        cache.keep(live)
         with timed(timings, "DOGA"):
             prompts = [agent.prompt(view)[0] for view in views]
         with timed(timings, "generate"):

@@ -82,7 +82,7 @@ from doga import (
     track_call,
 )
 from files import read_jsonl, write_jsonl
-from model import generate_completions, load_with_tokenizer
+from model import PrefillCache, generate_completions, load_with_tokenizer
 from plans import BEST_PLAN, salesperson, search_plans
 from report import write_report
 from reward import REWARD_KEYS, CompositeReward, fit_similarity_embedder, heard_target
@@ -194,26 +194,32 @@ def make_agent(model, tokenizer, library, prompting, config, settings):
     raise ValueError(f"unknown prompting {prompting!r} (known: {', '.join(PROMPTINGS)})")
 
 
-def generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size, temperature=0.0, generator=None):
+def generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size, temperature=0.0, generator=None,
+                   cache=None, keys=None):
     """Continue token-id prompts in batches of similar length (model.generate_completions) -> [(text,
     truncated)]: text is the decoded completion up to its EOS (special tokens dropped); truncated means
-    no EOS came within max_new_tokens."""
+    no EOS came within max_new_tokens. cache, keys: a model.PrefillCache and a key per prompt (a played call's
+    prompt is prefilled after its last one)."""
     results = [None] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         completions = generate_completions(model, [prompts[i] for i in rows], max_new_tokens, tokenizer.eos_id,
-                                           tokenizer.pad_id, temperature, generator=generator)
+                                           tokenizer.pad_id, temperature, generator=generator, cache=cache,
+                                           keys=None if keys is None else [keys[i] for i in rows])
         for i, (completion, truncated) in zip(rows, completions):
             results[i] = (tokenizer.decode(completion, skip_special_tokens=True), truncated)
     return results
 
 
-def agent_answers(agent, views, batch_size):
+def agent_answers(agent, views, batch_size, cache=None):
     """The agent's answers [(text, truncated)] for many calls so far, generated in batches: text as the model
-    wrote it (Agent.hear says it as the customer hears it)."""
+    wrote it (Agent.hear says it as the customer hears it). cache: a model.PrefillCache keyed by call id, for
+    calls played round by round."""
     prompts = [agent.prompt(view)[0] for view in views]
-    return generate_batch(agent.model, agent.tokenizer, prompts, agent.max_new_tokens, batch_size)
+    keys = [view["id"] for view in views] if cache is not None else None
+    return generate_batch(agent.model, agent.tokenizer, prompts, agent.max_new_tokens, batch_size, cache=cache,
+                          keys=keys)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -476,8 +482,11 @@ def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
         for record, score, tries in zip(records, scores, attempts):
             record["judge"], record["judge_attempts"] = score, tries
 
+    cache = PrefillCache()                               # a call's prompt is prefilled after its last one
+
     def speak(call_views):                               # (thought, reply) as heard, for each live call
-        return [agent.hear(text, view) for (text, _), view in zip(agent_answers(agent, call_views, batch_size),
+        cache.keep([view["id"] for view in call_views])
+        return [agent.hear(text, view) for (text, _), view in zip(agent_answers(agent, call_views, batch_size, cache),
                                                                   call_views)]
 
     calls = play_calls(speak, setup.jobs(), desc=f"{name} calls")

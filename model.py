@@ -494,8 +494,8 @@ class PrefillCache:
     is the one before, then the reply as written, the customer's words and the next outline; prefilling only
     what is new turns a call's prefill work from one pass per turn into about one pass over the call.
 
-    Inference only (generate_completions); the memory is one prompt's keys and values per key, released with
-    the cache. Left out: keeping the generated answer's keys (the next prompt has the reply as written, not the
+    Inference only (generate_completions); the memory is one prompt's keys and values per key, until `keep`
+    forgets it. Left out: keeping the generated answer's keys (the next prompt has the reply as written, not the
     answer with its thought)."""
 
     def __init__(self):
@@ -509,6 +509,10 @@ class PrefillCache:
 
     def store(self, key, ids, record):
         self.prompts[key] = (ids, record)
+
+    def keep(self, keys):
+        """Forget every key but `keys` (the conversations still going on)."""
+        self.prompts = {key: self.prompts[key] for key in keys if key in self.prompts}
 
 
 class _AfterPrompt:

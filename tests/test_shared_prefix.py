@@ -273,3 +273,5 @@ def test_a_prompt_prefilled_after_its_last_one_samples_as_one_prefilled_whole():
         for layer in range(len(whole.keys)):
             torch.testing.assert_close(stored.keys[layer], whole.keys[layer], rtol=1e-10, atol=1e-10)
             torch.testing.assert_close(stored.values[layer], whole.values[layer], rtol=1e-10, atol=1e-10)
+    cache.keep([1, 3, 4])                                 # calls 0 and 2 ended; 4 never spoke
+    assert sorted(cache.prompts) == [1, 3]
