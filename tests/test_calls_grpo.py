@@ -82,6 +82,8 @@ def test_the_loss_reaches_exactly_the_tokens_of_each_answer(setup):
         assert tokenizer.decode(answer.completion_ids, skip_special_tokens=True) == answer.text
         record = records[answer.call]
         assert record["turns"][answer.turn_index]["text"] == calls_grpo.heard(answer.text, record)[1]
+    # A call's earlier prompts begin its later ones: the update stores them only as those beginnings.
+    assert calls_grpo.answer_batch(answers, tokenizer.pad_id).prompt_ids.shape[0] < len(answers)
     advantages = torch.linspace(-1.0, 1.5, len(answers), dtype=torch.float64)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
     calls_grpo.update(policy, policy, optimizer, answers, advantages, settings, 0.0, tokenizer.pad_id)
