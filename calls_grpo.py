@@ -211,7 +211,7 @@ def combine_advantages(session, turn, answer_calls, calls_per_group, session_wei
 def answer_batch(answers, pad_id, device=None):
     """The answers as model.Continuations: the completions [A, Lc] right-padded after their prompts, each prompt
     stored once and a call's earlier prompts only as the beginning of its latest (a DOGA prompt is the one
-    before it, then the reply heard, the customer's words and the next outline: a call's answers cost about
+    before it, then the reply as written, the customer's words and the next outline: a call's answers cost about
     one pass over the call, not one per answer). Its mask is the loss mask: 1 exactly on the tokens the policy
     generated for each answer (its EOS included); everything the answer was prompted with is prompt, which no
     loss reaches."""
