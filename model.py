@@ -457,10 +457,12 @@ def _prompts_alone(backbone, prompt_ids, prompt_lengths, reuse=None):
     prompt runs only the tokens after that beginning, attending to its stored keys/values; every prompt is
     then stored under its key."""
     width = prompt_ids.shape[1]
+    cache, keys = reuse or (None, None)
     alone, states = [], []
     for index, (ids, length) in enumerate(zip(prompt_ids, prompt_lengths.tolist())):
         ids = ids[width - length:]                                                            # [L]
-        known = reuse[0].beginning(reuse[1][index], ids.tolist()) if reuse else None
+        tokens = ids.tolist() if cache else None
+        known = cache.beginning(keys[index], tokens) if cache else None
         start = 0 if known is None else known.keys[0].shape[2]
         alone.append(_RecordKeysValues() if known is None else _AfterBeginning(known))
         positions = torch.arange(start, length, device=ids.device)[None]                      # [1, L - start]
@@ -470,8 +472,8 @@ def _prompts_alone(backbone, prompt_ids, prompt_lengths, reuse=None):
                                                                         device=ids.device), length - start)
         hidden = backbone(ids[None, start:], positions, mask, alone[-1])                      # [1, L - start, H]
         states.append(F.pad(hidden, (0, 0, width - length + start, 0)))                       # [1, Lp, H]
-        if reuse:
-            reuse[0].store(reuse[1][index], ids.tolist(), alone[-1])
+        if cache:
+            cache.store(keys[index], tokens, alone[-1])
     return _RecordKeysValues.left_padded(alone, width), torch.cat(states)
 
 

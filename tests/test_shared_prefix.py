@@ -187,8 +187,9 @@ def test_a_prompt_is_stored_once_and_a_beginning_of_another_not_at_all(layout, s
     sequences = as_continuations(prompts, rows, continuations)
     assert sequences.prompt_ids.shape[0] == stored
     for b, row in enumerate(rows):        # each continuation's prompt: the first lengths[b] tokens of its row
-        length, real = int(sequences.lengths[b]), sequences.prompt_ids[sequences.rows[b]][sequences.prompt_mask[
-            sequences.rows[b]].bool()]
+        stored_row = sequences.rows[b]
+        real = sequences.prompt_ids[stored_row][sequences.prompt_mask[stored_row].bool()]   # the row's tokens
+        length = int(sequences.lengths[b])
         assert length == len(prompts[row]) and real[:length].tolist() == prompts[row]
 
 
