@@ -57,6 +57,7 @@ from config import GRPOConfig
 from corpus import CorpusError, chat_messages, load_corpus, system_prompt
 from files import write_json
 from model import generate_completions, load_with_tokenizer
+from plans import next_move
 from retrieval import CosineIndex, HashedTfidfEmbedder
 from runs import recorded_config
 from sales import (
@@ -424,14 +425,20 @@ class DogaPlanner:
     none of the own domain fits (a domain held out of training still gets its shared lines). Only templates
     this call can fill are used, also when the model reads them with their slots (`slots`: the outline messages
     write values as the model does). Plans are remembered by the call so far: a DOGA prompt shows the outline of
-    every earlier salesperson turn, so the same plans are asked for again turn after turn."""
+    every earlier salesperson turn, so the same plans are asked for again turn after turn.
 
-    def __init__(self, library, classifier=None, k=3, slots=False):
+    `moves`: a plans.Plan, or None (the default, the paper's DOGA). With a plan, the next move is the one the plan
+    asks for (plans.next_move: it answers the customer's words and asks again for a planned move the reply did not
+    make) instead of the classifier's; retrieval and the outline are the same. A plan reads the Manager's labels
+    and the customer's intents, as the turns of a played call (simulate.Call) carry them."""
+
+    def __init__(self, library, classifier=None, k=3, slots=False, moves=None):
         self.library = library
         self.classifier = classifier or IntentClassifier(library)
         self.k = k
         self.slots = slots
-        self._plans = {}              # situation(product, visible, turns) -> Outline
+        self.moves = moves
+        self._plans = {}              # _key(product, visible, turns) -> Outline
 
     def plan(self, product, visible, turns):
         return self.plan_many([(product, visible, turns)])[0]
@@ -439,7 +446,7 @@ class DogaPlanner:
     def plan_many(self, calls_so_far, chunk=4096):
         """Outlines for many (product, visible, turns): contexts embedded together, the classifier and the
         retriever asked once per stage and per intent, so a whole corpus is planned in seconds."""
-        keys = [situation(*call) for call in calls_so_far]
+        keys = [self._key(*call) for call in calls_so_far]
         todo = list({key: call for key, call in zip(keys, calls_so_far) if key not in self._plans}.items())
         for start in range(0, len(todo), chunk):
             part = todo[start:start + chunk]
@@ -447,7 +454,8 @@ class DogaPlanner:
             stages = [track_call(turns)[0] for _, _, turns in calls]
             vectors = embed_contexts(self.library.embedder,
                                      [context_parts(turns, slotter_for(p, v)) for p, v, turns in calls])  # [Q, D]
-            intents = self.classifier.predict_many(vectors, stages, [key for key, _ in part])
+            intents = (self.classifier.predict_many(vectors, stages, [situation(*call) for call in calls])
+                       if self.moves is None else [next_move(self.moves, turns) for _, _, turns in calls])
             candidates = [None] * len(calls)
             for intent in sorted(set(intents)):
                 rows = [i for i, x in enumerate(intents) if x == intent]
@@ -458,6 +466,12 @@ class DogaPlanner:
         if len(self._plans) > 200_000:                              # a long evaluation: keep memory bounded
             self._plans = {key: self._plans[key] for key in keys}
         return [self._plans[key] for key in keys]
+
+    def _key(self, product, visible, turns):
+        """What a plan depends on: the call so far (situation), and with planned moves the intents the plan reads."""
+        if self.moves is None:
+            return situation(product, visible, turns)
+        return situation(product, visible, turns) + json.dumps([t.get("intent") for t in turns])
 
     def _outline(self, product, visible, stage, intent, candidates):
         values = slot_values(product, visible)
@@ -596,9 +610,9 @@ class Agent:
 class DogaAgent(Agent):
     """The outline-guided agent: each turn, a fresh outline from DogaPlanner, put just before the turn."""
 
-    def __init__(self, model, tokenizer, library, classifier=None, k=3, **generation):
+    def __init__(self, model, tokenizer, library, classifier=None, k=3, moves=None, **generation):
         super().__init__(model, tokenizer, library, **generation)
-        self.planner = DogaPlanner(library, classifier, k, slots=self.slots)
+        self.planner = DogaPlanner(library, classifier, k, slots=self.slots, moves=moves)
 
     def prompt(self, call):
         """The plain prompt with DOGA's outline before every salesperson turn, the one about to be

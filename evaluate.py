@@ -2,8 +2,10 @@
 customers, for each system of `make eval`.
 
 A *system* is a model with a prompting: `static` (doga.StaticAgent, one few-shot block), `doga`
-(doga.DogaAgent, a fresh outline every turn) or `doga_noisy` (DOGA whose intent classifier's predictions
-are flipped to another legal intent at rate `label_noise`, 20%). A model that writes values as slots
+(doga.DogaAgent, a fresh outline every turn), `doga_planned` (DOGA whose outline names the move the best
+scripted plan, plans.BEST_PLAN, asks for, instead of the move its classifier predicts: ours, not the paper's)
+or `doga_noisy` (DOGA whose intent classifier's predictions are flipped to another legal intent at rate
+`label_noise`, 20%). A model that writes values as slots
 (tokenizer.py) is measured on what the customer hears: its replies are said with the call's values
 (doga.Agent.hear) before anything scores them. Every system is measured the same way, on one of two sets of
 customers (`EvalSettings.customers`): **validation** customers, on which recipe choices and research arms are
@@ -34,7 +36,7 @@ evaluation customer shares a name, a business name or a profile with a training 
   (sampled), then counted as missing, never guessed.
 
 `make eval` (`evaluate_run`) measures one trained run: the base model and the GRPO policy, each with
-static and DOGA prompting, and the GRPO policy of every other seed of the run (`make seeds`). Per system it
+static, DOGA and planned DOGA prompting, and the GRPO policy of every other seed of the run (`make seeds`). Per system it
 writes every scored turn and played call under <out>/systems/; report.py writes the report (tables, the paper's
 claims beside what we measured, the mean over seeds, a plot); ablations.py trains and measures every arm of the
 paper's comparisons the same way.
@@ -92,7 +94,7 @@ from simulate import DEFAULT_NOISE, Call, Salesperson, make_persona, run_call
 from training import resolve_device
 
 
-PROMPTINGS = ("static", "doga", "doga_noisy")
+PROMPTINGS = ("static", "doga", "doga_planned", "doga_noisy")
 # Which customers a measurement is made on: recipe choices and research arms on validation customers
 # (ablations.py), the headline on test customers that no choice was made on (`make eval`).
 CUSTOMERS = ("validation", "test")
@@ -188,6 +190,8 @@ def make_agent(model, tokenizer, library, prompting, config, settings):
         return StaticAgent(model, tokenizer, library, **generation)
     if prompting == "doga":
         return DogaAgent(model, tokenizer, library, **generation)
+    if prompting == "doga_planned":
+        return DogaAgent(model, tokenizer, library, moves=BEST_PLAN, **generation)
     if prompting == "doga_noisy":
         noisy = IntentClassifier(library, label_noise=settings.label_noise, seed=settings.seed)
         return DogaAgent(model, tokenizer, library, classifier=noisy, **generation)
@@ -516,7 +520,7 @@ def scripted(noise):
 
 
 def reference_rows(setup, library, out_dir, noise=DEFAULT_NOISE):
-    """Closed-loop results of four salespeople that need no trained model, against setup.jobs():
+    """Closed-loop results of five salespeople that need no trained model, against setup.jobs():
 
     * `scripted, noise N`: the corpus's scripted Salesperson with its share N of mistakes (what the
       training data demonstrates);
@@ -524,18 +528,23 @@ def reference_rows(setup, library, out_dir, noise=DEFAULT_NOISE):
     * `best scripted plan`: plans.BEST_PLAN, the plan chosen on validation customers (`search_plan_rows`):
       what a salesperson who reads only the customer's words can reach on this customer;
     * `DOGA top line`: DOGA's best retrieved line said verbatim, no model (what retrieval alone achieves;
-      a trained model with DOGA should add to it)."""
-    planner = DogaPlanner(library)
+      a trained model with DOGA should add to it);
+    * `DOGA top line, planned moves`: the same with the moves of BEST_PLAN (what the `doga_planned` prompting
+      hands the model)."""
+    def top_line(planner):
+        def say(view):
+            outline = planner.plan(view["product"], view["customer"]["visible"], view["turns"])
+            return "", outline.lines[0] if outline.lines else outline.goal
+        return say
 
-    def top_line(view):
-        outline = planner.plan(view["product"], view["customer"]["visible"], view["turns"])
-        return "", outline.lines[0] if outline.lines else outline.goal
+    classified, planned = top_line(DogaPlanner(library)), top_line(DogaPlanner(library, moves=BEST_PLAN))
 
     players = {f"scripted, noise {noise:g}": scripted(noise),
                "scripted, noise 0": scripted(0.0),
                "best scripted plan": lambda call_id, product, visible: salesperson(BEST_PLAN, call_id, product,
                                                                                    visible),
-               "DOGA top line": lambda call_id, product, visible: top_line}
+               "DOGA top line": lambda call_id, product, visible: classified,
+               "DOGA top line, planned moves": lambda call_id, product, visible: planned}
     rows = {}
     for name, player in players.items():
         calls = [run_call(product, persona, player(call_id, product, persona["visible"]), rng, call_id=call_id)
@@ -574,7 +583,7 @@ def search_plan_rows(settings, width=4):
 # `make eval`: one trained run, base vs GRPO, each static and DOGA.
 
 def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=None, judge_dir=None,
-                 promptings=("static", "doga"), seed_runs=()):
+                 promptings=("static", "doga", "doga_planned"), seed_runs=()):
     """`make eval`: the base model and the GRPO policy of `run_dir`, each with every prompting, then the reference
     rows. `seed_runs`: more GRPO runs of the same recipe with other seeds (`make seeds`), each measured as
     `grpo-seed<N>/<prompting>`; the report adds their mean (report.seed_table)."""
@@ -617,7 +626,7 @@ def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=Non
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate one trained run: base vs GRPO, each with "
-                                                 "static and DOGA prompting.")
+                                                 "static, DOGA and planned DOGA prompting.")
     parser.add_argument("--config", default=None, help="used only when the run recorded no config (<run>/final/"
                                                        "run.json); default: config.py's defaults")
     parser.add_argument("--run", default="runs/default", help="run folder with base/, final/ and scripts/")

@@ -111,6 +111,33 @@ class PlanSalesperson(Salesperson):
         return move
 
 
+def next_move(plan, turns):
+    """The move `plan` asks for after `turns`, a call played by someone else (DOGA's planner with planned moves: a
+    model speaks, and may not say the move it is asked for). It replays PlanSalesperson's choices over the call, with
+    one difference: a planned move the reply did not make (the Manager's on-stage intent of that turn) is asked for
+    again, rather than counted as said. On a call PlanSalesperson played itself it asks for the moves it made.
+    Reads the sales turns' Manager labels and the customer turns' intents, as simulate.run_call writes them."""
+    heard, stage, planned = [], "opening", 0
+    for index in range(len(turns) + 1):
+        if index < len(turns) and turns[index]["role"] != "sales":
+            heard.append(turns[index]["intent"])
+            continue
+        move, asked = plan.answer(heard), None
+        if move is None or not is_legal_move(move, stage):
+            move = COMMIT
+            while planned < len(plan.moves):
+                planned += 1
+                if is_legal_move(plan.moves[planned - 1], stage):
+                    move, asked = plan.moves[planned - 1], planned - 1
+                    break
+        if index == len(turns):
+            return move
+        turn = turns[index]
+        if asked is not None and not (turn["labels"]["on_stage"] and turn["intent"] == move):
+            planned = asked                                 # not said: ask for it again next turn
+        stage = turn["stage"]
+
+
 def salesperson(plan, call_id, product, visible):
     """The PlanSalesperson of one call: it sees the customer's visible profile only, and draws its templates
     from a random stream of its own, keyed by the call as the scripted reference rows' (never the customer's)."""

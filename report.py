@@ -63,6 +63,8 @@ def paper_claims(systems):
                 "grpo/doga", "grpo_corpus_mix/doga", "higher")]
     claims += [(f"Not the paper's: GRPO over whole calls ({m}) improves on the GRPO model it starts from, with DOGA",
                 f"{m}/doga", "grpo/doga", "higher") for m in calls_arms]
+    claims += [("Not the paper's: DOGA with the best scripted plan's moves beats DOGA's classified moves",
+                f"{m}/doga_planned", f"{m}/doga", "higher") for m in models if f"{m}/doga_planned" in systems]
     claims += [("Transfers to a domain held out of training", name, name.replace("holdout_grpo", "grpo"), "close")
                for name in systems if name.startswith("holdout_grpo")]
     return claims

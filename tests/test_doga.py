@@ -28,6 +28,7 @@ from doga import (
 )
 from files import write_json
 from model import Qwen2, Qwen2Config, save_pretrained
+from plans import BEST_PLAN, next_move
 from sales import MISTAKE_INTENTS, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, load_world, slot_values
 from simulate import make_persona, run_call, simulate_call
 from tokenizer import ChatTokenizer, render_chat
@@ -228,6 +229,29 @@ def test_recorded_outlines_are_the_ones_the_calls_were_played_with(library, call
     flipped = DogaPlanner(library, IntentClassifier(library, label_noise=1.0, seed=3))
     flipped.record_outlines(played)                                   # another classifier: other outlines
     assert [t["outline"] for c in played for t in c["turns"] if t["role"] == "sales"] != recorded
+
+
+def test_planned_moves_outline_the_plans_move(library, calls):
+    """With `moves`, the outline names the move the plan asks for after the call so far (plans.next_move), never
+    the classifier's; its lines are that move's templates; and the outlines recorded after the calls are the ones
+    they were played with."""
+    plan = BEST_PLAN
+    planner = DogaPlanner(library, moves=plan)
+    by_id = {m["id"]: m for m in library.templates.metadata}
+    told, played = [], []
+    for call in calls[340:352]:
+        def top_line(view):
+            outline = planner.plan(view["product"], view["customer"]["visible"], view["turns"])
+            assert outline.intent == next_move(plan, view["turns"])
+            assert all(by_id[i]["intent"] == outline.intent for i in outline.template_ids)
+            told.append(outline.record())
+            return "", outline.lines[0] if outline.lines else outline.goal
+        played.append(run_call(call["product"], call["customer"], top_line, random.Random(call["id"])))
+    classified = [DogaPlanner(library).plan(c["product"], c["customer"]["visible"], c["turns"][:i]).intent
+                  for c in played for i, t in enumerate(c["turns"]) if t["role"] == "sales"]
+    assert [r["intent"] for r in told] != classified                    # the plan, not the classifier, chose
+    DogaPlanner(library, moves=plan).record_outlines(played)
+    assert [t["outline"] for c in played for t in c["turns"] if t["role"] == "sales"] == told
 
 
 def test_doga_prompt_is_the_training_prompt(library, tokenizer, calls):

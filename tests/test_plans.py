@@ -7,7 +7,7 @@ import pytest
 
 import simulate
 from evaluate import closed_loop_jobs
-from plans import ANSWERS, BEST_PLAN, COMMIT, Plan, PlanSalesperson, beam_search, conversions, play
+from plans import ANSWERS, BEST_PLAN, COMMIT, Plan, PlanSalesperson, beam_search, conversions, next_move, play
 from sales import SALES_INTENTS, is_legal_move, load_world
 from simulate import Salesperson, run_call
 
@@ -94,6 +94,45 @@ def test_a_planned_move_the_stage_no_longer_allows_is_skipped():
     assert said == ["greet_and_introduce", "ask_business_situation", "present_product", "explain_signup_steps",
                     "explain_activation", COMMIT]
     assert not is_legal_move("explain_features", "operational_guidance")
+
+
+@pytest.mark.parametrize("plan", [ADAPTIVE, FIXED, BEST_PLAN], ids=["adaptive", "fixed", "best"])
+def test_next_move_replays_what_the_plan_salesperson_said(plan):
+    """On calls PlanSalesperson played (it keeps its own state and always makes its move), next_move, which reads
+    only the call, asks before every salesperson turn for the move that was said there."""
+    calls = play(plan, jobs(2)())
+    said = [(call["id"], i, t["intent"]) for call in calls for i, t in enumerate(call["turns"]) if t["role"] == "sales"]
+    asked = [(call["id"], i, next_move(plan, call["turns"][:i])) for call in calls
+             for i, t in enumerate(call["turns"]) if t["role"] == "sales"]
+    assert asked == said and len(said) > 100
+
+
+def test_a_planned_move_the_reply_did_not_make_is_asked_again():
+    """By hand: the plan asks for the business situation after the greeting; a generic pitch (off-stage) does not
+    make it, so the plan asks again; once it is made, the plan goes on to the diagnosis, then to the commitment.
+    PlanSalesperson would have counted the pitch as its move and gone on."""
+    plan = Plan(("greet_and_introduce", "ask_business_situation", "diagnose_with_numbers"))
+
+    def sales(intent, on_stage, stage):
+        return {"role": "sales", "intent": intent, "stage": stage, "labels": {"on_stage": on_stage}}
+
+    def customer(intent):
+        return {"role": "customer", "intent": intent}
+
+    turns = [sales("greet_and_introduce", True, "opening"), customer("greet_back")]
+    assert next_move(plan, []) == "greet_and_introduce"
+    assert next_move(plan, turns) == "ask_business_situation"
+    turns += [sales("generic_pitch", False, "opening"), customer("acknowledge")]
+    assert next_move(plan, turns) == "ask_business_situation"
+    turns += [sales("ask_business_situation", True, "business_analysis"), customer("describe_business")]
+    assert next_move(plan, turns) == "diagnose_with_numbers"
+    turns += [sales("diagnose_with_numbers", True, "business_analysis"), customer("agree_with_diagnosis")]
+    assert next_move(plan, turns) == COMMIT
+    answering = Plan(("greet_and_introduce", "ask_business_situation", "present_product", "explain_features"),
+                     ("objections",))                                   # an answer comes before the plan
+    presented = turns[:6] + [sales("present_product", True, "product_introduction")]
+    assert next_move(answering, presented + [customer("raise_price_objection")]) == "handle_price_objection"
+    assert next_move(answering, presented + [customer("acknowledge")]) == "explain_features"
 
 
 def test_a_wide_beam_finds_the_best_plan_of_a_tiny_family():
