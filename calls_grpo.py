@@ -66,6 +66,7 @@ from model import (
     load_pretrained,
     load_with_tokenizer,
 )
+from plans import BEST_PLAN
 from reward import faithfulness_score
 from runs import RunLock, RunLocked, claim_run_folder, interruption_note, run_identity, save_checkpoint
 from sales import INCOHERENT, WORD, ClaimCheck, check_claims, load_world
@@ -409,7 +410,8 @@ def _train(config, model_dir, data_dir, out_dir, library_dir, resume, audit):
     if checkpoint:
         print(f"resuming from {checkpoint} at step {start_step}")
     agent = DogaAgent(policy, tokenizer, ScriptLibrary.load(library_dir), max_prompt_length=settings.max_prompt_length,
-                      max_new_tokens=settings.max_completion_length)
+                      max_new_tokens=settings.max_completion_length,
+                      moves=BEST_PLAN if settings.moves == "plan" else None)
     bigrams = corpus_bigrams(load_corpus(os.path.join(data_dir, "train.jsonl")))
 
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume_step=start_step - 1 if checkpoint else None)

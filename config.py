@@ -160,6 +160,9 @@ class CallsConfig:
     max_turns: int = 20            # the Manager ends a call this long (simulate.MAX_TURNS)
     temperature: float = 1.0       # sampling: the G calls of a group differ only by what the policy samples
     top_p: float = 1.0
+    # Which move each outline names: DOGA's classifier (the paper's) or the best scripted plan's (plans.BEST_PLAN,
+    # the `doga_planned` prompting of the evaluation: a policy trained to follow the plan's outlines).
+    moves: str = "classifier"
     max_prompt_length: int = 1280  # as GRPOConfig: the DOGA prompt of a late turn must fit
     max_completion_length: int = 64
     beta: float = 0.04             # k3 KL to the frozen ref_model (the model the stage starts from)
@@ -181,6 +184,7 @@ CHOICES = {
     ("grpo", "loss_type"): ("grpo", "dr_grpo", "dapo"),
     ("calls", "loss_type"): ("grpo", "dr_grpo", "dapo"),
     ("calls", "device"): ("auto", "cpu", "cuda"),
+    ("calls", "moves"): ("classifier", "plan"),
     ("grpo", "scale_rewards"): ("group", "batch", "none"),
     ("grpo", "turn_filter"): ("good", "all"),
     ("grpo", "device"): ("auto", "cpu", "cuda"),
