@@ -66,10 +66,12 @@ $(DATA)/train.jsonl: $(DATA)/recipe.json
 	$(PY) simulate.py $(CONFIG_FLAG) --out $(DATA)/calls.jsonl
 	$(PY) corpus.py split $(DATA)/calls.jsonl --train $(DATA)/train.jsonl --test $(DATA)/test.jsonl
 
-# The whole pipeline: corpus -> tokenizer + tiny base model -> GRPO directly on the base -> summary.
+# The whole pipeline: corpus -> tokenizer + tiny base model -> GRPO directly on the base -> summary -> GRPO
+# over whole calls ($(RUN)/calls: the policy plays calls with the best scripted plan's outlines).
 # With MODEL=/path/to/Qwen2.5 (a local HF folder) the base is that checkpoint and pretraining is skipped.
 # DOGA's script library is built first from the same training calls: pretraining and GRPO prompt with its
 # outlines as the agent does at inference (train as it infers), and `make chat` and `make eval` use it.
+CALLS = $(PY) calls_grpo.py $(CONFIG_FLAG) --library $(RUN)/scripts --data $(DATA) $(if $(RESUME),--resume)
 train: runtime data
 	$(PY) doga.py build --corpus $(DATA)/train.jsonl --out $(RUN)/scripts
 ifeq ($(MODEL),)
@@ -81,15 +83,17 @@ else
 	$(PY) grpo.py $(CONFIG_FLAG) --model $(MODEL) --data $(DATA) --out $(RUN) --library $(RUN)/scripts \
 		$(if $(RESUME),--resume)
 endif
+	$(CALLS) --model $(RUN)/final --out $(RUN)/calls
 
 # More GRPO seeds of the same recipe, on the same base and script library (make train's run is seed 0):
-# $(RUN)-seed1, $(RUN)-seed2. make eval then reports every seed and their mean: a headline is the mean over
-# seeds, never the best run.
+# $(RUN)-seed1, $(RUN)-seed2, each with its whole-call stage. make eval then reports every seed and their mean:
+# a headline is the mean over seeds, never the best run.
 SEEDS ?= 1 2
 seeds: runtime data
 	for seed in $(SEEDS); do \
 		$(PY) grpo.py $(CONFIG_FLAG) --seed $$seed --model $(RUN)/base --data $(DATA) --out $(RUN)-seed$$seed \
-			--library $(RUN)/scripts --no-summary $(if $(RESUME),--resume) || exit 1; \
+			--library $(RUN)/scripts --no-summary $(if $(RESUME),--resume) && \
+		$(CALLS) --seed $$seed --model $(RUN)-seed$$seed/final --out $(RUN)-seed$$seed/calls || exit 1; \
 	done
 
 # The trained model answers with the prompt and answer lengths its run recorded (run.json beside it).

@@ -14,9 +14,10 @@ out and the evaluation settings. The arms:
   own tokenizer and base), then direct GRPO on it (`grpo_raw`): what slots change;
 * a domain held out of training: base and GRPO trained on the other domains, and both it and the
   all-domain GRPO model measured on that domain's test calls and products;
+* ours, not the paper's: DOGA with the best scripted plan's moves (`doga_planned`) on the direct-GRPO model;
 * ours, not the paper's: GRPO over whole calls (calls_grpo.py) from the direct-GRPO model, one arm per variant
-  of the plan's `calls` (each a `calls` config section: turn reward only, session reward only, both), measured
-  with DOGA prompting, the prompting it trains with.
+  of the plan's `calls` (each a `calls` config section: turn reward only, session reward only, both, and the
+  outlines' moves from DOGA's classifier instead of the plan), each measured with the prompting it trains with.
 
 Every system is measured by evaluate.evaluate_system on the same turns and customers, under the same
 reward (the common config's weights, the frozen base as the Bayesian reference), and report.py writes
@@ -259,8 +260,12 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
         for prompting in ("static", "doga"):
             name = f"{model_name}/{prompting}"
             systems[name] = evaluate_system(name, models[model_name], library, prompting, setup, out_dir)
-    for name in calls_configs:
-        systems[f"{name}/doga"] = evaluate_system(f"{name}/doga", models[name], library, "doga", setup, out_dir)
+    for name, calls_config in calls_configs.items():
+        prompting = "doga_planned" if calls_config.calls.moves == "plan" else "doga"    # the prompting it trains with
+        systems[f"{name}/{prompting}"] = evaluate_system(f"{name}/{prompting}", models[name], library, prompting,
+                                                         setup, out_dir)
+    systems["grpo/doga_planned"] = evaluate_system("grpo/doga_planned", models["grpo"], library, "doga_planned",
+                                                   setup, out_dir)
     systems["grpo/doga_noisy"] = evaluate_system("grpo/doga_noisy", models["grpo"], library, "doga_noisy",
                                                  setup, out_dir)
     domain_setup = make_eval_setup(config, settings, train_calls, test_calls, base, domain=domain, judge_dir=judge_dir)

@@ -1,5 +1,5 @@
-"""GRPO over whole calls, rewarded by how the customer decides: a training stage after grpo.py, built as an
-arm (docs/design.md, "GRPO over whole calls"); `make ablations` trains it, `make train` does not.
+"""GRPO over whole calls, rewarded by how the customer decides: the training stage after grpo.py (docs/design.md,
+"GRPO over whole calls"); `make train` runs it, `make ablations` trains its variants.
 
 The paper's reward (reward.py) judges one turn at a time against the reply a good salesperson gave there:
 imitation. Here the policy plays whole calls against the simulated customer and learns from how they end.
@@ -10,8 +10,9 @@ One step:
      customer seed, so the calls of a group differ only in what the policy samples (`step_customers`);
   2. every live call of the step is advanced together, one batched generation per round
      (model.generate_completions at the config's temperature); each answer continues the call's DOGA prompt
-     (doga.DogaAgent.prompt: DOGA's outline before every salesperson turn, as the agent prompts), and the
-     customer hears its reply (`heard`, the one place an answer is parsed) (`play`);
+     (doga.DogaAgent.prompt: DOGA's outline before every salesperson turn, as the agent prompts; its move the
+     best scripted plan's, `calls.moves`), and the customer hears its reply (`heard`, the one place an answer is
+     parsed) (`play`);
   3. rewards. Session: OUTCOME_REWARD of the call's outcome. Turn: the reference-free terms of the composite
      reward, weighted as config.reward weighs them (`turn_rewards`): a played turn has no target reply, so
      `similarity` and `bayes` (both measured against one) have nothing to compare with;
@@ -454,10 +455,16 @@ def main():
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--audit", action="store_true", help="write every call, answer, reward, advantage and "
                                                              "ratio to <out>/audit.jsonl")
+    parser.add_argument("--seed", type=int, help="calls.seed instead of the config's (the stage of another GRPO "
+                                                 "seed: make seeds); recorded in the run record like any knob")
     args = parser.parse_args()
     config = None
     try:
         config = load_config(args.config)
+        if args.seed is not None:
+            if args.seed < 0:
+                raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+            config.calls.seed = args.seed
         train(config, args.model, args.data, args.out, args.library, resume=args.resume, audit=args.audit)
     except (ConfigError, CorpusError, CheckpointError, RunLocked, ValueError, OSError) as error:
         raise SystemExit(f"error: {error}")

@@ -149,10 +149,12 @@ class GRPOConfig:
 @dataclass
 class CallsConfig:
     """GRPO over whole calls (calls_grpo.py): the policy plays calls against simulated customers and learns
-    from how each call ends and from what each reply does. An arm on top of a GRPO model: `make ablations`
-    trains it (turn reward only, session reward only, both), `make train` does not. The clip, KL and loss
-    knobs mean what they mean in GRPOConfig (grpo.grpo_loss reads them)."""
-    steps: int = 10                # a short stage on top of a trained policy; each step plays whole calls
+    from how each call ends and from what each reply does. A stage on top of the GRPO model: `make train` runs
+    it after grpo.py, `make ablations` trains its variants (turn reward only, session reward only, both). The
+    clip, KL and loss knobs mean what they mean in GRPOConfig (grpo.grpo_loss reads them)."""
+    # A short stage on top of a trained policy; each step plays whole calls. On validation customers 10 steps
+    # sold more than the policy it started from, 20 steps no more than 10 did (docs/log.md).
+    steps: int = 10
     groups_per_step: int = 4       # groups of calls per step, each its own product, persona and customer seed
     calls_per_group: int = 8       # calls per group: the same customer met by G samples of the policy
     session_weight: float = 1.0    # weight of the session advantage (how the call ended, normalised per group)
@@ -160,9 +162,10 @@ class CallsConfig:
     max_turns: int = 20            # the Manager ends a call this long (simulate.MAX_TURNS)
     temperature: float = 1.0       # sampling: the G calls of a group differ only by what the policy samples
     top_p: float = 1.0
-    # Which move each outline names: DOGA's classifier (the paper's) or the best scripted plan's (plans.BEST_PLAN,
-    # the `doga_planned` prompting of the evaluation: a policy trained to follow the plan's outlines).
-    moves: str = "classifier"
+    # Which move each outline names: the best scripted plan's (plans.BEST_PLAN, the `doga_planned` prompting of the
+    # evaluation: the policy learns to follow the plan's outlines) or DOGA's classifier (the paper's). With the
+    # classifier's moves the stage sold no more than the policy it started from; with the plan's it did (docs/log.md).
+    moves: str = "plan"
     max_prompt_length: int = 1280  # as GRPOConfig: the DOGA prompt of a late turn must fit
     max_completion_length: int = 64
     beta: float = 0.04             # k3 KL to the frozen ref_model (the model the stage starts from)

@@ -36,10 +36,11 @@ evaluation customer shares a name, a business name or a profile with a training 
   (sampled), then counted as missing, never guessed.
 
 `make eval` (`evaluate_run`) measures one trained run: the base model and the GRPO policy, each with
-static, DOGA and planned DOGA prompting, and the GRPO policy of every other seed of the run (`make seeds`). Per system it
-writes every scored turn and played call under <out>/systems/; report.py writes the report (tables, the paper's
-claims beside what we measured, the mean over seeds, a plot); ablations.py trains and measures every arm of the
-paper's comparisons the same way.
+static, DOGA and planned DOGA prompting, the whole-call stage after it (calls_grpo.py) with the prompting it
+trained with, and both for every other seed of the run (`make seeds`).
+Per system it writes every scored turn and played call under <out>/systems/; report.py writes the report
+(tables, the paper's claims beside what we measured, the mean over seeds, a plot); ablations.py trains and
+measures every arm of the paper's comparisons the same way.
 
 For speed, replies are generated in batches (model.generate_completions, left-padded): the agent's own
 prompt assembly (`Agent.prompt`, what Agent.respond prompts with), then one batched generation, many times
@@ -603,6 +604,8 @@ def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=Non
         for prompting in promptings:
             systems[f"{model_name}/{prompting}"] = evaluate_system(f"{model_name}/{prompting}", model_dir, library,
                                                                    prompting, setup, out_dir)
+    # The whole-call stage of each run (make train's calls_grpo.py), with the prompting it trains with.
+    stages = [("", run_dir)]
     for seed_run in seed_runs:
         recorded_seed = recorded_config(os.path.join(seed_run, "final"))
         if recorded_seed is None:
@@ -610,6 +613,14 @@ def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=Non
         for prompting in promptings:
             name = f"grpo-seed{recorded_seed.grpo.seed}/{prompting}"
             systems[name] = evaluate_system(name, os.path.join(seed_run, "final"), library, prompting, setup, out_dir)
+        stages.append((f"-seed{recorded_seed.grpo.seed}", seed_run))
+    for suffix, run in stages:
+        recorded_calls = recorded_config(os.path.join(run, "calls", "final"))
+        if recorded_calls is not None:
+            prompting = "doga_planned" if recorded_calls.calls.moves == "plan" else "doga"
+            name = f"calls{suffix}/{prompting}"
+            systems[name] = evaluate_system(name, os.path.join(run, "calls", "final"), library, prompting, setup,
+                                            out_dir)
     references = reference_rows(setup, library, out_dir)
     curves = {"grpo": {"grpo": read_jsonl(os.path.join(run_dir, "metrics.jsonl"))},
               "pretrain": {"base": read_jsonl(os.path.join(base_dir, "metrics.jsonl"))}}

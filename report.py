@@ -39,6 +39,7 @@ from sales import STAGES
 
 
 KINDS = ("system", "reference")
+SEEDED = ("grpo", "calls")      # models make seeds trains again with other seeds (grpo.py, then calls_grpo.py)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -48,7 +49,8 @@ def paper_claims(systems):
     """(claim, the system it is about, the system it is compared with, the direction the paper reports):
     "higher": the first should score higher; "close": the first should not fall clearly below the second."""
     models = sorted({name.split("/")[0] for name in systems})
-    calls_arms = [m for m in models if m.startswith("calls_")]    # measured with DOGA only (ablations.py)
+    # Whole-call models are measured with the prompting they train with only (make eval, ablations.py).
+    calls_arms = [m for m in models if m.startswith("calls")]
     claims = [("DOGA beats static prompting", f"{m}/doga", f"{m}/static", "higher") for m in models
               if m not in calls_arms]
     claims += [("GRPO improves on the base model (implied by the paper's main result)", "grpo/doga", "base/doga",
@@ -61,8 +63,10 @@ def paper_claims(systems):
                 "grpo_static/doga", "higher"),
                ("Not the paper's: GRPO on every move equally often beats GRPO on the corpus's mix of moves, with DOGA",
                 "grpo/doga", "grpo_corpus_mix/doga", "higher")]
-    claims += [(f"Not the paper's: GRPO over whole calls ({m}) improves on the GRPO model it starts from, with DOGA",
-                f"{m}/doga", "grpo/doga", "higher") for m in calls_arms]
+    claims += [(f"Not the paper's: GRPO over whole calls ({model}) improves on the GRPO model it starts from, with "
+                f"the prompting it trains with", name, f"grpo/{prompting}", "higher")
+               for name in systems for model, _, prompting in [name.partition("/")]
+               if model in calls_arms and "-seed" not in model]
     claims += [("Not the paper's: DOGA with the best scripted plan's moves beats DOGA's classified moves",
                 f"{m}/doga_planned", f"{m}/doga", "higher") for m in models if f"{m}/doga_planned" in systems]
     claims += [("Transfers to a domain held out of training", name, name.replace("holdout_grpo", "grpo"), "close")
@@ -177,14 +181,16 @@ def capability_table(systems, cell):
 
 
 def seed_table(systems):
-    """GRPO over seeds: {prompting: {"seeds": {name: conversion}, "mean", "low", "high", "unsupported", "ia"}} for
-    every prompting measured on more than one GRPO seed (`grpo/<p>` is make train's seed, `grpo-seed<N>/<p>` the
-    others: make seeds). The mean over seeds is the figure to quote; low and high are the worst and best seed."""
+    """Trained models over seeds: {"<model>/<prompting>": {"seeds": {name: conversion}, "mean", "low", "high",
+    "unsupported", "ia"}} for every GRPO or whole-call model (SEEDED) measured with a prompting on more than one
+    seed (`grpo/<p>` is make train's seed, `grpo-seed<N>/<p>` the others: make seeds; `calls/<p>` likewise). The
+    mean over seeds is the figure to quote; low and high are the worst and best seed."""
     table = {}
     for name, result in systems.items():
         model, _, prompting = name.partition("/")
-        if model == "grpo" or model.startswith("grpo-seed"):
-            table.setdefault(prompting, {})[name] = result
+        family, _, seed = model.partition("-seed")
+        if family in SEEDED and (seed == "" or seed.isdigit()):
+            table.setdefault(f"{family}/{prompting}", {})[name] = result
     rows = {}
     for prompting, runs in table.items():
         if len(runs) < 2:
@@ -270,10 +276,10 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
         lines += ["", "The plan each scripted-plan reference follows (plans.py; chosen on validation customers):", ""]
         lines += [f"* reference: {name}: {plan}" for name, plan in planned]
     if seeds:
-        lines += ["", "## GRPO over seeds",
+        lines += ["", "## Trained models over seeds",
                   "The same recipe trained with several GRPO seeds on the same base (make seeds). Quote the mean: "
                   "one run's interval is over customers, the spread between seeds is over training runs.", "",
-                  "| GRPO with | seeds | conversion per seed | mean conversion | spread (worst, best) | "
+                  "| model / prompting | seeds | conversion per seed | mean conversion | spread (worst, best) | "
                   "unsupported facts / call (mean) | intent appropriateness (mean) |", "|" + "---|" * 7]
         for prompting, row in seeds.items():
             per_seed = ", ".join(f"{value:.0%}" for value in row["seeds"].values())

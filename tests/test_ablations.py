@@ -28,9 +28,10 @@ def test_ablation_plan_and_arm_configs(tmp_path):
     assert common.grpo.save_steps == 0 and common.pretrain == load_config().pretrain
     assert common.model == load_config().model
     arms = {name: ablations.arm_config(shipped, str(tmp_path), name, {"calls": overrides})
-            for name, overrides in shipped["calls"].items()}      # whole-call GRPO: turn, session, both
-    assert {name: (cfg.calls.turn_weight, cfg.calls.session_weight) for name, cfg in arms.items()} == {
-        "calls_turn": (1.0, 0.0), "calls_session": (0.0, 1.0), "calls_both": (1.0, 1.0)}
+            for name, overrides in shipped["calls"].items()}      # whole-call GRPO: turn, session, both; moves
+    assert {name: (cfg.calls.turn_weight, cfg.calls.session_weight, cfg.calls.moves) for name, cfg in arms.items()} == {
+        "calls_turn": (1.0, 0.0, "plan"), "calls_session": (0.0, 1.0, "plan"), "calls_both": (1.0, 1.0, "plan"),
+        "calls_classifier": (1.0, 1.0, "classifier")}
 
     plan_path.write_text(json.dumps({"base_config": "configs/smoke.json", "holdout_domain": "x",
                                      "eval": {"turns_per_stag": 2}}))

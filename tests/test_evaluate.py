@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import ablations
+import calls_grpo
 import evaluate
 import grpo
 import pretrain
@@ -232,11 +233,13 @@ def test_report_from_a_smoke_run(tmp_path):
     raw = json.load(open("configs/smoke.json"))
     raw["pretrain"].update(steps=6, batch_size=4, seq_len=128)
     raw["grpo"].update(steps=2, max_completion_length=8, save_steps=0, log_completion_steps=0, eval_prompts=1)
+    raw["calls"].update(steps=1, max_turns=2, max_completion_length=8, save_steps=0)
     (tmp_path / "config.json").write_text(json.dumps(raw))
     config = load_config(str(tmp_path / "config.json"))
     pretrain.train(config, str(data), str(run / "base"))
     grpo.train(config, str(run / "base"), str(data), str(run))
     ScriptLibrary.build(calls[:50], progress=False).save(str(run / "scripts"))
+    calls_grpo.train(config, str(run / "final"), str(data), str(run / "calls"), str(run / "scripts"))
     # make ablations reuses this run as its direct-GRPO arm only when it was made exactly as the arm would be.
     assert ablations.default_grpo_matches(str(run), config, str(run / "base"), str(data), None)
     assert not ablations.default_grpo_matches(str(run), config, str(run / "base"), str(data), str(run / "scripts"))
@@ -250,7 +253,7 @@ def test_report_from_a_smoke_run(tmp_path):
 
     report = json.load(open(out / "report.json"))
     assert set(report["systems"]) == {f"{model}/{prompting}" for model in ("base", "grpo")
-                                      for prompting in ("static", "doga")}
+                                      for prompting in ("static", "doga", "doga_planned")} | {"calls/doga_planned"}
     for name, system in report["systems"].items():
         assert set(system["capabilities"]) == set(STAGES)
         for summary in list(system["capabilities"].values()) + [system["overall"]]:
@@ -277,7 +280,7 @@ def test_report_from_a_smoke_run(tmp_path):
     assert {c["verdict"] for c in report["claims"] if c["systems"].startswith("grpo/doga vs sft")} == {"not measured"}
     # References are marked as such, in the JSON, the tables and the verdicts.
     assert {system["kind"] for system in report["systems"].values()} == {"system"}
-    assert len(report["references"]) == 4 and {r["kind"] for r in report["references"].values()} == {"reference"}
+    assert len(report["references"]) == 5 and {r["kind"] for r in report["references"].values()} == {"reference"}
     assert not [c for c in report["claims"] if "scripted" in c["systems"]]
 
     markdown = (out / "report.md").read_text()
@@ -293,8 +296,8 @@ def test_report_from_a_smoke_run(tmp_path):
     assert "DOGA beats static prompting" in markdown and "training_and_capabilities.png" in markdown
     assert (out / "training_and_capabilities.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # calls.html: every played call; a DOGA system's turns keep the outline they were prompted with
-    assert (out / "calls.html").read_text().count('<details class="call') == 12 * (len(report["systems"]) + 4)
-    for name, prompted in (("grpo__doga", True), ("grpo__static", False)):
+    assert (out / "calls.html").read_text().count('<details class="call') == 12 * (len(report["systems"]) + 5)
+    for name, prompted in (("grpo__doga", True), ("grpo__doga_planned", True), ("grpo__static", False)):
         turns = [t for c in read_jsonl(str(out / "systems" / name / "calls.jsonl")) for t in c["turns"]]
         assert all(("outline" in t) == prompted for t in turns if t["role"] == "sales")
 
@@ -348,17 +351,22 @@ def test_claim_verdict_judges_conversion_by_its_intervals():
     assert measured.startswith("conversion 60% [50%, 70%] vs 30% [20%, 40%] (+30%)")
 
 
-def test_the_seed_table_is_the_mean_over_grpo_seeds():
+def test_the_seed_table_is_the_mean_over_seeds():
     def entry(conversion, unsupported, ia):
         return {"kind": "system", "closed_loop": {"conversion": {"value": conversion},
                                                   "unsupported_facts_per_call": {"value": unsupported}},
                 "overall": {"intent_appropriateness": {"value": ia}}}
     systems = {"grpo/doga": entry(0.5, 0.0, 0.9), "grpo-seed1/doga": entry(0.75, 0.3, 0.8),
                "grpo-seed2/doga": entry(0.625, 0.0, 0.7), "grpo/static": entry(0.1, 0.0, 0.5),
-               "base/doga": entry(0.9, 0.0, 0.9)}
+               "base/doga": entry(0.9, 0.0, 0.9), "calls/doga_planned": entry(0.25, 0.0, 0.5),
+               "calls-seed1/doga_planned": entry(1.0, 0.1, 0.6), "calls_both/doga_planned": entry(0.0, 0.0, 0.0)}
     table = report.seed_table(systems)
-    assert set(table) == {"doga"}                      # static has one seed; the base is no GRPO seed
-    row = table["doga"]
+    # static has one seed; the base is no seeded model; calls_both is an arm, not a seed of calls
+    assert set(table) == {"grpo/doga", "calls/doga_planned"}
+    row = table["grpo/doga"]
     assert row["mean"] == pytest.approx((0.5 + 0.75 + 0.625) / 3) and (row["low"], row["high"]) == (0.5, 0.75)
     assert row["unsupported"] == pytest.approx(0.1) and row["ia"] == pytest.approx(0.8)
     assert list(row["seeds"]) == ["grpo/doga", "grpo-seed1/doga", "grpo-seed2/doga"]
+    row = table["calls/doga_planned"]
+    assert row["mean"] == pytest.approx(0.625) and (row["low"], row["high"]) == (0.25, 1.0)
+    assert list(row["seeds"]) == ["calls/doga_planned", "calls-seed1/doga_planned"]

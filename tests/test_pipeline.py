@@ -38,6 +38,11 @@ def test_make_train_smoke(tmp_path):
     assert max(r["grad_norm"] for r in records) > 0
     base, final = (load_pretrained(str(run / folder)).state_dict() for folder in ("base", "final"))
     assert any(not torch.equal(base[name], final[name]) for name in base)
+    # Then the whole-call stage, from the GRPO model, with the plan's outlines.
+    calls = [json.loads(line) for line in open(run / "calls" / "metrics.jsonl")]
+    assert [r["step"] for r in calls] == list(range(config.calls.steps))
+    assert load_config(None).calls.moves == "plan" and json.load(open(run / "calls" / "final" / "run.json"))[
+        "config"]["calls"]["moves"] == "plan"
     summary = json.load(open(run / "summary.json"))
     assert summary["prompts"] == config.grpo.eval_prompts
     assert set(summary["base"]) == set(summary["grpo"]) == set(REWARD_KEYS + BEHAVIOUR_KEYS)
