@@ -15,7 +15,8 @@ say it. Offline and per turn:
    embedded. Its label is the next salesperson intent of the training call. Prediction is a
    similarity-weighted vote of the nearest training contexts *in the same stage*, masked by the finite
    state machine of sales.STAGE_TRANSITIONS: only intents whose stage may follow the current stage
-   (and never a mistake intent) can win.
+   (and never a mistake intent) can win. Ours, not the paper's: with `moves` (a plans.Plan), the move the plan
+   asks for replaces the classifier's (docs/design.md, "Planned moves").
 3. **Outline and prompt** (`DogaPlanner.plan`, `assemble_messages`). Track the stage, classify the next
    intent, retrieve the top-k templates of that intent, fill their slots from the visible profile and
    the product sheet (a template with a slot we cannot fill is skipped, never spoken half-filled), and

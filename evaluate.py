@@ -581,13 +581,14 @@ def search_plan_rows(settings, width=4):
 
 
 # ----------------------------------------------------------------------------------------------
-# `make eval`: one trained run, base vs GRPO, each static and DOGA.
+# `make eval`: one trained run: base, GRPO and the whole-call stage, with each prompting.
 
 def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=None, judge_dir=None,
                  promptings=("static", "doga", "doga_planned"), seed_runs=()):
-    """`make eval`: the base model and the GRPO policy of `run_dir`, each with every prompting, then the reference
-    rows. `seed_runs`: more GRPO runs of the same recipe with other seeds (`make seeds`), each measured as
-    `grpo-seed<N>/<prompting>`; the report adds their mean (report.seed_table)."""
+    """`make eval`: the base model and the GRPO policy of `run_dir`, each with every prompting, the whole-call stage
+    (`<run>/calls`, when make train ran it) with the prompting it trained with, then the reference rows.
+    `seed_runs`: more runs of the same recipe with other seeds (`make seeds`), each measured as
+    `grpo-seed<N>/<prompting>` and `calls-seed<N>/<prompting>`; the report adds their mean (report.seed_table)."""
     started = time.time()
     # The run's own reward weights and lengths, as it recorded them; a config file only for a run without one.
     config = recorded_config(os.path.join(run_dir, "final")) or load_config(config_path)

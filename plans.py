@@ -23,6 +23,10 @@ beam as wide as the family it scores every plan of the family. `search_answers` 
 that does not earn a conversion. evaluate.py runs the search on validation customers
 (`python evaluate.py --search-plans`) and plays the chosen plan, `BEST_PLAN`, on the customers of a report.
 
+The chosen plan also steers a model: DOGA with planned moves (doga.DogaPlanner(moves=BEST_PLAN), ours) puts the
+move the plan asks for in its outline, found by `next_move` from the call as played, where the model may not have
+said what it was asked for.
+
 Left out on purpose: the search does not run inside `make eval` (it plays a few hundred plans on hundreds of
 customers, minutes of CPU); its choice is written here as `BEST_PLAN`. Plans that read anything richer than the
 customer's last words (how often an objection came back, how long the call has run) are not in the family.
