@@ -68,7 +68,9 @@ $(DATA)/train.jsonl: $(DATA)/recipe.json
 
 # The whole pipeline: corpus -> tokenizer + tiny base model -> GRPO directly on the base -> summary -> GRPO
 # over whole calls ($(RUN)/calls: the policy plays calls with the best scripted plan's outlines).
-# With MODEL=/path/to/Qwen2.5 (a local HF folder) the base is that checkpoint and pretraining is skipped.
+# With MODEL=/path/to/Qwen2.5 (a local HF folder) the base is that checkpoint and pretraining is skipped, and so
+# is the whole-call stage: its defaults are sized for the tiny model (run calls_grpo.py with a `calls` section
+# sized for the checkpoint). RESUME=1 keeps each finished stage and resumes the one that was interrupted.
 # DOGA's script library is built first from the same training calls: pretraining and GRPO prompt with its
 # outlines as the agent does at inference (train as it infers), and `make chat` and `make eval` use it.
 CALLS = $(PY) calls_grpo.py $(CONFIG_FLAG) --library $(RUN)/scripts --data $(DATA) $(if $(RESUME),--resume)
@@ -77,13 +79,13 @@ train: runtime data
 ifeq ($(MODEL),)
 	$(if $(RESUME),test -f $(RUN)/base/model.safetensors || )$(PY) pretrain.py $(CONFIG_FLAG) --data $(DATA) \
 		--out $(RUN)/base --library $(RUN)/scripts
-	$(PY) grpo.py $(CONFIG_FLAG) --model $(RUN)/base --data $(DATA) --out $(RUN) --library $(RUN)/scripts \
-		$(if $(RESUME),--resume)
+	$(if $(RESUME),test -f $(RUN)/summary.json || )$(PY) grpo.py $(CONFIG_FLAG) --model $(RUN)/base --data $(DATA) \
+		--out $(RUN) --library $(RUN)/scripts $(if $(RESUME),--resume)
+	$(CALLS) --model $(RUN)/final --out $(RUN)/calls
 else
 	$(PY) grpo.py $(CONFIG_FLAG) --model $(MODEL) --data $(DATA) --out $(RUN) --library $(RUN)/scripts \
 		$(if $(RESUME),--resume)
 endif
-	$(CALLS) --model $(RUN)/final --out $(RUN)/calls
 
 # More GRPO seeds of the same recipe, on the same base and script library (make train's run is seed 0):
 # $(RUN)-seed1, $(RUN)-seed2, each with its whole-call stage. make eval then reports every seed and their mean:
@@ -100,8 +102,8 @@ seeds: runtime data
 chat: runtime
 	$(PY) doga.py chat --model $(RUN)/final --library $(RUN)/scripts
 
-# Base vs GRPO, each with a static prompt and with DOGA: reports/default/report.md (needs `make train`; with
-# `make seeds` first, every GRPO seed and their mean).
+# Base and GRPO, each with a static prompt, DOGA and DOGA with planned moves, and the whole-call stage with planned
+# DOGA: reports/default/report.md (needs `make train`; with `make seeds` first, every seed and their mean).
 # Measured on the test customers, on which no recipe choice was made (the headline).
 eval: install data
 	$(PY) evaluate.py $(CONFIG_FLAG) --run $(RUN) --data $(DATA) --out reports/$(notdir $(RUN)) \

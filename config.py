@@ -8,14 +8,14 @@ A config file (configs/*.json) has one section per stage:
     pretrain  causal-LM training of the base model (and the SFT baseline)
     reward    the weights of the composite reward
     grpo      the GRPO loop; knob names and meanings follow TRL's GRPOConfig
-    calls     GRPO over whole calls, rewarded by how the customer decides (calls_grpo.py): an arm, not in
+    calls     GRPO over whole calls, rewarded by how the customer decides (calls_grpo.py): the last stage of
               `make train`
 
 The defaults below are the default recipe, the one `make train` runs with no config file: a tiny Qwen2
-pretrained from scratch on the CPU, then GRPO directly on it. A file overrides some of them for another
-size (configs/smoke.json, configs/qwen2.5-0.5b.json); keys missing from it take the defaults. An unknown
-key, a wrong type or a value out of range ends with a `ConfigError` that names the file and the key (a
-typo must never be silently ignored). A GRPO run records the sections it reads (runs.py), and
+pretrained from scratch on the CPU, then GRPO directly on it, then GRPO over whole calls. A file overrides
+some of them for another size (configs/smoke.json, configs/qwen2.5-0.5b.json); keys missing from it take the
+defaults. An unknown key, a wrong type or a value out of range ends with a `ConfigError` that names the file
+and the key (a typo must never be silently ignored). A GRPO run records the sections it reads (runs.py), and
 `parse_config` reads them back the same way.
 """
 

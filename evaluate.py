@@ -60,6 +60,7 @@ CLI:
 """
 
 import argparse
+import json
 import math
 import os
 import random
@@ -85,11 +86,11 @@ from doga import (
     track_call,
 )
 from files import read_jsonl, write_jsonl
-from model import PrefillCache, generate_completions, load_with_tokenizer
+from model import PrefillCache, generate_completions, load_with_tokenizer, weights_fingerprint
 from plans import BEST_PLAN, salesperson, search_plans
 from report import write_report
 from reward import REWARD_KEYS, CompositeReward, fit_similarity_embedder, heard_target
-from runs import recorded_config
+from runs import RUN_RECORD, recorded_config
 from sales import STAGES, check_claims, classify_sales_intent, is_good_turn, load_world
 from simulate import DEFAULT_NOISE, Call, Salesperson, make_persona, run_call
 from training import resolve_device
@@ -583,6 +584,21 @@ def search_plan_rows(settings, width=4):
 # ----------------------------------------------------------------------------------------------
 # `make eval`: one trained run: base, GRPO and the whole-call stage, with each prompting.
 
+def whole_call_stage(run_dir):
+    """(<run>/calls/final, its recorded config) when make train's whole-call stage finished in `run_dir`, else None.
+    A stage trained from another model than <run>/final (left by an earlier make train) is refused."""
+    folder = os.path.join(run_dir, "calls", "final")
+    recorded = recorded_config(folder)
+    if recorded is None:
+        return None
+    with open(os.path.join(folder, RUN_RECORD), encoding="utf-8") as handle:
+        started_from = json.load(handle)["base_model"]["fingerprint"]
+    if started_from != weights_fingerprint(os.path.join(run_dir, "final")):
+        raise ValueError(f"{folder}: trained from another model than {run_dir}/final (left by an earlier run?): "
+                         f"remove {os.path.dirname(folder)} and run its stage again (make train RESUME=1)")
+    return folder, recorded
+
+
 def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=None, judge_dir=None,
                  promptings=("static", "doga", "doga_planned"), seed_runs=()):
     """`make eval`: the base model and the GRPO policy of `run_dir`, each with every prompting, the whole-call stage
@@ -616,12 +632,11 @@ def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=Non
             systems[name] = evaluate_system(name, os.path.join(seed_run, "final"), library, prompting, setup, out_dir)
         stages.append((f"-seed{recorded_seed.grpo.seed}", seed_run))
     for suffix, run in stages:
-        recorded_calls = recorded_config(os.path.join(run, "calls", "final"))
-        if recorded_calls is not None:
+        if stage := whole_call_stage(run):
+            folder, recorded_calls = stage
             prompting = "doga_planned" if recorded_calls.calls.moves == "plan" else "doga"
             name = f"calls{suffix}/{prompting}"
-            systems[name] = evaluate_system(name, os.path.join(run, "calls", "final"), library, prompting, setup,
-                                            out_dir)
+            systems[name] = evaluate_system(name, folder, library, prompting, setup, out_dir)
     references = reference_rows(setup, library, out_dir)
     curves = {"grpo": {"grpo": read_jsonl(os.path.join(run_dir, "metrics.jsonl"))},
               "pretrain": {"base": read_jsonl(os.path.join(base_dir, "metrics.jsonl"))}}
@@ -646,8 +661,9 @@ def main(argv=None):
     parser.add_argument("--data", default="data", help="folder with train.jsonl and test.jsonl")
     parser.add_argument("--out", default="reports/default")
     parser.add_argument("--judge", default=None, help="local instruct checkpoint folder grading replies 1-10")
-    parser.add_argument("--seed-runs", nargs="*", default=(), help="GRPO runs of the same recipe with other seeds "
-                                                                   "(make seeds): each measured, and their mean")
+    parser.add_argument("--seed-runs", nargs="*", default=(), help="runs of the same recipe with other seeds (make "
+                                                                   "seeds): each GRPO model and its calls/ stage "
+                                                                   "measured, and their mean")
     for field in EvalSettings.__dataclass_fields__.values():
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default,
                             choices=CUSTOMERS if field.name == "customers" else None)

@@ -68,7 +68,8 @@ def paper_claims(systems):
                for name in systems for model, _, prompting in [name.partition("/")]
                if model in calls_arms and "-seed" not in model]
     claims += [("Not the paper's: DOGA with the best scripted plan's moves beats DOGA's classified moves",
-                f"{m}/doga_planned", f"{m}/doga", "higher") for m in models if f"{m}/doga_planned" in systems]
+                f"{m}/doga_planned", f"{m}/doga", "higher") for m in models
+               if f"{m}/doga_planned" in systems and f"{m}/doga" in systems]
     claims += [("Transfers to a domain held out of training", name, name.replace("holdout_grpo", "grpo"), "close")
                for name in systems if name.startswith("holdout_grpo")]
     return claims

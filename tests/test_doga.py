@@ -252,6 +252,15 @@ def test_planned_moves_outline_the_plans_move(library, calls):
     assert [r["intent"] for r in told] != classified                    # the plan, not the classifier, chose
     DogaPlanner(library, moves=plan).record_outlines(played)
     assert [t["outline"] for c in played for t in c["turns"] if t["role"] == "sales"] == told
+    # The same words with another customer intent are another situation for a plan: the outline is not the one
+    # remembered for the words alone.
+    call = played[0]
+    turns = call["turns"][:4]
+    assert turns[3]["role"] == "customer"
+    versions = [turns[:3] + [{**turns[3], "intent": intent}] for intent in ("acknowledge", "raise_trust_objection")]
+    for version in versions:
+        assert planner.plan(call["product"], call["customer"]["visible"], version).intent == next_move(plan, version)
+    assert next_move(plan, versions[0]) != next_move(plan, versions[1])
 
 
 def test_doga_prompt_is_the_training_prompt(library, tokenizer, calls):

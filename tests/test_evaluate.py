@@ -300,6 +300,13 @@ def test_report_from_a_smoke_run(tmp_path):
     for name, prompted in (("grpo__doga", True), ("grpo__doga_planned", True), ("grpo__static", False)):
         turns = [t for c in read_jsonl(str(out / "systems" / name / "calls.jsonl")) for t in c["turns"]]
         assert all(("outline" in t) == prompted for t in turns if t["role"] == "sales")
+    # A whole-call stage trained from another GRPO model than the run's (an earlier make train) is refused.
+    record_path = run / "calls" / "final" / "run.json"
+    record = json.loads(record_path.read_text())
+    record["base_model"]["fingerprint"] = "0" * 64
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="another model"):
+        evaluate.whole_call_stage(str(run))
 
 
 def test_verdicts_are_for_systems_only():
