@@ -462,9 +462,8 @@ class DogaPlanner:
                 rows = [i for i, x in enumerate(intents) if x == intent]
                 for row, templates in zip(rows, self.library.retrieve(vectors[rows], intent, 4 * self.k)):
                     candidates[row] = templates                             # spares for unfillable ones
-            for (key, (product, visible, turns)), stage, intent, found in zip(part, stages, intents, candidates):
-                said = {t["text"] for t in turns if t["role"] == "sales"} if self.moves is not None else set()
-                self._plans[key] = self._outline(product, visible, stage, intent, found, said)
+            for (key, (product, visible, _)), stage, intent, found in zip(part, stages, intents, candidates):
+                self._plans[key] = self._outline(product, visible, stage, intent, found)
         if len(self._plans) > 200_000:                              # a long evaluation: keep memory bounded
             self._plans = {key: self._plans[key] for key in keys}
         return [self._plans[key] for key in keys]
@@ -475,19 +474,19 @@ class DogaPlanner:
             return situation(product, visible, turns)
         return situation(product, visible, turns) + json.dumps([t.get("intent") for t in turns])
 
-    def _outline(self, product, visible, stage, intent, candidates, said=frozenset()):
-        """The outline of `intent` from its retrieved templates, best first; a line the call has already said
-        (`said`: with planned moves, which repeat a move by design) goes after the fresh ones."""
+    def _outline(self, product, visible, stage, intent, candidates):
         values = slot_values(product, visible)
         own_domain = [t for t in candidates if product.get("domain") in t["domains"]]
-        found = []                                                   # (filled line, template), best first
+        lines, ids, texts = [], [], []
         for template in own_domain or candidates:
             filled = fill_slots(template["text"], values)
-            if filled is not None and filled not in [line for line, _ in found]:
-                found.append((filled, template))
-        found = sorted(found, key=lambda item: item[0] in said)[:self.k]    # stable: fresh lines keep their order
-        return Outline(stage, intent, STAGE_GOALS[SALES_INTENTS[intent]], [line for line, _ in found],
-                       [t["id"] for _, t in found], [t["text"] for _, t in found])
+            if filled is not None and filled not in lines:
+                lines.append(filled)
+                ids.append(template["id"])
+                texts.append(template["text"])
+            if len(lines) == self.k:
+                break
+        return Outline(stage, intent, STAGE_GOALS[SALES_INTENTS[intent]], lines, ids, texts)
 
     def record_outlines(self, calls):
         """Store on every salesperson turn of played `calls` the outline put before it (turn["outline"],

@@ -233,29 +233,20 @@ def test_recorded_outlines_are_the_ones_the_calls_were_played_with(library, call
 
 def test_planned_moves_outline_the_plans_move(library, calls):
     """With `moves`, the outline names the move the plan asks for after the call so far (plans.next_move), never
-    the classifier's; its lines are that move's templates, a line the call has said only when every one has been;
-    and the outlines recorded after the calls are the ones they were played with."""
+    the classifier's; its lines are that move's templates; and the outlines recorded after the calls are the ones
+    they were played with."""
     plan = BEST_PLAN
     planner = DogaPlanner(library, moves=plan)
     by_id = {m["id"]: m for m in library.templates.metadata}
-    told, played, repeated = [], [], []
+    told, played = [], []
     for call in calls[340:352]:
         def top_line(view):
             outline = planner.plan(view["product"], view["customer"]["visible"], view["turns"])
             assert outline.intent == next_move(plan, view["turns"])
             assert all(by_id[i]["intent"] == outline.intent for i in outline.template_ids)
-            said = {t["text"] for t in view["turns"] if t["role"] == "sales"}
-            if outline.lines and outline.lines[0] in said:                  # a said line only when all are
-                assert set(outline.lines) <= said
-                repeated.append(outline.intent)
             told.append(outline.record())
             return "", outline.lines[0] if outline.lines else outline.goal
         played.append(run_call(call["product"], call["customer"], top_line, random.Random(call["id"])))
-    # A move said again gets another proven line while there is one: no line is said twice in a call.
-    texts = [[t["text"] for t in c["turns"] if t["role"] == "sales"] for c in played]
-    assert sum(len(t) - len(set(t)) for t in texts) == len(repeated)
-    moves = [[t["intent"] for t in c["turns"] if t["role"] == "sales"] for c in played]
-    assert sum(len(m) - len(set(m)) for m in moves) > 10                  # the plan repeated moves
     classified = [DogaPlanner(library).plan(c["product"], c["customer"]["visible"], c["turns"][:i]).intent
                   for c in played for i, t in enumerate(c["turns"]) if t["role"] == "sales"]
     assert [r["intent"] for r in told] != classified                    # the plan, not the classifier, chose
