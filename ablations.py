@@ -49,7 +49,7 @@ import pretrain
 from config import ConfigError, load_config
 from corpus import load_corpus, split_calls, write_corpus
 from doga import ScriptLibrary
-from evaluate import EvalSettings, evaluate_system, make_eval_setup
+from evaluate import EvalSettings, evaluate_system, make_eval_setup, stage_prompting
 from files import read_jsonl, write_json
 from report import write_report
 from runs import RUN_RECORD, RunLock, identity_differences, run_identity
@@ -261,7 +261,7 @@ def run_ablations(plan_path, data_dir, default_run, work_dir, out_dir, judge_dir
             name = f"{model_name}/{prompting}"
             systems[name] = evaluate_system(name, models[model_name], library, prompting, setup, out_dir)
     for name, calls_config in calls_configs.items():
-        prompting = "doga_planned" if calls_config.calls.moves == "plan" else "doga"    # the prompting it trains with
+        prompting = stage_prompting(calls_config)                          # the prompting it trains with
         systems[f"{name}/{prompting}"] = evaluate_system(f"{name}/{prompting}", models[name], library, prompting,
                                                          setup, out_dir)
     systems["grpo/doga_planned"] = evaluate_system("grpo/doga_planned", models["grpo"], library, "doga_planned",

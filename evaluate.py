@@ -584,6 +584,11 @@ def search_plan_rows(settings, width=4):
 # ----------------------------------------------------------------------------------------------
 # `make eval`: one trained run: base, GRPO and the whole-call stage, with each prompting.
 
+def stage_prompting(config):
+    """The prompting a whole-call model trained with (calls.moves): planned DOGA or the classifier's."""
+    return "doga_planned" if config.calls.moves == "plan" else "doga"
+
+
 def whole_call_stage(run_dir):
     """(<run>/calls/final, its recorded config) when make train's whole-call stage finished in `run_dir`, else None.
     A stage trained from another model than <run>/final (left by an earlier make train) is refused."""
@@ -634,7 +639,7 @@ def evaluate_run(config_path, run_dir, data_dir, out_dir, settings, base_dir=Non
     for suffix, run in stages:
         if stage := whole_call_stage(run):
             folder, recorded_calls = stage
-            prompting = "doga_planned" if recorded_calls.calls.moves == "plan" else "doga"
+            prompting = stage_prompting(recorded_calls)
             name = f"calls{suffix}/{prompting}"
             systems[name] = evaluate_system(name, folder, library, prompting, setup, out_dir)
     references = reference_rows(setup, library, out_dir)

@@ -6,6 +6,7 @@ import json
 import pytest
 
 import ablations
+import evaluate
 from config import ConfigError, load_config
 
 
@@ -32,6 +33,10 @@ def test_ablation_plan_and_arm_configs(tmp_path):
     assert {name: (cfg.calls.turn_weight, cfg.calls.session_weight, cfg.calls.moves) for name, cfg in arms.items()} == {
         "calls_turn": (1.0, 0.0, "plan"), "calls_session": (0.0, 1.0, "plan"), "calls_both": (1.0, 1.0, "plan"),
         "calls_classifier": (1.0, 1.0, "classifier")}
+    # each whole-call arm is measured with the prompting it trains with
+    assert {name: evaluate.stage_prompting(cfg) for name, cfg in arms.items()} == {
+        "calls_turn": "doga_planned", "calls_session": "doga_planned", "calls_both": "doga_planned",
+        "calls_classifier": "doga"}
 
     plan_path.write_text(json.dumps({"base_config": "configs/smoke.json", "holdout_domain": "x",
                                      "eval": {"turns_per_stag": 2}}))
