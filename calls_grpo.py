@@ -389,6 +389,14 @@ def run_record(config, model_dir, data_dir, library_dir):
     return identity
 
 
+def stage_agent(policy, tokenizer, library, settings):
+    """The DOGA agent the policy plays calls as: outlines with the moves `settings.moves` names (the best scripted
+    plan's or the classifier's), within the stage's prompt and answer lengths."""
+    return DogaAgent(policy, tokenizer, library, max_prompt_length=settings.max_prompt_length,
+                     max_new_tokens=settings.max_completion_length,
+                     moves=BEST_PLAN if settings.moves == "plan" else None)
+
+
 def train(config, model_dir, data_dir, out_dir, library_dir, resume=False, audit=False):
     """GRPO over whole calls from the model in `model_dir` (the frozen ref_model too) into `out_dir`, prompting
     with the DOGA script library in `library_dir`; `data_dir`/train.jsonl gives the corpus's word pairs. The
@@ -410,9 +418,7 @@ def _train(config, model_dir, data_dir, out_dir, library_dir, resume, audit):
     start_step = load_trainer_state(checkpoint, optimizer) if checkpoint else 0
     if checkpoint:
         print(f"resuming from {checkpoint} at step {start_step}")
-    agent = DogaAgent(policy, tokenizer, ScriptLibrary.load(library_dir), max_prompt_length=settings.max_prompt_length,
-                      max_new_tokens=settings.max_completion_length,
-                      moves=BEST_PLAN if settings.moves == "plan" else None)
+    agent = stage_agent(policy, tokenizer, ScriptLibrary.load(library_dir), settings)
     bigrams = corpus_bigrams(load_corpus(os.path.join(data_dir, "train.jsonl")))
 
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume_step=start_step - 1 if checkpoint else None)

@@ -48,7 +48,7 @@ from grpo_step import load_models  # noqa: E402  (bench/grpo_step.py: the traine
 import calls_grpo  # noqa: E402
 from config import load_config  # noqa: E402
 from corpus import load_corpus  # noqa: E402
-from doga import DogaAgent, ScriptLibrary  # noqa: E402
+from doga import ScriptLibrary  # noqa: E402
 from model import Continuations, PrefillCache, pad_left, pad_right  # noqa: E402
 from sales import classify_sales_intent  # noqa: E402
 from training import make_optimizer  # noqa: E402
@@ -110,8 +110,7 @@ def main():
     else:
         library = ScriptLibrary.build(load_corpus(os.path.join(args.data, "train.jsonl")), progress=False)
         label += f"; DOGA library built from {args.data}/train.jsonl ({args.library} not found)"
-    agent = DogaAgent(policy, tokenizer, library, max_prompt_length=settings.max_prompt_length,
-                      max_new_tokens=settings.max_completion_length)
+    agent = calls_grpo.stage_agent(policy, tokenizer, library, settings)
     optimizer = make_optimizer(policy, settings.learning_rate, settings.weight_decay)
     classify_sales_intent("Good morning, is this a good moment?")   # the world's speech models, trained once
     print(f"model: {label}")
