@@ -12,7 +12,9 @@ One step:
      (model.generate_completions at the config's temperature); each answer continues the call's DOGA prompt
      (doga.DogaAgent.prompt: DOGA's outline before every salesperson turn, as the agent prompts; its move the
      best scripted plan's, `calls.moves`), and the customer hears its reply (`heard`, the one place an answer is
-     parsed) (`play`);
+     parsed) (`play`). A reply the call already heard word for word is not said again: the agent says the
+     outline's line instead (doga.DogaAgent.say), and that turn, not the policy's words, has no answer to learn
+     from;
   3. rewards. Session: OUTCOME_REWARD of the call's outcome. Turn: the reference-free terms of the composite
      reward, weighted as config.reward weighs them (`turn_rewards`): a played turn has no target reply, so
      `similarity` and `bayes` (both measured against one) have nothing to compare with;
@@ -54,7 +56,7 @@ from tqdm import tqdm
 
 from config import ConfigError, load_config
 from corpus import CorpusError, load_corpus
-from doga import Agent, DogaAgent, ScriptLibrary
+from doga import DogaAgent, ScriptLibrary
 from evaluate import closed_loop_metrics
 from files import MetricsLog, fingerprint, truncate_jsonl
 from grpo import compute_advantages, grpo_loss, timed
@@ -112,12 +114,13 @@ def step_customers(step, settings):
     return jobs
 
 
-def heard(text, view):
-    """An answer of the policy -> (thought, the reply as the customer hears it, well formed). The one place this
-    module reads the agent's answers: doga.Agent.hear parses them (tokenizer.split_thought) and says a reply
-    written with slots with the values of `view`, the call so far (simulate.Call.view)."""
-    thought, reply = Agent.hear(text, view)
-    return thought, reply, split_thought(text).well_formed
+def heard(agent, text, view):
+    """An answer of the policy -> (thought, the reply the customer hears, note, well formed). The one place this
+    module reads the agent's answers: doga.DogaAgent.say parses them (tokenizer.split_thought), says a reply written
+    with slots with the values of `view`, the call so far (simulate.Call.view), and never says a reply twice in a
+    call (the outline's line instead, noted `from_outline`)."""
+    thought, reply, note = agent.say(text, view)
+    return thought, reply, note, split_thought(text).well_formed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,9 +160,10 @@ def play(policy, agent, tokenizer, jobs, settings, generator, timings=None):
         with timed(timings, "customer"):
             for n, view, prompt, (ids, truncated) in zip(live, views, prompts, generated):
                 text = tokenizer.decode(ids, skip_special_tokens=True)
-                thought, reply, well_formed = heard(text, view)
-                answers.append(Answer(n, len(view["turns"]), prompt, ids, text, truncated, well_formed))
-                calls[n].step(thought, reply)
+                thought, reply, note, well_formed = heard(agent, text, view)
+                if not note.get("from_outline"):  # a reply said in place of a repeated one is no token of the policy
+                    answers.append(Answer(n, len(view["turns"]), prompt, ids, text, truncated, well_formed))
+                calls[n].step(thought, reply, note)
     return calls, answers
 
 

@@ -597,14 +597,20 @@ class Agent:
         answer = split_thought(text)
         return heard(answer.thought, product, visible), heard(answer.reply, product, visible)
 
+    def say(self, text, call):
+        """A generated answer -> (thought, reply, note): what the agent says in the call so far. Here the answer
+        as heard (`hear`) and an empty note; note holds the fields simulate.Call.step keeps on the turn."""
+        thought, reply = self.hear(text, call)
+        return thought, reply, {}
+
     def respond(self, call):
         """The next salesperson turn for a call so far (call dict or Sample): (thought, reply, outline), the
-        reply as the customer hears it."""
+        reply as the customer hears it (`say`)."""
         prompt_ids, outline = self.prompt(call)
         [(completion, _)] = generate_completions(self.model, [prompt_ids], self.max_new_tokens, self.tokenizer.eos_id,
                                                  self.tokenizer.pad_id, self.temperature, self.top_p,
                                                  self.generator if self.temperature > 0 else None)
-        thought, reply = self.hear(self.tokenizer.decode(completion, skip_special_tokens=True), call)
+        thought, reply, _ = self.say(self.tokenizer.decode(completion, skip_special_tokens=True), call)
         return thought, reply, outline
 
 
@@ -623,6 +629,22 @@ class DogaAgent(Agent):
         messages = fit_history(self.tokenizer, chat_messages(product, visible, turns, outlines, self.slots),
                                self.max_prompt_length)
         return self.tokenizer.encode_chat(messages), self.planner.plan(product, visible, turns)
+
+    def say(self, text, call):
+        """Agent.say, except that the agent never says a reply twice in a call: where the model's reply is one
+        the salesperson already said word for word, the outline's first proven line not said yet is said instead,
+        and the turn is noted `from_outline`. Why: a model this small has about one line per move and says it
+        again each time the move comes back (a plan may ask for a move twice, a customer may ask again), where a
+        person would put it another way. Where the outline's every line was said too, the model's reply stands."""
+        thought, reply, note = super().say(text, call)
+        product, visible, turns = as_call_view(call)
+        said = {turn["text"] for turn in turns if turn["role"] == "sales"}
+        if reply in said:
+            lines = self.planner.plan(product, visible, turns).lines
+            fresh = next((line for line in lines if line not in said), None)
+            if fresh is not None:
+                return thought, fresh, {"from_outline": True}
+        return thought, reply, note
 
 
 class StaticAgent(Agent):

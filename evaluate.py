@@ -337,14 +337,14 @@ def held_out_half(calls, customers):
 def play_calls(answer, jobs, desc="calls"):
     """Play every job to its end, all calls at once -> the played calls, in job order.
 
-    Each round asks answer(views) -> [(thought, reply)] for the turn of every call still live (one batched
-    generation) and steps each call with its reply (simulate.Call.step); a call leaves the rounds when it
-    ends. A round holds exactly the calls still live at that turn, in job order."""
+    Each round asks answer(views) -> [(thought, reply) or (thought, reply, note)] for the turn of every call
+    still live (one batched generation) and steps each call with its reply (simulate.Call.step); a call leaves
+    the rounds when it ends. A round holds exactly the calls still live at that turn, in job order."""
     calls = [Call(product, persona, rng, call_id) for call_id, product, persona, rng in jobs]
     with tqdm(total=len(calls), desc=desc, unit="call") as progress:
         while live := [call for call in calls if not call.over]:
-            for call, (thought, reply) in zip(live, answer([call.view() for call in live])):
-                call.step(thought, reply)
+            for call, said in zip(live, answer([call.view() for call in live])):
+                call.step(*said)
             progress.update(sum(call.over for call in calls) - progress.n)
     return [call.record() for call in calls]
 
@@ -352,7 +352,9 @@ def play_calls(answer, jobs, desc="calls"):
 def closed_loop_metrics(calls):
     """Conversion and hang-up rates (Wilson) and per-call means (Student t) of played calls. A violation is a
     salesperson turn the Manager labels unfaithful; unsupported facts count the claims themselves (the
-    distinct unsupported claims of each turn, as sales.check_claims finds them)."""
+    distinct unsupported claims of each turn, as sales.check_claims finds them). repeated_reply: the calls in which
+    the salesperson says a reply twice word for word; from_outline: the replies DOGA said in place of a repeated
+    one (doga.DogaAgent.say)."""
     n = len(calls)
     sales = [[t for t in call["turns"] if t["role"] == "sales"] for call in calls]
 
@@ -366,7 +368,9 @@ def closed_loop_metrics(calls):
             "turns": mean_with_interval([len(c["turns"]) for c in calls]),
             "violations_per_call": mean_with_interval([sum(not t["labels"]["faithful"] for t in s) for s in sales]),
             "unsupported_facts_per_call": mean_with_interval([unsupported(c, s) for c, s in zip(calls, sales)]),
-            "off_stage_per_call": mean_with_interval([sum(not t["labels"]["on_stage"] for t in s) for s in sales])}
+            "off_stage_per_call": mean_with_interval([sum(not t["labels"]["on_stage"] for t in s) for s in sales]),
+            "repeated_reply": rate(sum(len({t["text"] for t in s}) < len(s) for s in sales), n),
+            "from_outline_per_call": mean_with_interval([sum(bool(t.get("from_outline")) for t in s) for s in sales])}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -490,10 +494,10 @@ def evaluate_system(name, model_dir, library, prompting, setup, out_dir):
 
     cache = PrefillCache()                               # a call's prompt is prefilled after its last one
 
-    def speak(call_views):                               # (thought, reply) as heard, for each live call
+    def speak(call_views):                               # (thought, reply, note) said, for each live call
         cache.keep([view["id"] for view in call_views])
-        return [agent.hear(text, view) for (text, _), view in zip(agent_answers(agent, call_views, batch_size, cache),
-                                                                  call_views)]
+        return [agent.say(text, view) for (text, _), view in zip(agent_answers(agent, call_views, batch_size, cache),
+                                                                 call_views)]
 
     calls = play_calls(speak, setup.jobs(), desc=f"{name} calls")
     if isinstance(agent, DogaAgent):                     # the outline before each turn, for calls.html

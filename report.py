@@ -264,14 +264,17 @@ def write_report(out_dir, title, systems, curves, meta, references=None):
               "*reference:* play the same customers without a trained model; they are not systems (see the top of "
               "this report).", "",
               "| system | calls | conversion | hang-up | turns per call | unfaithful turns per call | "
-              "unsupported facts per call | off-stage turns per call |", "|" + "---|" * 8]
+              "unsupported facts per call | off-stage turns per call | calls with a reply said twice | "
+              "replies said from the outline per call |", "|" + "---|" * 10]
     for name, result in in_report_order({**systems, **references}):
         c = result["closed_loop"]
         lines.append(f"| {row_name(name, result)} | {c['calls']} | {_interval(c['conversion'], '.2f')} | "
                      f"{_interval(c['hang_up'], '.2f')} | {_interval(c['turns'], '.1f')} | "
                      f"{_interval(c['violations_per_call'], '.2f')} | "
                      f"{_interval(c['unsupported_facts_per_call'], '.2f')} | "
-                     f"{_interval(c['off_stage_per_call'], '.2f')} |")
+                     f"{_interval(c['off_stage_per_call'], '.2f')} | "
+                     f"{_interval(c['repeated_reply'], '.2f') if 'repeated_reply' in c else '-'} | "
+                     f"{_interval(c['from_outline_per_call'], '.2f') if 'from_outline_per_call' in c else '-'} |")
     planned = [(name, entry["plan"]) for name, entry in references.items() if entry.get("plan")]
     if planned:
         lines += ["", "The plan each scripted-plan reference follows (plans.py; chosen on validation customers):", ""]

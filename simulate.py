@@ -381,8 +381,9 @@ class Call:
     """One call, advanced one salesperson reply at a time, so that many calls can be played together (the
     evaluation answers every live call's turn in one batch). `view()` is the call so far as the salesperson
     sees it; `step(thought, reply)`: the Manager labels the reply, the Customer answers; returns the
-    customer's words (None when the call ended on the reply) and whether the call is over. `record()`: the
-    call in the corpus format."""
+    customer's words (None when the call ended on the reply) and whether the call is over (`note`: fields kept on
+    the salesperson's turn, an agent's record of how it made the reply). `record()`: the call in the corpus
+    format."""
 
     def __init__(self, product, persona, rng, call_id="call", max_turns=MAX_TURNS):
         self.product, self.persona, self.call_id, self.max_turns = product, persona, call_id, max_turns
@@ -395,13 +396,13 @@ class Call:
         return {"id": self.call_id, "domain": self.product["domain"], "product": self.product,
                 "customer": {"visible": self.persona["visible"]}, "turns": list(self.turns)}
 
-    def step(self, thought, reply):
+    def step(self, thought, reply, note=None):
         if self.over:
             raise RuntimeError(f"{self.call_id}: the call is over; no more replies")
         stage_before = self.manager.stage
         intent, stage, labels = self.manager.label_turn(reply)
         self.turns.append({"role": "sales", "text": reply, "stage": stage, "intent": intent, "thought": thought,
-                           "labels": labels})
+                           "labels": labels, **(note or {})})
         customer = self.customer
         if customer.accepted or customer.declined or len(self.turns) >= self.max_turns:
             self.over = True

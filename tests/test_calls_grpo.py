@@ -81,7 +81,9 @@ def test_the_loss_reaches_exactly_the_tokens_of_each_answer(setup):
         assert prompt.endswith("<|im_start|>assistant\n") and "Outline:" in prompt.rsplit("<|im_start|>user", 1)[-1]
         assert tokenizer.decode(answer.completion_ids, skip_special_tokens=True) == answer.text
         record = records[answer.call]
-        assert record["turns"][answer.turn_index]["text"] == calls_grpo.heard(answer.text, record)[1]
+        so_far = {**record, "turns": record["turns"][:answer.turn_index]}
+        said = calls_grpo.heard(agent_for(policy, tokenizer, root, settings), answer.text, so_far)
+        assert record["turns"][answer.turn_index]["text"] == said[1] and not said[2]
     # A call's earlier prompts begin its later ones: the update stores them only as those beginnings.
     assert calls_grpo.answer_batch(answers, tokenizer.pad_id).prompt_ids.shape[0] < len(answers)
     advantages = torch.linspace(-1.0, 1.5, len(answers), dtype=torch.float64)
@@ -188,6 +190,30 @@ def test_played_calls_are_run_call_on_the_same_replies_with_the_groups_customer(
         assert members[0][2]["visible"]["name"].split()[0] in world.personas["first_names"]
     assert len({json.dumps(job[2], sort_keys=True) for job in jobs}) == settings.groups_per_step
     assert len(answers) == sum(sum(t["role"] == "sales" for t in call.turns) for call in calls)
+
+
+def test_a_reply_said_in_place_of_a_repeat_is_heard_and_learnt_from_by_no_answer(setup, monkeypatch):
+    """Where the agent says the outline's line in place of a repeated reply (doga.DogaAgent.say), the customer
+    hears that line and the turn keeps the note; the policy's words for that turn were never heard, so the
+    answers are exactly the other salesperson turns."""
+    root, tokenizer = setup
+    say = DogaAgent.say
+
+    def replaced_every_second(self, text, view):      # stands in for a repeat on every second salesperson turn
+        thought, reply, note = say(self, text, view)
+        if sum(turn["role"] == "sales" for turn in view["turns"]) % 2:
+            return thought, "A line from the outline.", {"from_outline": True}
+        return thought, reply, note
+
+    monkeypatch.setattr(DogaAgent, "say", replaced_every_second)
+    settings = dataclasses.replace(SETTINGS, groups_per_step=4)
+    calls, answers = played(setup, load_pretrained(str(root / "base")), settings)
+    records = [call.record() for call in calls]
+    sales = {(n, i) for n, record in enumerate(records) for i, turn in enumerate(record["turns"])
+             if turn["role"] == "sales"}
+    noted = {(n, i) for n, i in sales if records[n]["turns"][i].get("from_outline")}
+    assert noted and all(records[n]["turns"][i]["text"] == "A line from the outline." for n, i in noted)
+    assert {(answer.call, answer.turn_index) for answer in answers} == sales - noted
 
 
 def letter_turn_rewards(records, answers, reward_config):

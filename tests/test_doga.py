@@ -1,5 +1,6 @@
 """doga.py: the script library, the intent classifier and its stage machine, slot filling, the prompt
 budget, and the agents end to end with a tiny random Qwen2 and a tiny trained tokenizer."""
+import dataclasses
 import os
 import random
 import re
@@ -31,7 +32,7 @@ from model import Qwen2, Qwen2Config, save_pretrained
 from plans import BEST_PLAN, next_move
 from sales import MISTAKE_INTENTS, SALES_INTENTS, STAGE_TRANSITIONS, STAGES, load_world, slot_values
 from simulate import make_persona, run_call, simulate_call
-from tokenizer import ChatTokenizer, render_chat
+from tokenizer import ChatTokenizer, format_assistant, render_chat
 
 
 def on_stage_intents(stage):
@@ -198,6 +199,29 @@ def test_agents_run_end_to_end_with_a_tiny_model(library, tokenizer, calls):
     doga = DogaAgent(model, tokenizer, library, max_prompt_length=2048, max_new_tokens=4)
     _, _, outline = doga.respond(view)
     assert outline.intent in on_stage_intents(outline.stage)
+
+
+def test_the_doga_agent_never_says_a_reply_twice(library, tokenizer, calls, monkeypatch):
+    """DogaAgent.say: a reply the salesperson already said in the call, word for word, is said as the outline's
+    first line not said yet, and noted; a new reply is said as written; where every line of the outline was said,
+    the model's reply stands. The static agent says what the model wrote."""
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    model = Qwen2(config).eval()
+    agent = DogaAgent(model, tokenizer, library, max_prompt_length=2048, max_new_tokens=8)
+    call = calls[320]
+    view = {**call, "turns": call["turns"][:5]}
+    said = [t["text"] for t in view["turns"] if t["role"] == "sales"]
+    outline = agent.planner.plan(call["product"], call["customer"]["visible"], view["turns"])
+    fresh = [line for line in outline.lines if line not in said]
+    assert len(said) == 3 and fresh
+    assert agent.say(format_assistant("Again.", said[1]), view) == ("Again.", fresh[0], {"from_outline": True})
+    assert agent.say(format_assistant("New.", "A reply never said."), view) == ("New.", "A reply never said.", {})
+    static = StaticAgent(model, tokenizer, library, max_prompt_length=2048, max_new_tokens=8)
+    assert static.say(format_assistant("Again.", said[1]), view) == ("Again.", said[1], {})
+    monkeypatch.setattr(agent.planner, "plan", lambda *_: dataclasses.replace(outline, lines=said))
+    assert agent.say(format_assistant("Again.", said[0]), view) == ("Again.", said[0], {})
 
 
 def test_many_plans_at_once_equal_one_at_a_time(library, calls):

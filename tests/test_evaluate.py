@@ -179,6 +179,7 @@ def test_closed_loop_metrics_on_hand_made_calls():
     right, wrong = "It is $49 per month.", "It is $59 per month, or $69, or $59."
     calls = [call("converted", [right, right]), call("hung_up", [wrong]), call("declined", [wrong, wrong, right]),
              call("converted", ["With 320 orders a month you can grow."])]
+    calls[3]["turns"][0]["from_outline"] = True
     metrics = evaluate.closed_loop_metrics(calls)
     assert metrics["conversion"]["value"] == 0.5
     assert (metrics["conversion"]["low"], metrics["conversion"]["high"]) == evaluate.wilson_interval(2, 4)
@@ -186,6 +187,8 @@ def test_closed_loop_metrics_on_hand_made_calls():
     assert metrics["violations_per_call"]["value"] == 0.75                    # (0 + 1 + 2 + 0) / 4
     assert metrics["unsupported_facts_per_call"]["value"] == 1.5              # (0 + 2 + 4 + 0) / 4: distinct per turn
     assert metrics["turns"]["value"] == 2.75                                   # (3 + 2 + 4 + 2) / 4
+    assert metrics["repeated_reply"]["value"] == 0.5                           # the first and the third call
+    assert metrics["from_outline_per_call"]["value"] == 0.25
 
 
 # ----------------------------------------------------------------------------------------------
