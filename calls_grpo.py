@@ -139,11 +139,12 @@ class Answer:
 
 @torch.no_grad()
 def play(policy, agent, tokenizer, jobs, settings, generator, timings=None):
-    """Play every job's call to its end -> (simulate.Call per job, Answer per salesperson turn, in the order
-    spoken). Each round prompts every live call (DOGA), generates all their answers in one batch
-    (model.generate_completions, sampled at settings.temperature from `generator`; a call's prompt is prefilled
-    after its last one, model.PrefillCache) and steps each call with the reply its customer hears. timings:
-    phase -> seconds, added to (bench/calls_step.py reads them)."""
+    """Play every job's call to its end -> (simulate.Call per job, Answer per salesperson turn said in the policy's
+    words, in the order spoken: a turn said from the outline in place of a repeat has none). Each round prompts
+    every live call (DOGA), generates all their answers in one batch (model.generate_completions, sampled at
+    settings.temperature from `generator`; a call's prompt is prefilled after its last one, model.PrefillCache)
+    and steps each call with the reply its customer hears. timings: phase -> seconds, added to
+    (bench/calls_step.py reads them)."""
     policy.eval()
     calls = [Call(product, persona, random.Random(seed), call_id, settings.max_turns)
              for call_id, product, persona, seed in jobs]
@@ -271,7 +272,7 @@ def update(policy, ref_model, optimizer, answers, advantages, settings, lr, pad_
 @dataclass
 class StepResult:
     records: list            # the played calls (simulate.Call.record), group after group
-    answers: list            # Answer per salesperson turn
+    answers: list            # Answer per salesperson turn said in the policy's words
     session: torch.Tensor    # [calls] session rewards
     turn: dict               # term -> [answers] turn reward terms (turn_rewards)
     advantages: torch.Tensor  # [answers]
@@ -332,7 +333,8 @@ def step_metrics(step, result, settings, bigrams, lr, started):
     """The per-step record of metrics.jsonl: how the calls ended, what their replies do, the reward terms, the
     update. `corpus_bigram_share` is the median over replies of the share of a reply's word pairs found in the
     corpus's salesperson turns (replies of fewer than two words have no pair and are left out): a fall shows
-    the policy drifting away from the world's language."""
+    the policy drifting away from the world's language; it reads the answers' replies only, not the outline's
+    lines said in place of a repeat (`from_outline_per_call`)."""
     loop = closed_loop_metrics(result.records)
     replies = [result.records[a.call]["turns"][a.turn_index]["text"] for a in result.answers]
     shares = [sum(pair in bigrams for pair in pairs) / len(pairs) for pairs in map(word_pairs, replies) if pairs]
@@ -342,6 +344,8 @@ def step_metrics(step, result, settings, bigrams, lr, started):
         "step": step, "calls": len(result.records), "answers": len(result.answers),
         "conversion": loop["conversion"]["value"], "hang_up": loop["hang_up"]["value"],
         "turns_per_call": loop["turns"]["value"], "repeated_moves": repeated_moves(result.records),
+        "repeated_reply": loop["repeated_reply"]["value"],
+        "from_outline_per_call": loop["from_outline_per_call"]["value"],
         "corpus_bigram_share": statistics.median(shares) if shares else None,
         "unsupported_facts_per_call": loop["unsupported_facts_per_call"]["value"],
         "session_reward_mean": result.session.mean().item(),

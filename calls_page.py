@@ -10,7 +10,8 @@ so a reply that says `<script>` shows as text.
   sees (budget, temperament, needs, objections, patience); per salesperson turn the stage before and after it,
   DOGA's outline when the system was prompted with one (the move and the proven line, which
   doga.DogaPlanner.record_outlines stores on the turn), the thought, the reply as the customer heard it (values
-  filled), the Manager's labels (on-stage, faithful, the rule broken) and the claims the world's checker finds
+  filled; where DOGA said the outline's line in place of a repeated reply, the model's words struck through),
+  the Manager's labels (on-stage, faithful, the rule broken) and the claims the world's checker finds
   in it (sales.check_claims, run here: how many are supported, the unsupported ones, the forbidden promises);
   per customer turn its intent; the outcome. Off-stage turns and unsupported or forbidden claims stand out
   in colour, and each call's summary line counts them.
@@ -114,7 +115,8 @@ def sales_turn(turn, stage_before, product, visible):
     unfaithful = bool(check.unsupported or check.forbidden) or not labels["faithful"]
     classes = "turn sales" + ("" if labels["on_stage"] else " off_stage") + (" unfaithful" if unfaithful else "")
     flags = ("" if labels["on_stage"] else " " + badge("off-stage", "warn")) + \
-        (" " + badge("unfaithful", "bad") if unfaithful else "")
+        (" " + badge("unfaithful", "bad") if unfaithful else "") + \
+        (" " + badge("said from the outline", "muted") if turn.get("from_outline") else "")
     lines = [f'<div class="who">Salesperson &middot; stage {escape(stage_before)} &rarr; {escape(turn["stage"])} '
              f'&middot; move <b>{escape(turn["intent"])}</b>{flags}</div>']
     outline = turn.get("outline")
@@ -122,6 +124,9 @@ def sales_turn(turn, stage_before, product, visible):
         other = "" if outline["intent"] == turn["intent"] else " " + badge("said another move", "muted")
         lines.append(f'<div class="outline">DOGA outline: move <b>{escape(outline["intent"])}</b>{other} &middot; '
                      f'proven line: &ldquo;{escape(outline["line"])}&rdquo;</div>')
+    if turn.get("from_outline"):      # doga.DogaAgent.say: the model's reply repeated one said earlier in the call
+        lines.append(f'<div class="thought">the model wrote <s>{escape(turn["model_reply"])}</s>, said earlier in '
+                     "the call: the outline's next line was said instead</div>")
     lines.append(f'<div class="thought">thought: {escape(turn["thought"]) if turn.get("thought") else "(none)"}</div>')
     lines.append(f'<div class="say">{escape(turn["text"])}</div>')
 
@@ -160,8 +165,10 @@ def render_call(call, system_index, system, expanded=False):
             items.append(customer_turn(turn))
     outcome = escape(call["outcome"])
     flagged = " flagged" if off_stage or unfaithful else ""
+    from_outline = sum(bool(turn.get("from_outline")) for turn in call["turns"])
     counts = "".join([f" &middot; {badge(f'{off_stage} off-stage', 'warn')}" if off_stage else "",
-                      f" &middot; {badge(f'{unfaithful} unfaithful', 'bad')}" if unfaithful else ""])
+                      f" &middot; {badge(f'{unfaithful} unfaithful', 'bad')}" if unfaithful else "",
+                      f" &middot; {badge(f'{from_outline} from the outline', 'muted')}" if from_outline else ""])
     summary = (f"<b>{escape(call['id'])}</b> &middot; {escape(system)} &middot; {escape(product['name'])} &middot; "
                f"{escape(str(visible.get('name', '')))} &middot; <b class=\"{outcome}\">{outcome}</b> "
                f"&middot; {len(call['turns'])} turns{counts}")

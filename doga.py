@@ -633,9 +633,10 @@ class DogaAgent(Agent):
     def say(self, text, call):
         """Agent.say, except that the agent never says a reply twice in a call: where the model's reply is one
         the salesperson already said word for word, the outline's first proven line not said yet is said instead,
-        and the turn is noted `from_outline`. Why: a model this small has about one line per move and says it
-        again each time the move comes back (a plan may ask for a move twice, a customer may ask again), where a
-        person would put it another way. Where the outline's every line was said too, the model's reply stands."""
+        and the turn is noted `from_outline`, with the model's words as `model_reply`. Why: a model this small
+        has about one line per move and says it again each time the move comes back (a plan may ask for a move
+        twice, a customer may ask again), where a person would put it another way. Where the outline's every
+        line was said too, the model's reply stands."""
         thought, reply, note = super().say(text, call)
         product, visible, turns = as_call_view(call)
         said = {turn["text"] for turn in turns if turn["role"] == "sales"}
@@ -643,7 +644,7 @@ class DogaAgent(Agent):
             lines = self.planner.plan(product, visible, turns).lines
             fresh = next((line for line in lines if line not in said), None)
             if fresh is not None:
-                return thought, fresh, {"from_outline": True}
+                return thought, fresh, {"from_outline": True, "model_reply": reply}
         return thought, reply, note
 
 

@@ -7,11 +7,12 @@ scripted plan, plans.BEST_PLAN, asks for, instead of the move its classifier pre
 or `doga_noisy` (DOGA whose intent classifier's predictions are flipped to another legal intent at rate
 `label_noise`, 20%). A model that writes values as slots
 (tokenizer.py) is measured on what the customer hears: its replies are said with the call's values
-(doga.Agent.hear) before anything scores them. Every system is measured the same way, on one of two sets of
-customers (`EvalSettings.customers`): **validation** customers, on which recipe choices and research arms are
-measured (ablations.py), or **test** customers, on which no choice was made (`make eval`, the
-headline). Both are drawn from the evaluation pool of names (world/personas.json's "evaluation" section), so no
-evaluation customer shares a name, a business name or a profile with a training call:
+(doga.Agent.hear) before anything scores them; in the closed loop the agent says them (doga.Agent.say: a DOGA
+agent never says a reply twice in a call, the outline's next line instead). Every system is measured the same
+way, on one of two sets of customers (`EvalSettings.customers`): **validation** customers, on which recipe
+choices and research arms are measured (ablations.py), or **test** customers, on which no choice was made
+(`make eval`, the headline). Both are drawn from the evaluation pool of names (world/personas.json's
+"evaluation" section), so no evaluation customer shares a name, a business name or a profile with a training call:
 
 * **Turn level** (`select_turns`, `score_turns`). On held-out test calls, the salesperson turns the
   Manager labelled good (on-stage and faithful: a deliberate mistake of the noisy corpus is no target
@@ -30,7 +31,9 @@ evaluation customer shares a name, a business name or a profile with a training 
   system (from the evaluation pool, their random streams keyed by the customers, validation or test):
   conversion and hang-up rates with Wilson 95% intervals; mean turns per call, faithfulness violations
   per call (salesperson turns the Manager labels unfaithful: an unsupported number, price or product, or a
-  forbidden promise) and off-stage turns per call with Student-t 95% intervals.
+  forbidden promise) and off-stage turns per call with Student-t 95% intervals; how the salesperson speaks: the
+  calls with a reply said twice word for word, and the replies a DOGA agent said from the outline in place of a
+  repeat.
 * **Judge** (optional, `--judge DIR`). A local instruct checkpoint grades each turn-level reply from 1 to
   10 on the rubric of its capability (doga.STAGE_GOALS, plus faithfulness). Unparsable output is retried
   (sampled), then counted as missing, never guessed.

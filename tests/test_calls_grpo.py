@@ -180,7 +180,8 @@ def test_played_calls_are_run_call_on_the_same_replies_with_the_groups_customer(
     jobs = calls_grpo.step_customers(1, settings)
     for call, (call_id, product, persona, seed) in zip(calls, jobs):
         record = call.record()
-        replies = iter([(t["thought"], t["text"]) for t in record["turns"] if t["role"] == "sales"])
+        replies = iter([(t["thought"], t["text"], {k: t[k] for k in ("from_outline", "model_reply") if k in t})
+                        for t in record["turns"] if t["role"] == "sales"])
         assert run_call(product, persona, lambda view: next(replies), random.Random(seed), call_id,
                         settings.max_turns) == record
     world = load_world()
@@ -189,7 +190,8 @@ def test_played_calls_are_run_call_on_the_same_replies_with_the_groups_customer(
         assert all(job[1:] == members[0][1:] for job in members)
         assert members[0][2]["visible"]["name"].split()[0] in world.personas["first_names"]
     assert len({json.dumps(job[2], sort_keys=True) for job in jobs}) == settings.groups_per_step
-    assert len(answers) == sum(sum(t["role"] == "sales" for t in call.turns) for call in calls)
+    assert len(answers) == sum(sum(t["role"] == "sales" and not t.get("from_outline") for t in call.turns)
+                               for call in calls)
 
 
 def test_a_reply_said_in_place_of_a_repeat_is_heard_and_learnt_from_by_no_answer(setup, monkeypatch):
@@ -262,8 +264,9 @@ def test_resume_continues_exactly(setup, tmp_path, monkeypatch):
     assert all(r["grad_norm"] > 0 for r in straight) and straight[1]["kl"] > 0
     record = json.loads((tmp_path / "straight" / "run.json").read_text())
     assert record["config"]["calls"] == dataclasses.asdict(SETTINGS) and record["library"] is not None
-    for key in ("conversion", "hang_up", "turns_per_call", "repeated_moves", "corpus_bigram_share",
-                "unsupported_facts_per_call", "kl", "reward_format", "reward_faithfulness", "reward_manager"):
+    for key in ("conversion", "hang_up", "turns_per_call", "repeated_moves", "repeated_reply", "from_outline_per_call",
+                "corpus_bigram_share", "unsupported_facts_per_call", "kl", "reward_format", "reward_faithfulness",
+                "reward_manager"):
         assert key in straight[0]
 
 

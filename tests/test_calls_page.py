@@ -39,6 +39,7 @@ def systems():
     hostile = run_call(product, persona, lambda view: (f"I'll test {SCRIPT}", f"Hello {SCRIPT} & 'welcome'"),
                        random.Random(0), call_id="hostile<1>", max_turns=2)
     hostile["turns"][0]["outline"] = {"intent": "greet_and_introduce", "line": "Hi, this is <b>Harbor</b>."}
+    careful[1]["turns"][2].update(from_outline=True, model_reply=f"Said again {SCRIPT}")    # doga.DogaAgent.say's note
     return {"scripted_noise_0": careful, "scripted_noise_0_6": sloppy + [hostile]}
 
 
@@ -98,10 +99,13 @@ def test_every_call_and_turn_is_on_the_page_in_order_with_its_marks(systems):
             for claim in check.unsupported + check.forbidden:
                 assert claim in item["text"]
             assert (turn["labels"]["rule_broken"] or "rule broken: none") in item["text"]
+            assert ("said from the outline" in item["text"]) == bool(turn.get("from_outline"))
+            assert turn.get("model_reply", "") in item["text"]
     sloppy = [turn for call in systems["scripted_noise_0_6"] for turn in call["turns"] if turn["role"] == "sales"]
     assert any(not t["labels"]["on_stage"] for t in sloppy) and any(not t["labels"]["faithful"] for t in sloppy)
     assert any("flagged" in c["classes"] for c in page.calls) and not all("flagged" in c["classes"] for c in page.calls)
     assert "DOGA outline: move greet_and_introduce" in page.calls[-1]["turns"][0]["text"]
+    assert systems["scripted_noise_0"][1]["turns"][2]["role"] == "sales" and "1 from the outline" in text
     assert "Hi, this is &lt;b&gt;Harbor&lt;/b&gt;." in text          # the outline's line escaped too
 
 

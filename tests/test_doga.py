@@ -216,10 +216,22 @@ def test_the_doga_agent_never_says_a_reply_twice(library, tokenizer, calls, monk
     outline = agent.planner.plan(call["product"], call["customer"]["visible"], view["turns"])
     fresh = [line for line in outline.lines if line not in said]
     assert len(said) == 3 and fresh
-    assert agent.say(format_assistant("Again.", said[1]), view) == ("Again.", fresh[0], {"from_outline": True})
+    assert agent.say(format_assistant("Again.", said[1]), view) == \
+        ("Again.", fresh[0], {"from_outline": True, "model_reply": said[1]})
+    customer = next(t["text"] for t in view["turns"] if t["role"] == "customer")   # the customer's words: not said
+    assert agent.say(format_assistant("Echo.", customer), view) == ("Echo.", customer, {})
     assert agent.say(format_assistant("New.", "A reply never said."), view) == ("New.", "A reply never said.", {})
+    # A model that writes slots repeats what the customer heard: the reply is compared as heard, values said.
+    values = slot_values(call["product"], call["customer"]["visible"])
+    key = sorted(values)[0]
+    slotted = DogaAgent(model, ChatTokenizer(tokenizer.tokenizer, slots=True), library, max_prompt_length=2048,
+                        max_new_tokens=8)
+    earlier = {**view, "turns": view["turns"][:4] + [{**view["turns"][4], "text": f"It is {values[key]}."}]}
+    assert slotted.say(format_assistant("Slots.", f"It is {{{key}}}."), earlier)[2]["from_outline"]
     static = StaticAgent(model, tokenizer, library, max_prompt_length=2048, max_new_tokens=8)
     assert static.say(format_assistant("Again.", said[1]), view) == ("Again.", said[1], {})
+    monkeypatch.setattr(agent.planner, "plan", lambda *_: dataclasses.replace(outline, lines=[said[0], "New line."]))
+    assert agent.say(format_assistant("Again.", said[0]), view)[1] == "New line."     # the first one not said yet
     monkeypatch.setattr(agent.planner, "plan", lambda *_: dataclasses.replace(outline, lines=said))
     assert agent.say(format_assistant("Again.", said[0]), view) == ("Again.", said[0], {})
 
