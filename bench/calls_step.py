@@ -132,8 +132,10 @@ def main():
                     seconds, _, result = timed_step(policy, reference, optimizer, agent, tokenizer, config, step)
                 baseline_seconds.append(seconds)
             turns = [len(record["turns"]) for record in result.records]
+            replaced = sum(bool(t.get("from_outline")) for record in result.records for t in record["turns"])
             print(f"step {step} {'shared' if shared else 'baseline'}: {len(result.records)} calls, "
-                  f"{len(result.answers)} answers, {statistics.mean(turns):.1f} turns per call, {seconds:.1f} s: "
+                  f"{len(result.answers)} answers (and {replaced} turns said from the outline, which have none), "
+                  f"{statistics.mean(turns):.1f} turns per call, {seconds:.1f} s: "
                   f"{len(result.records) / seconds:.2f} calls/s, {len(result.answers) / seconds:.1f} answers/s")
     seconds = statistics.median(s for s, _ in rows)
     calls = settings.groups_per_step * settings.calls_per_group
